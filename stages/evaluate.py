@@ -1,0 +1,59 @@
+"""Stage evaluate: the tuned model and the default-params baseline, judged once on the test split."""
+
+import json
+
+import pandas as pd
+import xgboost as xgb
+
+from hpo import paths, tracking
+from hpo.config import load_params
+from hpo.data import read_split
+from hpo.errors import run_stage
+from hpo.metrics import regression_metrics
+from hpo.model import train_baseline
+
+
+def main() -> None:
+    params = load_params()
+    summary = json.loads(paths.TUNE_SUMMARY.read_text())
+    model_info = json.loads(paths.MODEL_INFO.read_text())
+    x_train, y_train = read_split(paths.TRAIN_CSV)
+    x_test, y_test = read_split(paths.TEST_CSV)
+
+    booster = xgb.Booster(model_file=paths.MODEL)
+    predicted = booster.inplace_predict(x_test)
+    tuned = regression_metrics(y_test, predicted)
+    baseline = regression_metrics(y_test, train_baseline(params.model, x_train, y_train).predict(x_test))
+
+    quality = {
+        **{f"test_{k}": v for k, v in tuned.items()},
+        **{f"baseline_{k}": v for k, v in baseline.items()},
+        "best_cv_mse": summary["best_cv_mse"],
+        "trials": summary["n_trials"],
+    }
+    results = {
+        "best_params": summary["best_params"],
+        **quality,
+        "rmse_improvement_over_baseline": 1 - tuned["rmse"] / baseline["rmse"],
+        "optimization_time_seconds": summary["optimization_time_seconds"],
+        "best_trial_number": summary["best_trial_number"],
+        "study_name": summary["study_name"],
+        "mlflow": {
+            "study_run_id": summary["mlflow_parent_run_id"],
+            "model_run_id": model_info["mlflow_run_id"],
+            "registered_model": model_info["registered_model"],
+            "registered_model_version": model_info["registered_model_version"],
+        },
+    }
+    paths.METRICS.write_text(json.dumps(quality, indent=2) + "\n")
+    paths.RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    paths.PLOT_DATA.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame({"actual": y_test, "predicted": predicted}).to_csv(paths.PREDICTIONS_CSV, index=False)
+
+    client, _ = tracking.connect()
+    tracking.log_metrics(client, model_info["mlflow_run_id"], {f"test_{k}": v for k, v in tuned.items()})
+    print(f"test RMSE {tuned['rmse']:.4f} (baseline {baseline['rmse']:.4f}), R2 {tuned['r2']:.4f}")
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,155 @@
+"""params.yaml, parsed and validated before any stage does work.
+
+Every section is a strict pydantic model: unknown keys, missing keys, wrong types (a float
+where an integer belongs) and impossible ranges are rejected with the key path that is wrong.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from hpo.errors import PipelineError
+
+PARAMS_FILE = Path("params.yaml")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class IntRange(_Strict):
+    low: int
+    high: int
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _check_bounds(self) -> IntRange:
+        _check_range(self.low, self.high, self.log)
+        return self
+
+
+class FloatRange(_Strict):
+    low: float
+    high: float
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _check_bounds(self) -> FloatRange:
+        _check_range(self.low, self.high, self.log)
+        return self
+
+
+def _check_range(low: float, high: float, log: bool) -> None:
+    if low > high:
+        raise ValueError(f"low ({low}) is greater than high ({high})")
+    if log and low <= 0:
+        raise ValueError(f"log scale needs low > 0, got {low}")
+
+
+class PrepareParams(_Strict):
+    test_size: float = Field(gt=0, lt=1)
+    split_seed: int
+
+
+class ModelParams(_Strict):
+    seed: int
+    tree_method: Literal["hist", "approx", "exact"]
+    max_bin: int = Field(ge=2)
+
+
+class SamplerParams(_Strict):
+    name: Literal["tpe"]
+    seed: int
+    n_startup_trials: int = Field(ge=0)
+    multivariate: bool
+    constant_liar: bool
+
+
+class PrunerParams(_Strict):
+    name: Literal["median", "none"]
+    n_startup_trials: int = Field(ge=0)
+    n_warmup_steps: int = Field(ge=0)
+    interval_steps: int = Field(ge=1)
+
+
+class SearchSpace(_Strict):
+    n_estimators: IntRange
+    max_depth: IntRange
+    learning_rate: FloatRange
+    subsample: FloatRange
+    colsample_bytree: FloatRange
+    min_child_weight: FloatRange
+    gamma: FloatRange
+
+    @model_validator(mode="after")
+    def _check_xgboost_domains(self) -> SearchSpace:
+        if self.n_estimators.low < 1:
+            raise ValueError("n_estimators.low must be at least 1")
+        for name in ("subsample", "colsample_bytree"):
+            bounds: FloatRange = getattr(self, name)
+            if bounds.low <= 0 or bounds.high > 1:
+                raise ValueError(f"{name} must lie in (0, 1], got [{bounds.low}, {bounds.high}]")
+        return self
+
+
+class TuneParams(_Strict):
+    n_trials: int = Field(ge=1)
+    parallel_trials: int = Field(ge=1)
+    lookahead: int = Field(ge=0)
+    cv_folds: int = Field(ge=2)
+    cv_seed: int
+    sampler: SamplerParams
+    pruner: PrunerParams
+    search_space: SearchSpace
+
+
+class PlotParams(_Strict):
+    importance_evaluator: Literal["fanova", "ped_anova", "mean_decrease_impurity"]
+    importance_seed: int
+
+
+class Params(_Strict):
+    prepare: PrepareParams
+    model: ModelParams
+    tune: TuneParams
+    plot: PlotParams
+
+
+def load_params(path: Path = PARAMS_FILE) -> Params:
+    """Read and validate the whole params file; raise PipelineError naming the first bad key."""
+    try:
+        raw: Any = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise PipelineError(f"{path}: file not found") from None
+    except yaml.YAMLError as exc:
+        raise PipelineError(f"{path}: not valid YAML ({_one_line(str(exc))})") from None
+    if not isinstance(raw, dict):
+        raise PipelineError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        raise PipelineError(f"{path}: {_describe(exc)}") from None
+
+
+def _describe(exc: ValidationError) -> str:
+    """The first validation error as 'key.path: problem (got value)'."""
+    error = exc.errors()[0]
+    key_path = ".".join(str(part) for part in error["loc"])
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        message = "unknown key (typo?)"
+    elif error["type"] == "missing":
+        message = "missing key"
+    elif "input" in error and not isinstance(error["input"], dict):
+        message = f"{message}, got {error['input']!r}"
+    more = len(exc.errors()) - 1
+    suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
+    return f"{key_path or '<top level>'}: {message}{suffix}"
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())

@@ -1,0 +1,165 @@
+"""The MLflow store and the runs around a study: parent run, provenance tags, params.
+
+Everything goes through `MlflowClient` with explicit run ids: MLflow's active run is
+thread-local, so the fluent API cannot nest runs reliably across worker threads. The store is
+SQLite (outputs/mlflow.db) with artifacts in outputs/mlruns; the pipeline only appends to it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+import optuna
+
+from hpo.paths import MLFLOW_ARTIFACTS, MLFLOW_DB
+
+EXPERIMENT = "xgboost-california-housing"
+REGISTERED_MODEL = "xgboost-california-housing"
+STUDY_RUN_ID_ATTR = "mlflow_parent_run_id"
+
+
+def tracking_uri(db: Path = MLFLOW_DB) -> str:
+    return f"sqlite:///{db.resolve()}"
+
+
+def connect(db: Path = MLFLOW_DB, artifacts: Path = MLFLOW_ARTIFACTS) -> tuple[MlflowClient, str]:
+    """The client and the experiment id; creates store and experiment on first use.
+
+    Call it in the main thread before any worker starts: a new SQLite store runs its
+    migrations on first use, which must not happen in two threads at once.
+    """
+    db.parent.mkdir(parents=True, exist_ok=True)
+    client = MlflowClient(tracking_uri=tracking_uri(db))
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    if experiment is not None:
+        return client, experiment.experiment_id
+    artifacts.mkdir(parents=True, exist_ok=True)
+    return client, client.create_experiment(EXPERIMENT, artifact_location=artifacts.resolve().as_uri())
+
+
+def provenance_tags(params: dict[str, Any]) -> dict[str, str]:
+    """Tags that lead from a run back to the code and params that produced it."""
+    canonical = json.dumps(params, sort_keys=True, separators=(",", ":"))
+    tags = {"params_hash": hashlib.sha256(canonical.encode()).hexdigest()[:16]}
+    commit = _git_commit()
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+    if os.environ.get("DVC_EXP_NAME"):
+        tags["dvc_exp_name"] = os.environ["DVC_EXP_NAME"]
+    return tags
+
+
+def _git_commit() -> str | None:
+    try:
+        done = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False, timeout=10
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout.strip() or None
+
+
+def log_params_flat(client: MlflowClient, run_id: str, params: dict[str, Any]) -> None:
+    """Log nested params as dotted keys (tune.search_space.max_depth.low = 3)."""
+    flat = _flatten(params)
+    client.log_batch(run_id, params=[Param(k, str(v)) for k, v in flat.items()])
+
+
+def _flatten(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in params.items():
+        if isinstance(value, dict):
+            flat |= _flatten(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def set_tags(client: MlflowClient, run_id: str, tags: dict[str, str]) -> None:
+    client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+
+
+def open_study_run(
+    client: MlflowClient, experiment_id: str, study: optuna.Study, params: dict[str, Any]
+) -> str:
+    """The study's parent run: created once, reopened when the study resumes after a crash."""
+    run_id = study.user_attrs.get(STUDY_RUN_ID_ATTR)
+    if run_id is not None:
+        client.update_run(run_id, status="RUNNING")
+        return run_id
+    run = client.create_run(
+        experiment_id,
+        run_name=study.study_name,
+        tags={"optuna.study_name": study.study_name, **provenance_tags(params)},
+    )
+    log_params_flat(client, run.info.run_id, params)
+    study.set_user_attr(STUDY_RUN_ID_ATTR, run.info.run_id)
+    return run.info.run_id
+
+
+def close_study_run(client: MlflowClient, run_id: str, summary: dict[str, Any]) -> None:
+    """Log the study's outcome on its parent run and mark it finished."""
+    counts = summary["n_trials"]
+    values = {
+        "best_cv_mse": summary["best_cv_mse"],
+        "best_cv_rmse": summary["best_cv_mse"] ** 0.5,
+        "trials_complete": counts["complete"],
+        "trials_pruned": counts["pruned"],
+        "trials_failed": counts["failed"],
+        "optimization_time_seconds": summary["optimization_time_seconds"],
+    }
+    log_metrics(client, run_id, values)
+    client.log_dict(run_id, summary, "tune_summary.json")
+    client.set_terminated(run_id, "FINISHED")
+
+
+def log_final_model(
+    client: MlflowClient,
+    experiment_id: str,
+    booster: Any,
+    x_example: Any,
+    params: dict[str, Any],
+    study_run_id: str,
+) -> dict[str, Any]:
+    """Log the refit model with signature and input example, registered in the model registry."""
+    import mlflow
+    import mlflow.xgboost
+    from mlflow.models import infer_signature
+
+    run = client.create_run(
+        experiment_id,
+        run_name="final-model",
+        tags={"study_parent_run_id": study_run_id, **provenance_tags(params)},
+    )
+    run_id = run.info.run_id
+    log_params_flat(client, run_id, params)
+    mlflow.set_tracking_uri(client.tracking_uri)
+    example = x_example.head(5)
+    with mlflow.start_run(run_id=run_id):
+        info = mlflow.xgboost.log_model(
+            booster,
+            name="model",
+            signature=infer_signature(example, booster.inplace_predict(example)),
+            input_example=example,
+            registered_model_name=REGISTERED_MODEL,
+            model_format="ubj",
+        )
+    return {
+        "mlflow_run_id": run_id,
+        "model_uri": info.model_uri,
+        "registered_model": REGISTERED_MODEL,
+        "registered_model_version": int(info.registered_model_version),
+    }
+
+
+def log_metrics(client: MlflowClient, run_id: str, metrics: dict[str, float]) -> None:
+    now = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])

@@ -1,0 +1,80 @@
+"""One MLflow child run per Optuna trial, written when the trial is told."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mlflow.entities import Metric, Param
+from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+from optuna.trial import FrozenTrial, TrialState
+
+from hpo.tuning import TrialOutcome
+
+_RUN_STATUS = {
+    TrialState.COMPLETE: "FINISHED",
+    TrialState.PRUNED: "FINISHED",
+    TrialState.FAIL: "FAILED",
+}
+
+
+class StudyRecorder:
+    """Writes each told trial as a child run of the study's parent run."""
+
+    def __init__(self, client: MlflowClient, experiment_id: str, parent_run_id: str) -> None:
+        self._client = client
+        self._experiment_id = experiment_id
+        self.parent_run_id = parent_run_id
+
+    def record(self, trial: FrozenTrial, outcome: TrialOutcome) -> None:
+        run = self._client.create_run(
+            self._experiment_id,
+            start_time=int(outcome.started_at * 1000),
+            tags={
+                MLFLOW_PARENT_RUN_ID: self.parent_run_id,
+                MLFLOW_RUN_NAME: f"trial-{trial.number:03d}",
+                "optuna.trial_number": str(trial.number),
+                "optuna.state": trial.state.name,
+                **({"error": outcome.error[:5000]} if outcome.error else {}),
+            },
+        )
+        run_id = run.info.run_id
+        timestamp = int(outcome.finished_at * 1000)
+        metrics = [Metric("trial_number", trial.number, timestamp, 0)]
+        metrics += [Metric("cv_mse_curve", v, timestamp, i + 1) for i, v in enumerate(_curve(outcome))]
+        metrics += [Metric(k, v, timestamp, 0) for k, v in _trial_metrics(outcome).items()]
+        self._client.log_batch(
+            run_id,
+            metrics=metrics,
+            params=[Param(k, str(v)) for k, v in trial.params.items()],
+        )
+        self._client.log_dict(run_id, _learning_curve(outcome), "learning_curve.json")
+        self._client.set_terminated(run_id, _RUN_STATUS[trial.state], end_time=timestamp)
+
+
+def _curve(outcome: TrialOutcome) -> list[float]:
+    return outcome.result.curve if outcome.result is not None else []
+
+
+def _trial_metrics(outcome: TrialOutcome) -> dict[str, float]:
+    result = outcome.result
+    if result is None or result.stopped_early:
+        return {}
+    metrics = {f"fold_{i}_mse": v for i, v in enumerate(result.fold_mse)}
+    metrics |= {f"fold_{i}_r2": v for i, v in enumerate(result.fold_r2)}
+    metrics |= {
+        "cv_mse": result.mean_mse,
+        "cv_rmse": result.mean_mse**0.5,
+        "cv_r2": sum(result.fold_r2) / len(result.fold_r2),
+    }
+    return metrics
+
+
+def _learning_curve(outcome: TrialOutcome) -> dict[str, Any]:
+    return {
+        "trial_number": outcome.number,
+        "state": outcome.state.name,
+        "rounds": list(range(1, len(_curve(outcome)) + 1)),
+        "mean_valid_mse": _curve(outcome),
+        "reported_to_pruner": {str(k): v for k, v in outcome.reported.items()},
+    }

@@ -1,0 +1,276 @@
+"""Parallel Optuna trials whose sequence does not depend on timing.
+
+Optuna's own `n_jobs` lets each thread ask the sampler whenever it is free, so what the
+sampler and the pruner see depends on which trial happened to finish first. Here the main
+thread is the only one that touches the study, and it follows a fixed protocol:
+
+* trials are asked in number order, each with a sampler seeded by (seed + trial number);
+* at most `window = parallel_trials + lookahead` trials are asked and not yet told; trial k is
+  asked only after trial k - window has been told, and trials are told in number order;
+* a worker prunes against a snapshot of the trials that were complete when its trial was asked,
+  not against whatever completes meanwhile.
+
+So the sampler's and pruner's inputs for trial k are a function of trials 0..k-window alone,
+and two runs with the same params produce the same trials. Workers run in threads (XGBoost
+releases the GIL) and never wait for each other: a finished worker takes the next asked trial.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import optuna
+from optuna.distributions import BaseDistribution
+from optuna.pruners import BasePruner
+from optuna.trial import FrozenTrial, TrialState
+
+from hpo.cv import CVResult, Fold, cross_validate
+from hpo.errors import PipelineError
+from hpo.xgb_params import N_ROUNDS
+
+FoldsFactory = Callable[[], list[Fold]]
+ParamsFactory = Callable[[dict[str, Any]], dict[str, Any]]
+SamplerFactory = Callable[[int], optuna.samplers.BaseSampler]
+PrunerFactory = Callable[[], BasePruner]
+
+# Marks a trial that was running when its process died or was interrupted.
+INTERRUPTED = "interrupted"
+
+
+@dataclass(frozen=True)
+class TrialOutcome:
+    """What a worker reports back; the main thread turns it into Optuna and MLflow records."""
+
+    number: int
+    params: dict[str, Any]
+    state: TrialState
+    result: CVResult | None
+    reported: dict[int, float]  # step (boosting rounds) -> mean validation MSE told to Optuna
+    error: str | None
+    started_at: float
+    finished_at: float
+
+    @property
+    def value(self) -> float | None:
+        if self.state == TrialState.COMPLETE and self.result is not None:
+            return self.result.mean_mse
+        return None
+
+
+class TrialRecorder(Protocol):
+    def record(self, trial: FrozenTrial, outcome: TrialOutcome) -> None: ...
+
+
+@dataclass
+class Progress:
+    """Counts by final state, and the best value so far."""
+
+    n_trials: int
+    complete: int = 0
+    pruned: int = 0
+    failed: int = 0
+    best_value: float | None = None
+    best_number: int | None = None
+
+    @property
+    def finished(self) -> int:
+        """Trials that use up the budget: failed ones do not."""
+        return self.complete + self.pruned
+
+    def add(self, trial: FrozenTrial) -> None:
+        if trial.state == TrialState.COMPLETE:
+            self.complete += 1
+            if self.best_value is None or trial.value < self.best_value:
+                self.best_value, self.best_number = trial.value, trial.number
+        elif trial.state == TrialState.PRUNED:
+            self.pruned += 1
+        elif trial.state == TrialState.FAIL:
+            self.failed += 1
+
+    def line(self, trial: FrozenTrial) -> str:
+        value = "" if trial.value is None else f" mse={trial.value:.5f}"
+        best = "-" if self.best_value is None else f"{self.best_value:.5f} (trial {self.best_number})"
+        return (
+            f"trial {trial.number:>3} {trial.state.name:<8}{value:<16} | done {self.finished}/"
+            f"{self.n_trials}, pruned {self.pruned}, failed {self.failed} | best {best}"
+        )
+
+
+@dataclass
+class StudyRunner:
+    study: optuna.Study
+    distributions: dict[str, BaseDistribution]
+    n_trials: int
+    parallel_trials: int
+    lookahead: int
+    make_sampler: SamplerFactory
+    make_pruner: PrunerFactory
+    make_folds: FoldsFactory
+    booster_params: ParamsFactory
+    report_interval: int
+    recorder: TrialRecorder
+    fault_hook: Callable[[int], None] = lambda _number: None
+    log: Callable[[str], None] = print
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+    def run(self) -> Progress:
+        """Run trials until n_trials are COMPLETE or PRUNED; resume what the study holds."""
+        progress = Progress(self.n_trials)
+        self._close_interrupted_trials()
+        completed: list[FrozenTrial] = []
+        for trial in self.study.get_trials(deepcopy=False):
+            progress.add(trial)
+            if trial.state == TrialState.COMPLETE:
+                completed.append(trial)
+        if progress.finished:
+            self.log(f"resuming study {self.study.study_name}: {progress.finished} trials done")
+        local = threading.local()
+        window = self.parallel_trials + self.lookahead
+        in_flight: deque[tuple[optuna.Trial, Future[TrialOutcome]]] = deque()
+        with ThreadPoolExecutor(self.parallel_trials, thread_name_prefix="trial") as pool:
+            try:
+                while True:
+                    while len(in_flight) < window and self._may_ask(progress, len(in_flight)):
+                        trial = self._ask()
+                        snapshot = tuple(completed)
+                        future = pool.submit(self._evaluate, local, trial, snapshot)
+                        in_flight.append((trial, future))
+                    if not in_flight:
+                        break
+                    trial, future = in_flight[0]
+                    frozen = self._tell(trial, future.result())
+                    in_flight.popleft()
+                    progress.add(frozen)
+                    if frozen.state == TrialState.COMPLETE:
+                        completed.append(frozen)
+                    self.log(progress.line(frozen))
+            except BaseException:
+                self.cancel.set()
+                pool.shutdown(wait=True, cancel_futures=True)
+                for trial, _ in in_flight:
+                    _fail(self.study, trial, INTERRUPTED)
+                raise
+        if progress.complete == 0:
+            raise PipelineError(
+                f"no trial completed ({progress.pruned} pruned, {progress.failed} failed); "
+                "see the trial errors in the study or in MLflow"
+            )
+        return progress
+
+    def _may_ask(self, progress: Progress, n_in_flight: int) -> bool:
+        # Failed trials do not use up the budget, but an always-failing objective must end.
+        return (
+            progress.finished + n_in_flight < self.n_trials and progress.failed < self.n_trials
+        )
+
+    def _ask(self) -> optuna.Trial:
+        number = len(self.study.get_trials(deepcopy=False))
+        self.study.sampler = self.make_sampler(number)
+        return self.study.ask(self.distributions)
+
+    def _evaluate(
+        self, local: threading.local, trial: optuna.Trial, snapshot: Sequence[FrozenTrial]
+    ) -> TrialOutcome:
+        """Run in a worker thread: cross-validate, pruning against the snapshot."""
+        if not hasattr(local, "folds"):
+            local.folds = self.make_folds()
+            local.pruning = PruningView(self.make_pruner())
+        interval = self.report_interval
+        params = dict(trial.params)
+        started = time.time()
+        reported: dict[int, float] = {}
+        probe = local.pruning.start(snapshot)
+
+        def should_stop(step: int, value: float) -> bool:
+            if self.cancel.is_set():
+                raise InterruptedError("tuning was interrupted")
+            if step % interval != 0:
+                return False
+            reported[step] = value
+            probe.report(value, step)
+            return probe.should_prune()
+
+        try:
+            self.fault_hook(trial.number)
+            result = cross_validate(
+                self.booster_params(params), params[N_ROUNDS], local.folds, should_stop
+            )
+        except InterruptedError:
+            raise
+        except Exception as exc:  # a failing trial is recorded, the study goes on
+            error = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+            return TrialOutcome(
+                trial.number, params, TrialState.FAIL, None, reported, error, started, time.time()
+            )
+        state = TrialState.PRUNED if result.stopped_early else TrialState.COMPLETE
+        return TrialOutcome(
+            trial.number, params, state, result, reported, None, started, time.time()
+        )
+
+    def _tell(self, trial: optuna.Trial, outcome: TrialOutcome) -> FrozenTrial:
+        for step, value in outcome.reported.items():
+            trial.report(value, step)
+        if outcome.result is not None and outcome.state == TrialState.COMPLETE:
+            trial.set_user_attr("fold_mse", outcome.result.fold_mse)
+            trial.set_user_attr("fold_r2", outcome.result.fold_r2)
+        if outcome.error is not None:
+            trial.set_user_attr("error", outcome.error)
+        frozen = self.study.tell(trial, outcome.value, state=outcome.state)
+        self.recorder.record(frozen, outcome)
+        return frozen
+
+    def _close_interrupted_trials(self) -> None:
+        """Trials left RUNNING by a killed run become FAIL; they do not use up the budget."""
+        for frozen in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            _fail(self.study, optuna.Trial(self.study, frozen._trial_id), INTERRUPTED)
+            self.log(f"trial {frozen.number} was interrupted by an earlier run: marked FAIL")
+
+
+def _fail(study: optuna.Study, trial: optuna.Trial, reason: str) -> None:
+    trial.set_user_attr("error", reason)
+    study.tell(trial, state=TrialState.FAIL)
+
+
+class PruningView:
+    """A private in-memory study holding the trials a worker may prune against.
+
+    The study's real pruner (MedianPruner by default) decides, through Optuna's public API,
+    but only sees the snapshot of completed trials handed over with the task.
+    """
+
+    def __init__(self, pruner: BasePruner) -> None:
+        self._study = optuna.create_study(direction="minimize", pruner=pruner)
+        self._known = 0
+
+    def start(self, snapshot: Sequence[FrozenTrial]) -> optuna.Trial:
+        """Add the snapshot's new trials, then open a probe trial to report into."""
+        for frozen in snapshot[self._known :]:
+            self._study.add_trial(
+                optuna.trial.create_trial(
+                    value=frozen.value, intermediate_values=frozen.intermediate_values
+                )
+            )
+        self._known = len(snapshot)
+        return self._study.ask()
+
+
+def injected_faults(spec: str) -> Callable[[int], None]:
+    """Test hook: a comma-separated list of trial numbers (or "all") whose objective raises.
+
+    Set through the environment variable HPO_INJECT_FAULT_TRIALS by the tests, so that the
+    failure path runs the real code without editing it.
+    """
+    numbers = {int(part) for part in spec.split(",") if part.strip() and part.strip() != "all"}
+    fail_all = spec.strip() == "all"
+
+    def hook(number: int) -> None:
+        if fail_all or number in numbers:
+            raise RuntimeError(f"injected fault in trial {number}")
+
+    return hook

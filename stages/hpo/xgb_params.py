@@ -1,0 +1,44 @@
+"""The search space as Optuna distributions, and trial params as XGBoost booster params."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from optuna.distributions import BaseDistribution, FloatDistribution, IntDistribution
+
+from hpo.config import IntRange, ModelParams, SearchSpace
+
+# n_estimators is the number of boosting rounds, not a booster parameter.
+N_ROUNDS = "n_estimators"
+
+
+def distributions(space: SearchSpace) -> dict[str, BaseDistribution]:
+    """One Optuna distribution per search dimension, in params.yaml order."""
+    result: dict[str, BaseDistribution] = {}
+    for name, bounds in space:
+        if isinstance(bounds, IntRange):
+            result[name] = IntDistribution(bounds.low, bounds.high, log=bounds.log)
+        else:
+            result[name] = FloatDistribution(bounds.low, bounds.high, log=bounds.log)
+    return result
+
+
+def threads_per_fit(parallel_fits: int) -> int:
+    """cores // parallel fits, at least 1: parallel fits must not oversubscribe the cores."""
+    return max(1, (os.cpu_count() or 1) // parallel_fits)
+
+
+def booster_params(model: ModelParams, tuned: dict[str, Any], nthread: int) -> dict[str, Any]:
+    """XGBoost's native params for one fit: the fixed model settings plus the tuned values."""
+    params: dict[str, Any] = {
+        "objective": "reg:squarederror",
+        "eval_metric": "rmse",
+        "tree_method": model.tree_method,
+        "max_bin": model.max_bin,
+        "seed": model.seed,
+        "nthread": nthread,
+        "verbosity": 1,
+    }
+    params.update({k: v for k, v in tuned.items() if k != N_ROUNDS})
+    return params

@@ -1,0 +1,39 @@
+"""Stage plot: optimisation history and parameter importance, as PNGs and as DVC plot data."""
+
+import json
+
+import optuna
+
+from hpo import paths
+from hpo.config import load_params
+from hpo.errors import run_stage
+from hpo.plots import (
+    history_table,
+    importance_evaluator,
+    importance_table,
+    save_history_png,
+    save_importance_png,
+)
+from hpo.study_store import close_storage, open_storage
+
+
+def main() -> None:
+    params = load_params().plot
+    study_name = json.loads(paths.TUNE_SUMMARY.read_text())["study_name"]
+    storage = open_storage(paths.STUDY_DB)
+    try:
+        study = optuna.load_study(study_name=study_name, storage=storage)
+        paths.PLOT_DATA.mkdir(parents=True, exist_ok=True)
+        history_table(study).to_csv(paths.HISTORY_CSV, index=False)
+        evaluator = importance_evaluator(params.importance_evaluator, params.importance_seed)
+        importances = importance_table(study, evaluator)
+        importances.to_csv(paths.IMPORTANCE_CSV, index=False)
+        save_history_png(study, paths.HISTORY_PNG)
+        save_importance_png(importances, params.importance_evaluator, paths.IMPORTANCE_PNG)
+    finally:
+        close_storage(storage)
+    print(f"wrote {paths.HISTORY_PNG} and {paths.IMPORTANCE_PNG}")
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,33 @@
+"""Stage train_best: refit the best trial's params on the whole training split."""
+
+import json
+
+from hpo import paths, tracking
+from hpo.config import load_params
+from hpo.data import read_split
+from hpo.errors import run_stage
+from hpo.model import train_final
+
+
+def main() -> None:
+    params = load_params()
+    summary = json.loads(paths.TUNE_SUMMARY.read_text())
+    x_train, y_train = read_split(paths.TRAIN_CSV)
+    booster = train_final(params.model, summary["best_params"], x_train, y_train)
+    booster.save_model(paths.MODEL)
+    client, experiment_id = tracking.connect()
+    model_info = tracking.log_final_model(
+        client,
+        experiment_id,
+        booster,
+        x_train,
+        {"model": params.model.model_dump(), "best_params": summary["best_params"]},
+        study_run_id=summary["mlflow_parent_run_id"],
+    )
+    paths.MODEL_INFO.write_text(json.dumps(model_info, indent=2) + "\n")
+    print(f"model saved to {paths.MODEL}, registered as {model_info['registered_model']} "
+          f"version {model_info['registered_model_version']}")
+
+
+if __name__ == "__main__":
+    run_stage(main)

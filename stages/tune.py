@@ -1,0 +1,90 @@
+"""Stage tune: Optuna search over the XGBoost space, every trial recorded in MLflow."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import time
+from functools import partial
+
+import optuna
+
+from hpo import paths, search, tracking
+from hpo.trial_logging import StudyRecorder
+from hpo.config import load_params
+from hpo.cv import make_folds
+from hpo.data import read_split
+from hpo.errors import run_stage
+from hpo.study_store import close_storage, load_or_create, open_storage, study_name
+from hpo.tuning import StudyRunner, injected_faults
+from hpo.xgb_params import booster_params, distributions, threads_per_fit
+
+
+def main() -> None:
+    params = load_params()
+    tune, model = params.tune, params.model
+    x_train, y_train = read_split(paths.TRAIN_CSV)
+    identity = {
+        "tune": tune.model_dump(),
+        "model": model.model_dump(),
+        "train_sha256": hashlib.sha256(paths.TRAIN_CSV.read_bytes()).hexdigest(),
+    }
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    client, experiment_id = tracking.connect()
+    storage = open_storage(paths.STUDY_DB)
+    try:
+        study = load_or_create(storage, study_name(identity))
+        parent_run_id = tracking.open_study_run(
+            client, experiment_id, study, params.model_dump(mode="json")
+        )
+        runner = StudyRunner(
+            study=study,
+            distributions=distributions(tune.search_space),
+            n_trials=tune.n_trials,
+            parallel_trials=tune.parallel_trials,
+            lookahead=tune.lookahead,
+            make_sampler=partial(search.make_sampler, tune.sampler),
+            make_pruner=partial(search.make_pruner, tune.pruner),
+            make_folds=partial(
+                make_folds, x_train, y_train, tune.cv_folds, tune.cv_seed, model.max_bin
+            ),
+            booster_params=partial(
+                booster_params, model, nthread=threads_per_fit(tune.parallel_trials)
+            ),
+            report_interval=tune.pruner.interval_steps,
+            recorder=StudyRecorder(client, experiment_id, parent_run_id),
+            fault_hook=injected_faults(os.environ.get("HPO_INJECT_FAULT_TRIALS", "")),
+            log=partial(print, file=sys.stderr, flush=True),
+        )
+        started = time.perf_counter()
+        try:
+            progress = runner.run()
+        except BaseException as exc:
+            status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+            client.set_terminated(parent_run_id, status)
+            raise
+        elapsed = time.perf_counter() - started
+        best = study.best_trial
+        summary = {
+            "study_name": study.study_name,
+            "best_trial_number": best.number,
+            "best_cv_mse": best.value,
+            "best_params": best.params,
+            "n_trials": {
+                "complete": progress.complete,
+                "pruned": progress.pruned,
+                "failed": progress.failed,
+            },
+            "optimization_time_seconds": round(elapsed, 3),
+            "mlflow_parent_run_id": parent_run_id,
+        }
+        tracking.close_study_run(client, parent_run_id, summary)
+    finally:
+        close_storage(storage)
+    paths.TUNE_SUMMARY.write_text(json.dumps(summary, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    run_stage(main)
