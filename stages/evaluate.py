@@ -1,4 +1,4 @@
-"""Stage evaluate: the tuned model and the default-params baseline, judged once on the test split."""
+"""Stage evaluate: tuned model and default-params baseline, judged once on the test split."""
 
 import json
 
@@ -23,7 +23,9 @@ def main() -> None:
     booster = xgb.Booster(model_file=paths.MODEL)
     predicted = booster.inplace_predict(x_test)
     tuned = regression_metrics(y_test, predicted)
-    baseline = regression_metrics(y_test, train_baseline(params.model, x_train, y_train).predict(x_test))
+    baseline = regression_metrics(
+        y_test, train_baseline(params.model, x_train, y_train).predict(x_test)
+    )
 
     quality = {
         **{f"test_{k}": v for k, v in tuned.items()},
@@ -48,10 +50,14 @@ def main() -> None:
     paths.METRICS.write_text(json.dumps(quality, indent=2) + "\n")
     paths.RESULTS.write_text(json.dumps(results, indent=2) + "\n")
     paths.PLOT_DATA.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame({"actual": y_test, "predicted": predicted}).to_csv(paths.PREDICTIONS_CSV, index=False)
+    pd.DataFrame({"actual": y_test, "predicted": predicted}).to_csv(
+        paths.PREDICTIONS_CSV, index=False
+    )
 
     client, _ = tracking.connect()
-    tracking.log_metrics(client, model_info["mlflow_run_id"], {f"test_{k}": v for k, v in tuned.items()})
+    tracking.log_metrics(
+        client, model_info["mlflow_run_id"], {f"test_{k}": v for k, v in tuned.items()}
+    )
     print(f"test RMSE {tuned['rmse']:.4f} (baseline {baseline['rmse']:.4f}), R2 {tuned['r2']:.4f}")
 
 

@@ -25,8 +25,10 @@ def main() -> None:
         study_run_id=summary["mlflow_parent_run_id"],
     )
     paths.MODEL_INFO.write_text(json.dumps(model_info, indent=2) + "\n")
-    print(f"model saved to {paths.MODEL}, registered as {model_info['registered_model']} "
-          f"version {model_info['registered_model_version']}")
+    print(
+        f"model saved to {paths.MODEL}, registered as {model_info['registered_model']} "
+        f"version {model_info['registered_model_version']}"
+    )
 
 
 if __name__ == "__main__":

@@ -12,12 +12,12 @@ from functools import partial
 import optuna
 
 from hpo import paths, search, tracking
-from hpo.trial_logging import StudyRecorder
 from hpo.config import load_params
 from hpo.cv import make_folds
 from hpo.data import read_split
 from hpo.errors import run_stage
 from hpo.study_store import close_storage, load_or_create, open_storage, study_name
+from hpo.trial_logging import StudyRecorder
 from hpo.tuning import StudyRunner, injected_faults
 from hpo.xgb_params import booster_params, distributions, threads_per_fit
 

@@ -18,7 +18,7 @@ PARAMS_FILE = Path("params.yaml")
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
 
 class IntRange(_Strict):
@@ -144,6 +144,8 @@ def _describe(exc: ValidationError) -> str:
         message = "unknown key (typo?)"
     elif error["type"] == "missing":
         message = "missing key"
+    elif error["type"] == "int_type" and isinstance(error.get("input"), float):
+        message = f"must be an integer (no decimal point), got {error['input']!r}"
     elif "input" in error and not isinstance(error["input"], dict):
         message = f"{message}, got {error['input']!r}"
     more = len(exc.errors()) - 1

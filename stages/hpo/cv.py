@@ -67,7 +67,9 @@ def cross_validate(
         curve.append(float(np.mean(round_mse)))
         if should_stop(round_index + 1, curve[-1]):
             return CVResult(curve, [], [], stopped_early=True)
-    predictions = [booster.predict(fold.valid) for booster, fold in zip(boosters, folds, strict=True)]
+    predictions = [
+        booster.predict(fold.valid) for booster, fold in zip(boosters, folds, strict=True)
+    ]
     return CVResult(
         curve,
         fold_mse=[mse(f.y_valid, p) for f, p in zip(folds, predictions, strict=True)],

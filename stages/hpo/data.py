@@ -60,11 +60,18 @@ def read_raw(path: Path = RAW_DATA, expected_sha256: str = RAW_SHA256) -> pd.Dat
 
 def _parse(content: bytes, path: Path) -> pd.DataFrame:
     try:
-        frame = pd.read_csv(io.BytesIO(content), header=None, names=RAW_COLUMNS, dtype=float)
+        frame = pd.read_csv(io.BytesIO(content), header=None, dtype=float)
     except (ValueError, pd.errors.ParserError) as exc:
-        raise PipelineError(f"{path}: not 9 numeric columns ({' '.join(str(exc).split())})") from None
+        raise PipelineError(
+            f"{path}: not 9 numeric columns ({' '.join(str(exc).split())})"
+        ) from None
+    if frame.shape[1] != len(RAW_COLUMNS):
+        raise PipelineError(f"{path}: not 9 numeric columns (found {frame.shape[1]})")
+    frame.columns = RAW_COLUMNS
     if frame.isna().any().any():
-        raise PipelineError(f"{path}: missing values in rows {_first_rows(frame.isna().any(axis=1))}")
+        raise PipelineError(
+            f"{path}: missing values in rows {_first_rows(frame.isna().any(axis=1))}"
+        )
     return frame
 
 

@@ -12,7 +12,9 @@ from hpo.config import ModelParams
 from hpo.xgb_params import N_ROUNDS, booster_params
 
 
-def train_final(model: ModelParams, best_params: dict[str, Any], x: pd.DataFrame, y: pd.Series) -> xgb.Booster:
+def train_final(
+    model: ModelParams, best_params: dict[str, Any], x: pd.DataFrame, y: pd.Series
+) -> xgb.Booster:
     """Refit with the best trial's params, exactly as the CV objective trained each fold."""
     train = xgb.QuantileDMatrix(x, y, max_bin=model.max_bin)
     params = booster_params(model, best_params, nthread=os.cpu_count() or 1)

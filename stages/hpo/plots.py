@@ -9,16 +9,16 @@ import matplotlib
 
 matplotlib.use("Agg")  # stages run headless; set before pyplot is imported
 
-import matplotlib.pyplot as plt  # noqa: E402
-import optuna  # noqa: E402
-import pandas as pd  # noqa: E402
-from optuna.importance import (  # noqa: E402
+import matplotlib.pyplot as plt
+import optuna
+import pandas as pd
+from optuna.importance import (
     BaseImportanceEvaluator,
     FanovaImportanceEvaluator,
     MeanDecreaseImpurityImportanceEvaluator,
     PedAnovaImportanceEvaluator,
 )
-from optuna.trial import TrialState  # noqa: E402
+from optuna.trial import TrialState
 
 EVALUATORS: dict[str, type[BaseImportanceEvaluator]] = {
     "fanova": FanovaImportanceEvaluator,
@@ -35,7 +35,9 @@ def importance_evaluator(name: str, seed: int) -> BaseImportanceEvaluator:
 def history_table(study: optuna.Study) -> pd.DataFrame:
     """One row per completed trial: its CV MSE and the best CV MSE so far."""
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    table = pd.DataFrame({"trial": [t.number for t in complete], "cv_mse": [t.value for t in complete]})
+    table = pd.DataFrame(
+        {"trial": [t.number for t in complete], "cv_mse": [t.value for t in complete]}
+    )
     table["best_cv_mse"] = table["cv_mse"].cummin()
     return table
 

@@ -15,9 +15,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+import optuna
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
-import optuna
 
 from hpo.paths import MLFLOW_ARTIFACTS, MLFLOW_DB
 
@@ -42,7 +42,9 @@ def connect(db: Path = MLFLOW_DB, artifacts: Path = MLFLOW_ARTIFACTS) -> tuple[M
     if experiment is not None:
         return client, experiment.experiment_id
     artifacts.mkdir(parents=True, exist_ok=True)
-    return client, client.create_experiment(EXPERIMENT, artifact_location=artifacts.resolve().as_uri())
+    return client, client.create_experiment(
+        EXPERIMENT, artifact_location=artifacts.resolve().as_uri()
+    )
 
 
 def provenance_tags(params: dict[str, Any]) -> dict[str, str]:

@@ -41,7 +41,9 @@ class StudyRecorder:
         run_id = run.info.run_id
         timestamp = int(outcome.finished_at * 1000)
         metrics = [Metric("trial_number", trial.number, timestamp, 0)]
-        metrics += [Metric("cv_mse_curve", v, timestamp, i + 1) for i, v in enumerate(_curve(outcome))]
+        metrics += [
+            Metric("cv_mse_curve", v, timestamp, i + 1) for i, v in enumerate(_curve(outcome))
+        ]
         metrics += [Metric(k, v, timestamp, 0) for k, v in _trial_metrics(outcome).items()]
         self._client.log_batch(
             run_id,

@@ -95,7 +95,9 @@ class Progress:
 
     def line(self, trial: FrozenTrial) -> str:
         value = "" if trial.value is None else f" mse={trial.value:.5f}"
-        best = "-" if self.best_value is None else f"{self.best_value:.5f} (trial {self.best_number})"
+        best = (
+            "-" if self.best_value is None else f"{self.best_value:.5f} (trial {self.best_number})"
+        )
         return (
             f"trial {trial.number:>3} {trial.state.name:<8}{value:<16} | done {self.finished}/"
             f"{self.n_trials}, pruned {self.pruned}, failed {self.failed} | best {best}"
@@ -165,9 +167,7 @@ class StudyRunner:
 
     def _may_ask(self, progress: Progress, n_in_flight: int) -> bool:
         # Failed trials do not use up the budget, but an always-failing objective must end.
-        return (
-            progress.finished + n_in_flight < self.n_trials and progress.failed < self.n_trials
-        )
+        return progress.finished + n_in_flight < self.n_trials and progress.failed < self.n_trials
 
     def _ask(self) -> optuna.Trial:
         number = len(self.study.get_trials(deepcopy=False))

@@ -1,0 +1,112 @@
+"""Fixtures that run the real pipeline (`dvc repro`) in a throw-away copy of the repository."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+# What a run needs: code, data, pipeline definition. Outputs and caches are left behind.
+PROJECT_FILES = [
+    "dvc.yaml",
+    "params.yaml",
+    "stages",
+    "data/raw",
+    "notebooks",
+    ".dvcignore",
+    ".gitignore",
+]
+
+# A few seconds per trial instead of minutes: small rounds, 2 folds, a handful of trials.
+TINY_PARAMS: dict[str, Any] = {
+    "tune": {
+        "n_trials": 6,
+        "cv_folds": 2,
+        "sampler": {"n_startup_trials": 3},
+        "pruner": {"n_startup_trials": 2, "n_warmup_steps": 10, "interval_steps": 10},
+        "search_space": {
+            "n_estimators": {"low": 20, "high": 60},
+            "max_depth": {"low": 3, "high": 5},
+        },
+    }
+}
+
+
+def deep_update(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            deep_update(base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
+def write_params(project: Path, overrides: dict[str, Any]) -> None:
+    path = project / "params.yaml"
+    params = deep_update(yaml.safe_load(path.read_text()), overrides)
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def run(
+    project: Path, *args: str, check: bool = True, **kwargs: Any
+) -> subprocess.CompletedProcess:
+    """Run a command in the project with this interpreter's environment first on PATH."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env.update(kwargs.pop("env", {}))
+    done = subprocess.run(args, cwd=project, env=env, capture_output=True, text=True, **kwargs)
+    if check and done.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(args)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}"
+        )
+    return done
+
+
+def dvc(project: Path, *args: str, **kwargs: Any) -> subprocess.CompletedProcess:
+    return run(project, sys.executable, "-m", "dvc", *args, **kwargs)
+
+
+def make_project(destination: Path, overrides: dict[str, Any] | None = None) -> Path:
+    """A git + DVC project with the repository's code and the given params overrides."""
+    destination.mkdir(parents=True, exist_ok=True)
+    for name in PROJECT_FILES:
+        source = REPO / name
+        target = destination / name
+        if source.is_dir():
+            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+    write_params(
+        destination, deep_update(yaml.safe_load(yaml.safe_dump(TINY_PARAMS)), overrides or {})
+    )
+    run(destination, "git", "init", "-q")
+    run(destination, "git", "config", "user.email", "ci@example.invalid")
+    run(destination, "git", "config", "user.name", "CI")
+    dvc(destination, "init", "-q")
+    dvc(destination, "config", "core.analytics", "false")
+    commit(destination, "project under test")
+    return destination
+
+
+def commit(project: Path, message: str) -> None:
+    run(project, "git", "add", "-A")
+    run(project, "git", "commit", "-qm", message, "--allow-empty")
+
+
+ProjectFactory = Callable[..., Path]
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One full `dvc repro` of the tiny configuration, shared by the read-only checks."""
+    project = make_project(tmp_path_factory.mktemp("tiny") / "project")
+    dvc(project, "repro")
+    return project

@@ -1,0 +1,160 @@
+"""The real pipeline end to end: `dvc repro` on a tiny configuration, then every output."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import mlflow
+import nbclient
+import nbformat
+import numpy as np
+import optuna
+import pandas as pd
+import pytest
+from conftest import TINY_PARAMS, dvc
+from matplotlib import image
+from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
+
+from hpo.data import FEATURES
+
+N_TRIALS = TINY_PARAMS["tune"]["n_trials"]
+EXPERIMENT = "xgboost-california-housing"
+
+
+def _results(project: Path) -> dict:
+    return json.loads((project / "outputs/results.json").read_text())
+
+
+def _client(project: Path) -> MlflowClient:
+    return MlflowClient(tracking_uri=f"sqlite:///{project / 'outputs/mlflow.db'}")
+
+
+def test_results_json_has_every_key_in_range(tiny_run: Path) -> None:
+    results = _results(tiny_run)
+    assert set(results["best_params"]) == {
+        "n_estimators", "max_depth", "learning_rate", "subsample",
+        "colsample_bytree", "min_child_weight", "gamma",
+    }  # fmt: skip
+    assert 20 <= results["best_params"]["n_estimators"] <= 60
+    assert 3 <= results["best_params"]["max_depth"] <= 5
+    assert 0.3 < results["test_rmse"] < 1.0
+    assert results["test_rmse"] == pytest.approx(results["test_mse"] ** 0.5)
+    assert 0.5 < results["test_r2"] < 1.0
+    assert 0.3 < results["baseline_rmse"] < 1.0
+    assert results["optimization_time_seconds"] > 0
+    counts = results["trials"]
+    assert counts["complete"] + counts["pruned"] == N_TRIALS
+    assert counts["failed"] == 0
+    metrics = json.loads((tiny_run / "outputs/metrics.json").read_text())
+    assert metrics["test_rmse"] == results["test_rmse"]
+    assert "optimization_time_seconds" not in metrics
+
+
+def test_study_holds_the_trials(tiny_run: Path) -> None:
+    results = _results(tiny_run)
+    storage = f"sqlite:///{tiny_run / 'outputs/optuna_study.db'}"
+    study = optuna.load_study(study_name=results["study_name"], storage=storage)
+    states = [t.state for t in study.trials]
+    assert states.count(TrialState.COMPLETE) + states.count(TrialState.PRUNED) == N_TRIALS
+    assert TrialState.RUNNING not in states
+    assert study.best_trial.params == results["best_params"]
+    assert study.best_value == pytest.approx(results["best_cv_mse"])
+    # intermediate values were reported every interval_steps rounds, for the pruner
+    assert all(step % 10 == 0 for t in study.trials for step in t.intermediate_values)
+    assert any(t.intermediate_values for t in study.trials)
+
+
+def test_mlflow_has_parent_run_with_a_child_per_trial(tiny_run: Path) -> None:
+    results = _results(tiny_run)
+    client = _client(tiny_run)
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    parent = client.get_run(results["mlflow"]["study_run_id"])
+    assert parent.info.status == "FINISHED"
+    assert parent.data.metrics["best_cv_mse"] == pytest.approx(results["best_cv_mse"])
+    assert parent.data.params["tune.n_trials"] == str(N_TRIALS)
+    assert "params_hash" in parent.data.tags
+    children = client.search_runs(
+        [experiment.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+    )
+    assert len(children) == N_TRIALS
+    for child in children:
+        assert child.info.status == "FINISHED"
+        assert set(child.data.params) >= {"max_depth", "learning_rate", "n_estimators"}
+        assert child.data.tags["optuna.state"] in {"COMPLETE", "PRUNED"}
+        artifacts = [a.path for a in client.list_artifacts(child.info.run_id)]
+        assert "learning_curve.json" in artifacts
+        if child.data.tags["optuna.state"] == "COMPLETE":
+            metrics = child.data.metrics
+            assert {"cv_mse", "cv_rmse", "cv_r2", "fold_0_mse", "fold_1_mse"} <= set(metrics)
+            assert metrics["cv_mse"] == pytest.approx(
+                (metrics["fold_0_mse"] + metrics["fold_1_mse"]) / 2
+            )
+    best = [
+        c
+        for c in children
+        if c.data.tags["optuna.trial_number"] == str(results["best_trial_number"])
+    ]
+    assert best[0].data.metrics["cv_mse"] == pytest.approx(results["best_cv_mse"])
+
+
+def test_registered_model_loads_and_predicts(tiny_run: Path) -> None:
+    results = _results(tiny_run)
+    mlflow.set_tracking_uri(f"sqlite:///{tiny_run / 'outputs/mlflow.db'}")
+    name, version = (
+        results["mlflow"]["registered_model"],
+        results["mlflow"]["registered_model_version"],
+    )
+    model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
+    test = pd.read_csv(tiny_run / "data/prepared/test.csv")
+    predicted = np.asarray(model.predict(test[FEATURES]))
+    expected = pd.read_csv(tiny_run / "outputs/plots/test_predictions.csv")["predicted"]
+    np.testing.assert_allclose(predicted, expected, rtol=1e-6)
+    model_run = _client(tiny_run).get_run(results["mlflow"]["model_run_id"])
+    assert model_run.data.metrics["test_rmse"] == pytest.approx(results["test_rmse"])
+
+
+@pytest.mark.parametrize("name", ["optimization_history.png", "param_importance.png"])
+def test_pngs_are_real_images(tiny_run: Path, name: str) -> None:
+    pixels = image.imread(tiny_run / "outputs" / name)
+    assert pixels.shape[0] > 200
+    assert pixels.shape[1] > 300
+    assert pixels.std() > 0.01  # not a blank canvas
+
+
+def test_dvc_plots_and_metrics_read_the_outputs(tiny_run: Path) -> None:
+    shown = dvc(tiny_run, "metrics", "show", "--json").stdout
+    assert "test_rmse" in shown
+    rendered = dvc(tiny_run, "plots", "show", "--json").stdout
+    for title in (
+        "Optimisation history",
+        "Predicted vs actual (test split)",
+        "Parameter importance",
+    ):
+        assert title in rendered
+
+
+def test_second_repro_does_nothing(tiny_run: Path) -> None:
+    output = dvc(tiny_run, "repro").stdout
+    assert "Running stage" not in output
+    assert "up to date" in dvc(tiny_run, "status").stdout
+
+
+def test_notebook_runs_on_the_outputs(
+    tiny_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    outputs = shutil.copytree(tiny_run / "outputs", tmp_path / "outputs")
+    notebook = nbformat.read(tiny_run / "notebooks/analysis.ipynb", as_version=4)
+    monkeypatch.setenv("HPO_OUTPUTS", str(outputs))  # the kernel inherits it
+    nbclient.NotebookClient(
+        notebook,
+        timeout=300,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(tmp_path)}},
+    ).execute()
+    errors = [o for c in notebook.cells for o in c.get("outputs", []) if o.output_type == "error"]
+    assert not errors
+    printed = "".join(o.get("text", "") for c in notebook.cells for o in c.get("outputs", []))
+    assert f"{N_TRIALS} trial runs under the study run" in printed
