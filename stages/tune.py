@@ -6,7 +6,6 @@ import hashlib
 import json
 import os
 import sys
-import time
 from functools import partial
 
 import optuna
@@ -16,9 +15,15 @@ from hpo.config import load_params
 from hpo.cv import make_folds
 from hpo.data import read_split
 from hpo.errors import run_stage
-from hpo.study_store import close_storage, load_or_create, open_storage, study_name
+from hpo.study_store import (
+    close_storage,
+    code_fingerprint,
+    load_or_create,
+    open_storage,
+    study_name,
+)
 from hpo.trial_logging import StudyRecorder
-from hpo.tuning import StudyRunner, injected_faults
+from hpo.tuning import StudyRunner, injected_faults, summarize
 from hpo.xgb_params import booster_params, distributions, threads_per_fit
 
 
@@ -30,6 +35,7 @@ def main() -> None:
         "tune": tune.model_dump(),
         "model": model.model_dump(),
         "train_sha256": hashlib.sha256(paths.TRAIN_CSV.read_bytes()).hexdigest(),
+        "code_sha256": code_fingerprint(),
     }
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     client, experiment_id = tracking.connect()
@@ -58,28 +64,13 @@ def main() -> None:
             fault_hook=injected_faults(os.environ.get("HPO_INJECT_FAULT_TRIALS", "")),
             log=partial(print, file=sys.stderr, flush=True),
         )
-        started = time.perf_counter()
         try:
             progress = runner.run()
         except BaseException as exc:
             status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
             client.set_terminated(parent_run_id, status)
             raise
-        elapsed = time.perf_counter() - started
-        best = study.best_trial
-        summary = {
-            "study_name": study.study_name,
-            "best_trial_number": best.number,
-            "best_cv_mse": best.value,
-            "best_params": best.params,
-            "n_trials": {
-                "complete": progress.complete,
-                "pruned": progress.pruned,
-                "failed": progress.failed,
-            },
-            "optimization_time_seconds": round(elapsed, 3),
-            "mlflow_parent_run_id": parent_run_id,
-        }
+        summary = {**summarize(study, progress), "mlflow_parent_run_id": parent_run_id}
         tracking.close_study_run(client, parent_run_id, summary)
     finally:
         close_storage(storage)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -45,10 +46,24 @@ def study_name(identity: dict[str, Any]) -> str:
     """A name derived from everything that shapes the trial sequence.
 
     The same settings resume the same study after a crash; any change (search space, seeds,
-    folds, data) starts a fresh study instead of mixing trials from different setups.
+    folds, data, code) starts a fresh study instead of mixing trials from different setups.
     """
     canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"))
     return "xgb-cv-" + hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
+def code_fingerprint() -> str:
+    """sha256 over the source of every loaded hpo module.
+
+    Part of the study's identity: after an edit to the objective, `dvc repro` must run new
+    trials, not hand back the trials of the old code from the persisted study.
+    """
+    digest = hashlib.sha256()
+    for name in sorted(n for n in sys.modules if n == "hpo" or n.startswith("hpo.")):
+        source = getattr(sys.modules[name], "__file__", None)
+        if source:
+            digest.update(name.encode() + b"\0" + Path(source).read_bytes())
+    return digest.hexdigest()
 
 
 def load_or_create(storage: RDBStorage, name: str) -> optuna.Study:

@@ -41,6 +41,10 @@ PrunerFactory = Callable[[], BasePruner]
 
 # Marks a trial that was running when its process died or was interrupted.
 INTERRUPTED = "interrupted"
+# Study user attributes, summed over the sessions that ran trials (a resumed study adds up):
+# wall time, and the main thread's time in the sampler, the study storage and MLflow.
+OPTIMIZATION_TIME_ATTR = "optimization_time_seconds"
+MAIN_THREAD_TIME_ATTR = "main_thread_seconds"
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,8 @@ class Progress:
     failed: int = 0
     best_value: float | None = None
     best_number: int | None = None
+    told_this_session: int = 0
+    main_thread_seconds: float = 0.0
 
     @property
     def finished(self) -> int:
@@ -133,22 +139,29 @@ class StudyRunner:
         if progress.finished:
             self.log(f"resuming study {self.study.study_name}: {progress.finished} trials done")
         local = threading.local()
+        started = time.perf_counter()
         window = self.parallel_trials + self.lookahead
         in_flight: deque[tuple[optuna.Trial, Future[TrialOutcome]]] = deque()
         with ThreadPoolExecutor(self.parallel_trials, thread_name_prefix="trial") as pool:
             try:
                 while True:
                     while len(in_flight) < window and self._may_ask(progress, len(in_flight)):
+                        busy = time.perf_counter()
                         trial = self._ask()
+                        progress.main_thread_seconds += time.perf_counter() - busy
                         snapshot = tuple(completed)
                         future = pool.submit(self._evaluate, local, trial, snapshot)
                         in_flight.append((trial, future))
                     if not in_flight:
                         break
                     trial, future = in_flight[0]
-                    frozen = self._tell(trial, future.result())
+                    outcome = future.result()
+                    busy = time.perf_counter()
+                    frozen = self._tell(trial, outcome)
+                    progress.main_thread_seconds += time.perf_counter() - busy
                     in_flight.popleft()
                     progress.add(frozen)
+                    progress.told_this_session += 1
                     if frozen.state == TrialState.COMPLETE:
                         completed.append(frozen)
                     self.log(progress.line(frozen))
@@ -158,12 +171,20 @@ class StudyRunner:
                 for trial, _ in in_flight:
                     _fail(self.study, trial, INTERRUPTED)
                 raise
+        if progress.told_this_session:
+            elapsed = time.perf_counter() - started
+            self._add_time(OPTIMIZATION_TIME_ATTR, elapsed)
+            self._add_time(MAIN_THREAD_TIME_ATTR, progress.main_thread_seconds)
         if progress.complete == 0:
             raise PipelineError(
                 f"no trial completed ({progress.pruned} pruned, {progress.failed} failed); "
                 "see the trial errors in the study or in MLflow"
             )
         return progress
+
+    def _add_time(self, attr: str, seconds: float) -> None:
+        previous = self.study.user_attrs.get(attr, 0.0)
+        self.study.set_user_attr(attr, round(previous + seconds, 3))
 
     def _may_ask(self, progress: Progress, n_in_flight: int) -> bool:
         # Failed trials do not use up the budget, but an always-failing objective must end.
@@ -258,6 +279,24 @@ class PruningView:
             )
         self._known = len(snapshot)
         return self._study.ask()
+
+
+def summarize(study: optuna.Study, progress: Progress) -> dict[str, Any]:
+    """The study's outcome as the tune stage writes it (tune_summary.json)."""
+    best = study.best_trial
+    return {
+        "study_name": study.study_name,
+        "best_trial_number": best.number,
+        "best_cv_mse": best.value,
+        "best_params": best.params,
+        "n_trials": {
+            "complete": progress.complete,
+            "pruned": progress.pruned,
+            "failed": progress.failed,
+        },
+        "optimization_time_seconds": study.user_attrs.get(OPTIMIZATION_TIME_ATTR, 0.0),
+        "main_thread_seconds": study.user_attrs.get(MAIN_THREAD_TIME_ATTR, 0.0),
+    }
 
 
 def injected_faults(spec: str) -> Callable[[int], None]:
