@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import sys
 from functools import partial
 
@@ -14,12 +15,13 @@ from hpo import paths, search, tracking
 from hpo.config import load_params
 from hpo.cv import make_folds
 from hpo.data import read_split
-from hpo.errors import run_stage
+from hpo.errors import PipelineError, run_stage
 from hpo.study_store import (
     close_storage,
     code_fingerprint,
     load_or_create,
     open_storage,
+    process_lock,
     study_name,
 )
 from hpo.trial_logging import StudyRecorder
@@ -29,6 +31,8 @@ from hpo.xgb_params import booster_params, distributions, threads_per_fit
 
 def main() -> None:
     params = load_params()
+    # `docker stop` and job schedulers send SIGTERM: stop as cleanly as on Ctrl-C.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     tune, model = params.tune, params.model
     x_train, y_train = read_split(paths.TRAIN_CSV)
     identity = {
@@ -61,14 +65,21 @@ def main() -> None:
             ),
             report_interval=tune.pruner.interval_steps,
             recorder=StudyRecorder(client, experiment_id, parent_run_id),
+            ask_lock=partial(process_lock, paths.STUDY_DB),
             fault_hook=injected_faults(os.environ.get("HPO_INJECT_FAULT_TRIALS", "")),
             log=partial(print, file=sys.stderr, flush=True),
         )
         try:
             progress = runner.run()
-        except BaseException as exc:
-            status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
-            client.set_terminated(parent_run_id, status)
+        except KeyboardInterrupt:
+            client.set_terminated(parent_run_id, "KILLED")
+            raise PipelineError(
+                "tuning interrupted; finished trials are kept in "
+                f"{paths.STUDY_DB}, run `dvc repro` to resume",
+                exit_code=130,
+            ) from None
+        except BaseException:
+            client.set_terminated(parent_run_id, "FAILED")
             raise
         summary = {**summarize(study, progress), "mlflow_parent_run_id": parent_run_id}
         tracking.close_study_run(client, parent_run_id, summary)

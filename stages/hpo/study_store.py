@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -70,3 +73,18 @@ def load_or_create(storage: RDBStorage, name: str) -> optuna.Study:
     return optuna.create_study(
         storage=storage, study_name=name, direction="minimize", load_if_exists=True
     )
+
+
+@contextlib.contextmanager
+def process_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock between tune processes on one host (flock on the study file).
+
+    Held while checking the trial budget and asking, so that two workers sharing a study never
+    ask more trials than n_trials between them. flock is independent of SQLite's own locks.
+    """
+    with path.open("rb") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -9,7 +9,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo.tuning import TrialOutcome
+from hpo.tuning import INTERRUPTED, TrialOutcome
 
 _RUN_STATUS = {
     TrialState.COMPLETE: "FINISHED",
@@ -51,7 +51,8 @@ class StudyRecorder:
             params=[Param(k, str(v)) for k, v in trial.params.items()],
         )
         self._client.log_dict(run_id, _learning_curve(outcome), "learning_curve.json")
-        self._client.set_terminated(run_id, _RUN_STATUS[trial.state], end_time=timestamp)
+        status = "KILLED" if outcome.error == INTERRUPTED else _RUN_STATUS[trial.state]
+        self._client.set_terminated(run_id, status, end_time=timestamp)
 
 
 def _curve(outcome: TrialOutcome) -> list[float]:

@@ -1,4 +1,4 @@
-"""Parallel Optuna trials whose sequence does not depend on timing.
+"""Parallel Optuna trials whose sequence does not depend on timing, and that survive crashes.
 
 Optuna's own `n_jobs` lets each thread ask the sampler whenever it is free, so what the
 sampler and the pruner see depends on which trial happened to finish first. Here the main
@@ -12,17 +12,27 @@ thread is the only one that touches the study, and it follows a fixed protocol:
 
 So the sampler's and pruner's inputs for trial k are a function of trials 0..k-window alone,
 and two runs with the same params produce the same trials. Workers run in threads (XGBoost
-releases the GIL) and never wait for each other: a finished worker takes the next asked trial.
+releases the GIL) and never wait for each other: a free worker takes the next asked trial.
+
+Crash safety: a trial that finishes before its turn to be told is saved at once in the study
+(user attribute `pending_outcome`), so a killed run loses no finished work. The next run tells
+such trials from what was saved and closes trials whose process is gone as FAIL
+("interrupted"); those do not use up the budget. Each asked trial carries its owner
+(host, pid), so a second tune process on the same study is not mistaken for a dead one, and
+the budget check and ask happen under a file lock, so the trial count stays exact.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import socket
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 import optuna
@@ -41,10 +51,15 @@ PrunerFactory = Callable[[], BasePruner]
 
 # Marks a trial that was running when its process died or was interrupted.
 INTERRUPTED = "interrupted"
+# Trial user attributes: who runs the trial, and its outcome while it waits for its turn.
+OWNER_ATTR = "owner"
+PENDING_ATTR = "pending_outcome"
 # Study user attributes, summed over the sessions that ran trials (a resumed study adds up):
 # wall time, and the main thread's time in the sampler, the study storage and MLflow.
 OPTIMIZATION_TIME_ATTR = "optimization_time_seconds"
 MAIN_THREAD_TIME_ATTR = "main_thread_seconds"
+# Seconds between checks while waiting for workers or for another process's trials.
+POLL_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -66,6 +81,32 @@ class TrialOutcome:
             return self.result.mean_mse
         return None
 
+    def to_json(self) -> dict[str, Any]:
+        return {
+            **asdict(self),
+            "state": self.state.name,
+            "reported": [[step, value] for step, value in self.reported.items()],
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TrialOutcome:
+        result = data["result"]
+        return cls(
+            **{
+                **data,
+                "state": TrialState[data["state"]],
+                "result": CVResult(**result) if result is not None else None,
+                "reported": {int(step): value for step, value in data["reported"]},
+            }
+        )
+
+    @classmethod
+    def interrupted(cls, trial: FrozenTrial) -> TrialOutcome:
+        started = trial.datetime_start.timestamp() if trial.datetime_start else time.time()
+        return cls(
+            trial.number, trial.params, TrialState.FAIL, None, {}, INTERRUPTED, started, time.time()
+        )
+
 
 class TrialRecorder(Protocol):
     def record(self, trial: FrozenTrial, outcome: TrialOutcome) -> None: ...
@@ -82,6 +123,7 @@ class Progress:
     best_value: float | None = None
     best_number: int | None = None
     told_this_session: int = 0
+    failed_this_session: int = 0
     main_thread_seconds: float = 0.0
 
     @property
@@ -101,13 +143,20 @@ class Progress:
 
     def line(self, trial: FrozenTrial) -> str:
         value = "" if trial.value is None else f" mse={trial.value:.5f}"
-        best = (
-            "-" if self.best_value is None else f"{self.best_value:.5f} (trial {self.best_number})"
-        )
+        best = "-"
+        if self.best_value is not None:
+            best = f"{self.best_value:.5f} (trial {self.best_number})"
         return (
             f"trial {trial.number:>3} {trial.state.name:<8}{value:<16} | done {self.finished}/"
             f"{self.n_trials}, pruned {self.pruned}, failed {self.failed} | best {best}"
         )
+
+
+@dataclass
+class _InFlight:
+    trial: optuna.Trial
+    future: Future[TrialOutcome]
+    saved: bool = False
 
 
 @dataclass
@@ -123,58 +172,60 @@ class StudyRunner:
     booster_params: ParamsFactory
     report_interval: int
     recorder: TrialRecorder
+    ask_lock: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext
     fault_hook: Callable[[int], None] = lambda _number: None
     log: Callable[[str], None] = print
     cancel: threading.Event = field(default_factory=threading.Event)
 
     def run(self) -> Progress:
         """Run trials until n_trials are COMPLETE or PRUNED; resume what the study holds."""
-        progress = Progress(self.n_trials)
-        self._close_interrupted_trials()
-        completed: list[FrozenTrial] = []
-        for trial in self.study.get_trials(deepcopy=False):
-            progress.add(trial)
-            if trial.state == TrialState.COMPLETE:
-                completed.append(trial)
+        with self.ask_lock():
+            self._recover_orphans()
+        progress = self._progress_from_storage()
         if progress.finished:
             self.log(f"resuming study {self.study.study_name}: {progress.finished} trials done")
         local = threading.local()
         started = time.perf_counter()
         window = self.parallel_trials + self.lookahead
-        in_flight: deque[tuple[optuna.Trial, Future[TrialOutcome]]] = deque()
+        in_flight: deque[_InFlight] = deque()
         with ThreadPoolExecutor(self.parallel_trials, thread_name_prefix="trial") as pool:
             try:
                 while True:
-                    while len(in_flight) < window and self._may_ask(progress, len(in_flight)):
+                    while len(in_flight) < window:
                         busy = time.perf_counter()
-                        trial = self._ask()
+                        with self.ask_lock():
+                            asked = self._ask_within_budget(progress, len(in_flight))
                         progress.main_thread_seconds += time.perf_counter() - busy
-                        snapshot = tuple(completed)
-                        future = pool.submit(self._evaluate, local, trial, snapshot)
-                        in_flight.append((trial, future))
+                        if asked is None:
+                            break
+                        future = pool.submit(self._evaluate, local, *asked)
+                        in_flight.append(_InFlight(asked[0], future))
                     if not in_flight:
-                        break
-                    trial, future = in_flight[0]
-                    outcome = future.result()
+                        if not self._others_running():
+                            break
+                        time.sleep(POLL_S)  # another process owns the remaining trials
+                        with self.ask_lock():
+                            self._recover_orphans()
+                        continue
+                    if not self._wait_for_head(in_flight):
+                        continue
                     busy = time.perf_counter()
-                    frozen = self._tell(trial, outcome)
+                    head = in_flight.popleft()
+                    frozen = self._tell(head.trial, head.future.result())
                     progress.main_thread_seconds += time.perf_counter() - busy
-                    in_flight.popleft()
                     progress.add(frozen)
                     progress.told_this_session += 1
-                    if frozen.state == TrialState.COMPLETE:
-                        completed.append(frozen)
+                    progress.failed_this_session += frozen.state == TrialState.FAIL
                     self.log(progress.line(frozen))
             except BaseException:
                 self.cancel.set()
                 pool.shutdown(wait=True, cancel_futures=True)
-                for trial, _ in in_flight:
-                    _fail(self.study, trial, INTERRUPTED)
+                self._close_after_interrupt(in_flight)
                 raise
         if progress.told_this_session:
-            elapsed = time.perf_counter() - started
-            self._add_time(OPTIMIZATION_TIME_ATTR, elapsed)
+            self._add_time(OPTIMIZATION_TIME_ATTR, time.perf_counter() - started)
             self._add_time(MAIN_THREAD_TIME_ATTR, progress.main_thread_seconds)
+        progress = self._progress_from_storage()
         if progress.complete == 0:
             raise PipelineError(
                 f"no trial completed ({progress.pruned} pruned, {progress.failed} failed); "
@@ -182,18 +233,45 @@ class StudyRunner:
             )
         return progress
 
-    def _add_time(self, attr: str, seconds: float) -> None:
-        previous = self.study.user_attrs.get(attr, 0.0)
-        self.study.set_user_attr(attr, round(previous + seconds, 3))
+    def _progress_from_storage(self) -> Progress:
+        progress = Progress(self.n_trials)
+        for trial in self.study.get_trials(deepcopy=False):
+            progress.add(trial)
+        return progress
 
-    def _may_ask(self, progress: Progress, n_in_flight: int) -> bool:
+    def _ask_within_budget(
+        self, progress: Progress, n_in_flight: int
+    ) -> tuple[optuna.Trial, tuple[FrozenTrial, ...]] | None:
+        """Ask the next trial unless finished + running trials (of any process) fill the budget.
+
+        Returns the trial and the completed trials its pruner may compare against.
+        """
         # Failed trials do not use up the budget, but an always-failing objective must end.
-        return progress.finished + n_in_flight < self.n_trials and progress.failed < self.n_trials
+        if progress.failed_this_session + n_in_flight >= self.n_trials:
+            return None
+        trials = self.study.get_trials(deepcopy=False)
+        states = [t.state for t in trials]
+        used = sum(
+            states.count(s) for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+        )
+        if used >= self.n_trials:
+            return None
+        snapshot = tuple(t for t in trials if t.state == TrialState.COMPLETE)
+        self.study.sampler = self.make_sampler(len(trials))
+        trial = self.study.ask(self.distributions)
+        trial.set_user_attr(OWNER_ATTR, _this_process())
+        return trial, snapshot
 
-    def _ask(self) -> optuna.Trial:
-        number = len(self.study.get_trials(deepcopy=False))
-        self.study.sampler = self.make_sampler(number)
-        return self.study.ask(self.distributions)
+    def _wait_for_head(self, in_flight: deque[_InFlight]) -> bool:
+        """Wait a little for the oldest trial; save any trial that finished out of turn."""
+        running = [item.future for item in in_flight if not item.future.done()]
+        if running:
+            wait(running, timeout=POLL_S, return_when=FIRST_COMPLETED)
+        for item in list(in_flight)[1:]:
+            if item.future.done() and not item.saved and item.future.exception() is None:
+                item.trial.set_user_attr(PENDING_ATTR, item.future.result().to_json())
+                item.saved = True
+        return in_flight[0].future.done()
 
     def _evaluate(
         self, local: threading.local, trial: optuna.Trial, snapshot: Sequence[FrozenTrial]
@@ -225,7 +303,9 @@ class StudyRunner:
         except InterruptedError:
             raise
         except Exception as exc:  # a failing trial is recorded, the study goes on
-            error = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+            # XGBoost appends a native stack trace; the first part says what went wrong.
+            message = " ".join(str(exc).split(" Stack trace:")[0].split())
+            error = f"{type(exc).__name__}: {message}"
             return TrialOutcome(
                 trial.number, params, TrialState.FAIL, None, reported, error, started, time.time()
             )
@@ -246,16 +326,50 @@ class StudyRunner:
         self.recorder.record(frozen, outcome)
         return frozen
 
-    def _close_interrupted_trials(self) -> None:
-        """Trials left RUNNING by a killed run become FAIL; they do not use up the budget."""
+    def _close_after_interrupt(self, in_flight: deque[_InFlight]) -> None:
+        """Tell what finished, in order; close the rest as interrupted, in Optuna and MLflow."""
+        for item in in_flight:
+            future = item.future
+            finished = future.done() and not future.cancelled() and future.exception() is None
+            outcome = future.result() if finished else TrialOutcome.interrupted(item.trial)
+            with contextlib.suppress(Exception):  # never mask the interrupt itself
+                self._tell(item.trial, outcome)
+
+    def _recover_orphans(self) -> None:
+        """Trials left RUNNING by a dead process: tell the saved outcome, or close as FAIL."""
         for frozen in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            _fail(self.study, optuna.Trial(self.study, frozen._trial_id), INTERRUPTED)
-            self.log(f"trial {frozen.number} was interrupted by an earlier run: marked FAIL")
+            if _is_alive(frozen.user_attrs.get(OWNER_ATTR)):
+                continue
+            trial = optuna.Trial(self.study, frozen._trial_id)
+            saved = frozen.user_attrs.get(PENDING_ATTR)
+            outcome = TrialOutcome.from_json(saved) if saved else TrialOutcome.interrupted(frozen)
+            self._tell(trial, outcome)
+            how = "recovered its saved result" if saved else "marked FAIL (interrupted)"
+            self.log(f"trial {frozen.number} was left running by a stopped run: {how}")
+
+    def _others_running(self) -> bool:
+        return bool(self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+
+    def _add_time(self, attr: str, seconds: float) -> None:
+        previous = self.study.user_attrs.get(attr, 0.0)
+        self.study.set_user_attr(attr, round(previous + seconds, 3))
 
 
-def _fail(study: optuna.Study, trial: optuna.Trial, reason: str) -> None:
-    trial.set_user_attr("error", reason)
-    study.tell(trial, state=TrialState.FAIL)
+def _this_process() -> dict[str, Any]:
+    return {"host": socket.gethostname(), "pid": os.getpid()}
+
+
+def _is_alive(owner: dict[str, Any] | None) -> bool:
+    """Whether the process that asked a trial still runs (on this host; SQLite is local)."""
+    if not owner or owner.get("host") != socket.gethostname():
+        return False
+    try:
+        os.kill(int(owner["pid"]), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class PruningView:
@@ -267,17 +381,18 @@ class PruningView:
 
     def __init__(self, pruner: BasePruner) -> None:
         self._study = optuna.create_study(direction="minimize", pruner=pruner)
-        self._known = 0
+        self._known: set[int] = set()
 
     def start(self, snapshot: Sequence[FrozenTrial]) -> optuna.Trial:
         """Add the snapshot's new trials, then open a probe trial to report into."""
-        for frozen in snapshot[self._known :]:
-            self._study.add_trial(
-                optuna.trial.create_trial(
-                    value=frozen.value, intermediate_values=frozen.intermediate_values
+        for frozen in snapshot:
+            if frozen.number not in self._known:
+                self._known.add(frozen.number)
+                self._study.add_trial(
+                    optuna.trial.create_trial(
+                        value=frozen.value, intermediate_values=frozen.intermediate_values
+                    )
                 )
-            )
-        self._known = len(snapshot)
         return self._study.ask()
 
 

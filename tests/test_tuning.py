@@ -1,0 +1,135 @@
+"""The deterministic parallel ask/tell loop, on a small slice of the real data."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import optuna
+import pytest
+from conftest import REPO
+from optuna.trial import FrozenTrial, TrialState
+
+from hpo import search
+from hpo.config import load_params
+from hpo.cv import make_folds
+from hpo.data import FEATURES, TARGET, derive_features, read_raw
+from hpo.errors import PipelineError
+from hpo.tuning import INTERRUPTED, PruningView, StudyRunner, TrialOutcome, injected_faults
+from hpo.xgb_params import booster_params, distributions
+
+PARAMS = load_params(REPO / "params.yaml")
+
+
+@pytest.fixture(scope="module")
+def small_data():
+    frame = derive_features(read_raw(REPO / "data/raw/cal_housing.data.gz")).iloc[:1500]
+    return frame[FEATURES], frame[TARGET]
+
+
+class Collector:
+    def __init__(self) -> None:
+        self.recorded: list[tuple[int, str]] = []
+
+    def record(self, trial: FrozenTrial, outcome: TrialOutcome) -> None:
+        assert trial.number == outcome.number
+        self.recorded.append((trial.number, trial.state.name))
+
+
+def make_runner(small_data, n_trials: int = 8, **overrides) -> StudyRunner:
+    x, y = small_data
+    tune = PARAMS.tune.model_copy(
+        update={
+            "pruner": PARAMS.tune.pruner.model_copy(
+                update={"n_startup_trials": 2, "n_warmup_steps": 10}
+            ),
+            "sampler": PARAMS.tune.sampler.model_copy(update={"n_startup_trials": 3}),
+        }
+    )
+    space = distributions(tune.search_space)
+    space["n_estimators"] = optuna.distributions.IntDistribution(20, 60)
+    settings = {
+        "study": optuna.create_study(direction="minimize"),
+        "distributions": space,
+        "n_trials": n_trials,
+        "parallel_trials": 2,
+        "lookahead": 2,
+        "make_sampler": partial(search.make_sampler, tune.sampler),
+        "make_pruner": partial(search.make_pruner, tune.pruner),
+        "make_folds": partial(make_folds, x, y, 2, 0, PARAMS.model.max_bin),
+        "booster_params": partial(booster_params, PARAMS.model, nthread=1),
+        "report_interval": 10,
+        "recorder": Collector(),
+        "log": lambda _line: None,
+    }
+    return StudyRunner(**{**settings, **overrides})
+
+
+def _records(study: optuna.Study) -> list[tuple]:
+    return [(t.number, t.state, t.params, t.value, t.intermediate_values) for t in study.trials]
+
+
+def test_two_parallel_runs_give_identical_trials(small_data) -> None:
+    first, second = make_runner(small_data), make_runner(small_data)
+    first.run()
+    second.run()
+    assert _records(first.study) == _records(second.study)
+    states = [t.state for t in first.study.trials]
+    assert TrialState.PRUNED in states
+    assert states.count(TrialState.COMPLETE) + states.count(TrialState.PRUNED) == 8
+
+
+def test_trials_are_recorded_once_each_in_number_order(small_data) -> None:
+    runner = make_runner(small_data, n_trials=5)
+    runner.run()
+    numbers = [number for number, _ in runner.recorder.recorded]
+    assert numbers == list(range(5))
+
+
+def test_failing_trials_are_recorded_and_do_not_use_the_budget(small_data) -> None:
+    runner = make_runner(small_data, n_trials=5, fault_hook=injected_faults("1,3"))
+    progress = runner.run()
+    failed = runner.study.get_trials(states=(TrialState.FAIL,))
+    assert [t.number for t in failed] == [1, 3]
+    assert all("injected fault" in t.user_attrs["error"] for t in failed)
+    assert progress.finished == 5
+    assert progress.failed == 2
+
+
+def test_no_completed_trial_is_an_error(small_data) -> None:
+    runner = make_runner(small_data, n_trials=3, fault_hook=injected_faults("all"))
+    with pytest.raises(PipelineError, match="no trial completed"):
+        runner.run()
+    assert len(runner.study.trials) == 3  # stops after n_trials failures, does not loop forever
+
+
+def test_resume_closes_trials_left_running(small_data) -> None:
+    runner = make_runner(small_data, n_trials=4)
+    left_running = runner.study.ask(runner.distributions)  # as a killed process leaves it
+    progress = runner.run()
+    closed = runner.study.trials[left_running.number]
+    assert closed.state == TrialState.FAIL
+    assert closed.user_attrs["error"] == INTERRUPTED
+    assert progress.finished == 4
+
+
+def test_resume_continues_a_finished_study_without_new_trials(small_data) -> None:
+    runner = make_runner(small_data, n_trials=4)
+    runner.run()
+    again = make_runner(small_data, n_trials=4, study=runner.study)
+    progress = again.run()
+    assert len(runner.study.trials) == 4
+    assert progress.told_this_session == 0
+
+
+def test_pruning_view_judges_against_the_snapshot_only() -> None:
+    view = PruningView(optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=0))
+    good = optuna.trial.create_trial(value=0.1, intermediate_values={10: 0.2, 20: 0.1})
+    probe = view.start([])
+    probe.report(5.0, 10)
+    assert not probe.should_prune()  # nothing to compare against yet
+    probe = view.start([good])
+    probe.report(5.0, 10)
+    assert probe.should_prune()
+    probe = view.start([good])
+    probe.report(0.15, 10)
+    assert not probe.should_prune()
