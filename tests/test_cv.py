@@ -8,7 +8,7 @@ import xgboost as xgb
 from conftest import REPO
 from sklearn.model_selection import KFold, cross_val_score
 
-from hpo.cv import cross_validate, make_folds
+from hpo.cv import CVResult, CVTrial, make_folds
 from hpo.data import FEATURES, TARGET, derive_features, read_raw
 
 # No row or column sampling: the two APIs draw random samples differently.
@@ -21,6 +21,20 @@ def small_data():
     return frame[FEATURES], frame[TARGET]
 
 
+def cross_validate(params: dict, n_rounds: int, folds, stop_at: int | None = None) -> CVResult:
+    """Drive a CVTrial sequentially, checkpoint by checkpoint, as the scheduler does."""
+    trial = CVTrial(params, n_rounds, folds, checkpoint_every=5)
+    while True:
+        for fold_index in range(len(folds)):
+            trial.advance(fold_index)
+        trial.checkpoint_mse()
+        if trial.checkpoint == stop_at:
+            return trial.result(stopped_early=True)
+        if trial.is_last_checkpoint:
+            return trial.result(stopped_early=False)
+        trial.next_checkpoint()
+
+
 def _booster_params() -> dict:
     base = {"objective": "reg:squarederror", "eval_metric": "rmse", "tree_method": "hist"}
     return {**base, **PARAMS, "seed": 0, "nthread": 1}
@@ -28,33 +42,33 @@ def _booster_params() -> dict:
 
 def test_mean_mse_equals_scikit_learn_cross_validation(small_data) -> None:
     x, y = small_data
-    result = cross_validate(_booster_params(), 30, make_folds(x, y, 3, 7, 256), lambda *_: False)
+    result = cross_validate(_booster_params(), 30, make_folds(x, y, 3, 7, 256))
     model = xgb.XGBRegressor(n_estimators=30, random_state=0, n_jobs=1, **PARAMS)
     splitter = KFold(3, shuffle=True, random_state=7)
     expected = -cross_val_score(model, x, y, cv=splitter, scoring="neg_mean_squared_error")
     np.testing.assert_allclose(result.fold_mse, expected, rtol=1e-5)
     assert result.mean_mse == pytest.approx(expected.mean(), rel=1e-5)
-    assert result.curve[-1] == pytest.approx(result.mean_mse, rel=1e-6)
-    assert len(result.curve) == 30
+    assert result.curve[30] == pytest.approx(result.mean_mse, rel=1e-6)
+    assert list(result.curve) == [5, 10, 15, 20, 25, 30]
     assert not result.stopped_early
 
 
-def test_stop_check_ends_the_fit_after_that_round(small_data) -> None:
+def test_last_checkpoint_is_n_estimators_even_off_the_interval(small_data) -> None:
     x, y = small_data
-    seen: list[int] = []
+    result = cross_validate(_booster_params(), 12, make_folds(x, y, 2, 0, 256))
+    assert list(result.curve) == [5, 10, 12]
+    assert len(result.fold_mse) == 2
 
-    def stop_at_five(step: int, value: float) -> bool:
-        seen.append(step)
-        return step == 5
 
-    result = cross_validate(_booster_params(), 30, make_folds(x, y, 2, 0, 256), stop_at_five)
+def test_stopped_trial_has_no_final_metrics(small_data) -> None:
+    x, y = small_data
+    result = cross_validate(_booster_params(), 30, make_folds(x, y, 2, 0, 256), stop_at=10)
     assert result.stopped_early
-    assert seen == [1, 2, 3, 4, 5]
-    assert len(result.curve) == 5
+    assert list(result.curve) == [5, 10]
     assert result.fold_mse == []
 
 
-def test_learning_curve_mostly_decreases(small_data) -> None:
+def test_learning_curve_decreases(small_data) -> None:
     x, y = small_data
-    result = cross_validate(_booster_params(), 20, make_folds(x, y, 2, 0, 256), lambda *_: False)
-    assert result.curve[-1] < result.curve[0] / 2
+    result = cross_validate(_booster_params(), 20, make_folds(x, y, 2, 0, 256))
+    assert result.curve[20] < result.curve[10] < result.curve[5]

@@ -14,7 +14,8 @@ from hpo.config import load_params
 from hpo.cv import make_folds
 from hpo.data import FEATURES, TARGET, derive_features, read_raw
 from hpo.errors import PipelineError
-from hpo.tuning import INTERRUPTED, PruningView, StudyRunner, TrialOutcome, injected_faults
+from hpo.scheduler import INTERRUPTED, TrialOutcome
+from hpo.tuning import StudyRunner, injected_faults
 from hpo.xgb_params import booster_params, distributions
 
 PARAMS = load_params(REPO / "params.yaml")
@@ -119,17 +120,3 @@ def test_resume_continues_a_finished_study_without_new_trials(small_data) -> Non
     progress = again.run()
     assert len(runner.study.trials) == 4
     assert progress.told_this_session == 0
-
-
-def test_pruning_view_judges_against_the_snapshot_only() -> None:
-    view = PruningView(optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=0))
-    good = optuna.trial.create_trial(value=0.1, intermediate_values={10: 0.2, 20: 0.1})
-    probe = view.start([])
-    probe.report(5.0, 10)
-    assert not probe.should_prune()  # nothing to compare against yet
-    probe = view.start([good])
-    probe.report(5.0, 10)
-    assert probe.should_prune()
-    probe = view.start([good])
-    probe.report(0.15, 10)
-    assert not probe.should_prune()

@@ -1,14 +1,14 @@
-"""K-fold cross-validation of one XGBoost configuration, all folds advancing round by round.
+"""K-fold cross-validation of one XGBoost configuration, advanced checkpoint by checkpoint.
 
-Training the folds side by side (instead of one fold after another) gives a mean validation
-MSE after every boosting round, so a pruner can stop a poor trial after a few rounds rather
-than after whole folds. The objective is unchanged: the mean over folds of the validation MSE
-of a model with exactly n_estimators trees.
+All folds of a trial move to the same checkpoint (every `checkpoint_every` boosting rounds)
+before the mean validation MSE is known there, so a pruner can stop a poor trial after a few
+rounds rather than after whole folds, and each fold's step to the next checkpoint is a small
+task that any free core may run. The objective is unchanged: the mean over folds of the
+validation MSE of a model with exactly n_estimators trees.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,9 +18,6 @@ import xgboost as xgb
 from sklearn.model_selection import KFold
 
 from hpo.metrics import mse, r2
-
-# Called after each round with (rounds done, mean validation MSE so far); True stops the fit.
-StopCheck = Callable[[int, float], bool]
 
 
 @dataclass(frozen=True)
@@ -32,7 +29,7 @@ class Fold:
 
 @dataclass(frozen=True)
 class CVResult:
-    curve: list[float]  # mean validation MSE after rounds 1..len(curve)
+    curve: dict[int, float]  # boosting rounds -> mean validation MSE, at each checkpoint
     fold_mse: list[float]  # final per-fold MSE; empty when stopped early
     fold_r2: list[float]
     stopped_early: bool
@@ -53,31 +50,57 @@ def make_folds(x: pd.DataFrame, y: pd.Series, n_folds: int, seed: int, max_bin: 
     return folds
 
 
-def cross_validate(
-    params: dict[str, Any], n_rounds: int, folds: list[Fold], should_stop: StopCheck
-) -> CVResult:
-    """Boost every fold one round at a time; ask should_stop after each round."""
-    boosters = [xgb.Booster(params, cache=[fold.train, fold.valid]) for fold in folds]
-    curve: list[float] = []
-    for round_index in range(n_rounds):
-        round_mse = []
-        for booster, fold in zip(boosters, folds, strict=True):
+class CVTrial:
+    """One configuration's boosters, one per fold, moved from checkpoint to checkpoint.
+
+    `advance(i)` for different folds may run in different threads at once; the caller makes
+    sure each fold is advanced by one thread at a time and calls `checkpoint_mse` and
+    `next_checkpoint` only after every fold reached the current checkpoint.
+    """
+
+    def __init__(
+        self, params: dict[str, Any], n_rounds: int, folds: list[Fold], checkpoint_every: int
+    ) -> None:
+        self.n_rounds = n_rounds
+        self.folds = folds
+        self.checkpoint_every = checkpoint_every
+        self.checkpoint = min(checkpoint_every, n_rounds)
+        self._boosters = [xgb.Booster(params, cache=[f.train, f.valid]) for f in folds]
+        self._rounds = [0] * len(folds)
+        self._fold_mse = [float("nan")] * len(folds)
+        self.curve: dict[int, float] = {}
+
+    @property
+    def is_last_checkpoint(self) -> bool:
+        return self.checkpoint == self.n_rounds
+
+    def advance(self, fold_index: int) -> None:
+        """Boost one fold up to the current checkpoint and measure its validation MSE."""
+        booster, fold = self._boosters[fold_index], self.folds[fold_index]
+        for round_index in range(self._rounds[fold_index], self.checkpoint):
             booster.update(fold.train, round_index)
-            round_mse.append(_rmse(booster.eval_set([(fold.valid, "valid")], round_index)) ** 2)
-        curve.append(float(np.mean(round_mse)))
-        if should_stop(round_index + 1, curve[-1]):
-            return CVResult(curve, [], [], stopped_early=True)
-    predictions = [
-        booster.predict(fold.valid) for booster, fold in zip(boosters, folds, strict=True)
-    ]
-    return CVResult(
-        curve,
-        fold_mse=[mse(f.y_valid, p) for f, p in zip(folds, predictions, strict=True)],
-        fold_r2=[r2(f.y_valid, p) for f, p in zip(folds, predictions, strict=True)],
-        stopped_early=False,
-    )
+        self._rounds[fold_index] = self.checkpoint
+        evaluation = booster.eval_set([(fold.valid, "valid")], self.checkpoint)
+        # '[i]\tvalid-rmse:0.123...': XGBoost prints 17 significant digits
+        self._fold_mse[fold_index] = float(evaluation.rsplit(":", 1)[1]) ** 2
 
+    def checkpoint_mse(self) -> float:
+        """Mean validation MSE over folds at the current checkpoint (all folds there)."""
+        value = float(np.mean(self._fold_mse))
+        self.curve[self.checkpoint] = value
+        return value
 
-def _rmse(evaluation: str) -> float:
-    """The value of 'valid-rmse' in XGBoost's '[i]\\tvalid-rmse:0.123' (printed to 17 digits)."""
-    return float(evaluation.rsplit(":", 1)[1])
+    def next_checkpoint(self) -> None:
+        self.checkpoint = min(self.checkpoint + self.checkpoint_every, self.n_rounds)
+
+    def result(self, stopped_early: bool) -> CVResult:
+        if stopped_early:
+            return CVResult(dict(self.curve), [], [], stopped_early=True)
+        pairs = list(zip(self._boosters, self.folds, strict=True))
+        predictions = [booster.predict(fold.valid) for booster, fold in pairs]
+        return CVResult(
+            dict(self.curve),
+            fold_mse=[mse(f.y_valid, p) for f, p in zip(self.folds, predictions, strict=True)],
+            fold_r2=[r2(f.y_valid, p) for f, p in zip(self.folds, predictions, strict=True)],
+            stopped_early=False,
+        )

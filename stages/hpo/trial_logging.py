@@ -9,7 +9,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo.tuning import INTERRUPTED, TrialOutcome
+from hpo.scheduler import INTERRUPTED, TrialOutcome
 
 _RUN_STATUS = {
     TrialState.COMPLETE: "FINISHED",
@@ -41,9 +41,8 @@ class StudyRecorder:
         run_id = run.info.run_id
         timestamp = int(outcome.finished_at * 1000)
         metrics = [Metric("trial_number", trial.number, timestamp, 0)]
-        metrics += [
-            Metric("cv_mse_curve", v, timestamp, i + 1) for i, v in enumerate(_curve(outcome))
-        ]
+        curve = _curve(outcome).items()
+        metrics += [Metric("cv_mse_curve", v, timestamp, rounds) for rounds, v in curve]
         metrics += [Metric(k, v, timestamp, 0) for k, v in _trial_metrics(outcome).items()]
         self._client.log_batch(
             run_id,
@@ -55,8 +54,8 @@ class StudyRecorder:
         self._client.set_terminated(run_id, status, end_time=timestamp)
 
 
-def _curve(outcome: TrialOutcome) -> list[float]:
-    return outcome.result.curve if outcome.result is not None else []
+def _curve(outcome: TrialOutcome) -> dict[int, float]:
+    return outcome.result.curve if outcome.result is not None else {}
 
 
 def _trial_metrics(outcome: TrialOutcome) -> dict[str, float]:
@@ -77,7 +76,7 @@ def _learning_curve(outcome: TrialOutcome) -> dict[str, Any]:
     return {
         "trial_number": outcome.number,
         "state": outcome.state.name,
-        "rounds": list(range(1, len(_curve(outcome)) + 1)),
-        "mean_valid_mse": _curve(outcome),
+        "rounds": list(_curve(outcome)),
+        "mean_valid_mse": list(_curve(outcome).values()),
         "reported_to_pruner": {str(k): v for k, v in outcome.reported.items()},
     }

@@ -27,12 +27,11 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
-import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import optuna
@@ -40,17 +39,15 @@ from optuna.distributions import BaseDistribution
 from optuna.pruners import BasePruner
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo.cv import CVResult, Fold, cross_validate
+from hpo.cv import Fold
 from hpo.errors import PipelineError
-from hpo.xgb_params import N_ROUNDS
+from hpo.scheduler import FoldScheduler, TrialOutcome
 
 FoldsFactory = Callable[[], list[Fold]]
 ParamsFactory = Callable[[dict[str, Any]], dict[str, Any]]
 SamplerFactory = Callable[[int], optuna.samplers.BaseSampler]
 PrunerFactory = Callable[[], BasePruner]
 
-# Marks a trial that was running when its process died or was interrupted.
-INTERRUPTED = "interrupted"
 # Trial user attributes: who runs the trial, and its outcome while it waits for its turn.
 OWNER_ATTR = "owner"
 PENDING_ATTR = "pending_outcome"
@@ -60,52 +57,6 @@ OPTIMIZATION_TIME_ATTR = "optimization_time_seconds"
 MAIN_THREAD_TIME_ATTR = "main_thread_seconds"
 # Seconds between checks while waiting for workers or for another process's trials.
 POLL_S = 0.5
-
-
-@dataclass(frozen=True)
-class TrialOutcome:
-    """What a worker reports back; the main thread turns it into Optuna and MLflow records."""
-
-    number: int
-    params: dict[str, Any]
-    state: TrialState
-    result: CVResult | None
-    reported: dict[int, float]  # step (boosting rounds) -> mean validation MSE told to Optuna
-    error: str | None
-    started_at: float
-    finished_at: float
-
-    @property
-    def value(self) -> float | None:
-        if self.state == TrialState.COMPLETE and self.result is not None:
-            return self.result.mean_mse
-        return None
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            **asdict(self),
-            "state": self.state.name,
-            "reported": [[step, value] for step, value in self.reported.items()],
-        }
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> TrialOutcome:
-        result = data["result"]
-        return cls(
-            **{
-                **data,
-                "state": TrialState[data["state"]],
-                "result": CVResult(**result) if result is not None else None,
-                "reported": {int(step): value for step, value in data["reported"]},
-            }
-        )
-
-    @classmethod
-    def interrupted(cls, trial: FrozenTrial) -> TrialOutcome:
-        started = trial.datetime_start.timestamp() if trial.datetime_start else time.time()
-        return cls(
-            trial.number, trial.params, TrialState.FAIL, None, {}, INTERRUPTED, started, time.time()
-        )
 
 
 class TrialRecorder(Protocol):
@@ -175,7 +126,6 @@ class StudyRunner:
     ask_lock: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext
     fault_hook: Callable[[int], None] = lambda _number: None
     log: Callable[[str], None] = print
-    cancel: threading.Event = field(default_factory=threading.Event)
 
     def run(self) -> Progress:
         """Run trials until n_trials are COMPLETE or PRUNED; resume what the study holds."""
@@ -184,44 +134,51 @@ class StudyRunner:
         progress = self._progress_from_storage()
         if progress.finished:
             self.log(f"resuming study {self.study.study_name}: {progress.finished} trials done")
-        local = threading.local()
         started = time.perf_counter()
         window = self.parallel_trials + self.lookahead
         in_flight: deque[_InFlight] = deque()
-        with ThreadPoolExecutor(self.parallel_trials, thread_name_prefix="trial") as pool:
-            try:
-                while True:
-                    while len(in_flight) < window:
-                        busy = time.perf_counter()
-                        with self.ask_lock():
-                            asked = self._ask_within_budget(progress, len(in_flight))
-                        progress.main_thread_seconds += time.perf_counter() - busy
-                        if asked is None:
-                            break
-                        future = pool.submit(self._evaluate, local, *asked)
-                        in_flight.append(_InFlight(asked[0], future))
-                    if not in_flight:
-                        if not self._others_running():
-                            break
-                        time.sleep(POLL_S)  # another process owns the remaining trials
-                        with self.ask_lock():
-                            self._recover_orphans()
-                        continue
-                    if not self._wait_for_head(in_flight):
-                        continue
+        scheduler = FoldScheduler(
+            self.parallel_trials,
+            self.make_folds(),
+            self.make_pruner,
+            self.booster_params,
+            self.report_interval,
+            self.fault_hook,
+        )
+        try:
+            while True:
+                while len(in_flight) < window:
                     busy = time.perf_counter()
-                    head = in_flight.popleft()
-                    frozen = self._tell(head.trial, head.future.result())
+                    with self.ask_lock():
+                        asked = self._ask_within_budget(progress, len(in_flight))
                     progress.main_thread_seconds += time.perf_counter() - busy
-                    progress.add(frozen)
-                    progress.told_this_session += 1
-                    progress.failed_this_session += frozen.state == TrialState.FAIL
-                    self.log(progress.line(frozen))
-            except BaseException:
-                self.cancel.set()
-                pool.shutdown(wait=True, cancel_futures=True)
-                self._close_after_interrupt(in_flight)
-                raise
+                    if asked is None:
+                        break
+                    trial, snapshot = asked
+                    future = scheduler.submit(trial.number, trial.params, snapshot)
+                    in_flight.append(_InFlight(trial, future))
+                if not in_flight:
+                    if not self._others_running():
+                        break
+                    time.sleep(POLL_S)  # another process owns the remaining trials
+                    with self.ask_lock():
+                        self._recover_orphans()
+                    continue
+                if not self._wait_for_head(in_flight):
+                    continue
+                busy = time.perf_counter()
+                head = in_flight.popleft()
+                frozen = self._tell(head.trial, head.future.result())
+                progress.main_thread_seconds += time.perf_counter() - busy
+                progress.add(frozen)
+                progress.told_this_session += 1
+                progress.failed_this_session += frozen.state == TrialState.FAIL
+                self.log(progress.line(frozen))
+        except BaseException:
+            scheduler.shutdown(cancel=True)
+            self._close_after_interrupt(in_flight)
+            raise
+        scheduler.shutdown()
         if progress.told_this_session:
             self._add_time(OPTIMIZATION_TIME_ATTR, time.perf_counter() - started)
             self._add_time(MAIN_THREAD_TIME_ATTR, progress.main_thread_seconds)
@@ -272,47 +229,6 @@ class StudyRunner:
                 item.trial.set_user_attr(PENDING_ATTR, item.future.result().to_json())
                 item.saved = True
         return in_flight[0].future.done()
-
-    def _evaluate(
-        self, local: threading.local, trial: optuna.Trial, snapshot: Sequence[FrozenTrial]
-    ) -> TrialOutcome:
-        """Run in a worker thread: cross-validate, pruning against the snapshot."""
-        if not hasattr(local, "folds"):
-            local.folds = self.make_folds()
-            local.pruning = PruningView(self.make_pruner())
-        interval = self.report_interval
-        params = dict(trial.params)
-        started = time.time()
-        reported: dict[int, float] = {}
-        probe = local.pruning.start(snapshot)
-
-        def should_stop(step: int, value: float) -> bool:
-            if self.cancel.is_set():
-                raise InterruptedError("tuning was interrupted")
-            if step % interval != 0:
-                return False
-            reported[step] = value
-            probe.report(value, step)
-            return probe.should_prune()
-
-        try:
-            self.fault_hook(trial.number)
-            result = cross_validate(
-                self.booster_params(params), params[N_ROUNDS], local.folds, should_stop
-            )
-        except InterruptedError:
-            raise
-        except Exception as exc:  # a failing trial is recorded, the study goes on
-            # XGBoost appends a native stack trace; the first part says what went wrong.
-            message = " ".join(str(exc).split(" Stack trace:")[0].split())
-            error = f"{type(exc).__name__}: {message}"
-            return TrialOutcome(
-                trial.number, params, TrialState.FAIL, None, reported, error, started, time.time()
-            )
-        state = TrialState.PRUNED if result.stopped_early else TrialState.COMPLETE
-        return TrialOutcome(
-            trial.number, params, state, result, reported, None, started, time.time()
-        )
 
     def _tell(self, trial: optuna.Trial, outcome: TrialOutcome) -> FrozenTrial:
         for step, value in outcome.reported.items():
@@ -370,30 +286,6 @@ def _is_alive(owner: dict[str, Any] | None) -> bool:
     except PermissionError:
         return True
     return True
-
-
-class PruningView:
-    """A private in-memory study holding the trials a worker may prune against.
-
-    The study's real pruner (MedianPruner by default) decides, through Optuna's public API,
-    but only sees the snapshot of completed trials handed over with the task.
-    """
-
-    def __init__(self, pruner: BasePruner) -> None:
-        self._study = optuna.create_study(direction="minimize", pruner=pruner)
-        self._known: set[int] = set()
-
-    def start(self, snapshot: Sequence[FrozenTrial]) -> optuna.Trial:
-        """Add the snapshot's new trials, then open a probe trial to report into."""
-        for frozen in snapshot:
-            if frozen.number not in self._known:
-                self._known.add(frozen.number)
-                self._study.add_trial(
-                    optuna.trial.create_trial(
-                        value=frozen.value, intermediate_values=frozen.intermediate_values
-                    )
-                )
-        return self._study.ask()
 
 
 def summarize(study: optuna.Study, progress: Progress) -> dict[str, Any]:

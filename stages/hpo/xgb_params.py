@@ -37,6 +37,9 @@ def booster_params(model: ModelParams, tuned: dict[str, Any], nthread: int) -> d
         "tree_method": model.tree_method,
         "max_bin": model.max_bin,
         "seed": model.seed,
+        # Reseed from (seed, iteration) each round: a booster moved between threads samples
+        # the same rows and columns whichever thread runs it (the default RNG is per thread).
+        "seed_per_iteration": True,
         "nthread": nthread,
         "verbosity": 1,
     }
