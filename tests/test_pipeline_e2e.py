@@ -67,10 +67,15 @@ def test_study_holds_the_trials(tiny_run: Path) -> None:
     assert any(t.intermediate_values for t in study.trials)
 
 
-def test_mlflow_has_parent_run_with_a_child_per_trial(tiny_run: Path) -> None:
+def test_mlflow_has_parent_run_with_a_child_per_trial(
+    tiny_run: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tiny_run)  # artifact locations are relative to the project root
     results = _results(tiny_run)
     client = _client(tiny_run)
     experiment = client.get_experiment_by_name(EXPERIMENT)
+    # relative, so the store works wherever the project is (host, container, another clone)
+    assert experiment.artifact_location == "outputs/mlruns"
     parent = client.get_run(results["mlflow"]["study_run_id"])
     assert parent.info.status == "FINISHED"
     assert parent.data.metrics["best_cv_mse"] == pytest.approx(results["best_cv_mse"])
@@ -100,7 +105,10 @@ def test_mlflow_has_parent_run_with_a_child_per_trial(tiny_run: Path) -> None:
     assert best[0].data.metrics["cv_mse"] == pytest.approx(results["best_cv_mse"])
 
 
-def test_registered_model_loads_and_predicts(tiny_run: Path) -> None:
+def test_registered_model_loads_and_predicts(
+    tiny_run: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tiny_run)  # artifact locations are relative to the project root
     results = _results(tiny_run)
     mlflow.set_tracking_uri(f"sqlite:///{tiny_run / 'outputs/mlflow.db'}")
     name, version = (

@@ -7,9 +7,11 @@ SQLite (outputs/mlflow.db) with artifacts in outputs/mlruns; the pipeline only a
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import sqlite3
 import subprocess
 import time
 from pathlib import Path
@@ -37,14 +39,33 @@ def connect(db: Path = MLFLOW_DB, artifacts: Path = MLFLOW_ARTIFACTS) -> tuple[M
     migrations on first use, which must not happen in two threads at once.
     """
     db.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.closing(sqlite3.connect(db)) as connection:
+        # Persistent in the file: commits append to a log instead of rewriting pages, and
+        # `mlflow ui` can read while a stage writes.
+        connection.execute("PRAGMA journal_mode=WAL")
     client = MlflowClient(tracking_uri=tracking_uri(db))
     experiment = client.get_experiment_by_name(EXPERIMENT)
     if experiment is not None:
         return client, experiment.experiment_id
     artifacts.mkdir(parents=True, exist_ok=True)
-    return client, client.create_experiment(
-        EXPERIMENT, artifact_location=artifacts.resolve().as_uri()
-    )
+    experiment_id = client.create_experiment(EXPERIMENT)
+    _make_artifact_location_relative(db, experiment_id, artifacts)
+    return client, experiment_id
+
+
+def _make_artifact_location_relative(db: Path, experiment_id: str, artifacts: Path) -> None:
+    """Store the experiment's artifact root as the relative path `outputs/mlruns`.
+
+    MLflow's API always records an absolute path, so a store written in a container at
+    /app/outputs would point nowhere on the host. Runs and logged models inherit the
+    experiment's root, and MLflow resolves a relative root against the working directory:
+    the project root for every stage and for `mlflow ui` as the README starts it.
+    """
+    with contextlib.closing(sqlite3.connect(db)) as connection, connection:
+        connection.execute(
+            "UPDATE experiments SET artifact_location = ? WHERE experiment_id = ?",
+            (artifacts.as_posix(), int(experiment_id)),
+        )
 
 
 def provenance_tags(params: dict[str, Any]) -> dict[str, str]:

@@ -1,0 +1,94 @@
+"""Host-side checks of what the container left in ./outputs (run from the run folder)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import optuna
+import pandas as pd
+import yaml
+from mlflow.tracking import MlflowClient
+
+OUTPUTS = Path("outputs")
+
+
+def main() -> None:
+    n_trials = yaml.safe_load(Path("params.yaml").read_text())["tune"]["n_trials"]
+    results = json.loads((OUTPUTS / "results.json").read_text())
+    assert 0.3 < results["test_rmse"] < 1.0, results["test_rmse"]
+    assert results["trials"]["complete"] + results["trials"]["pruned"] == n_trials
+    for name in ("optuna_study.db", "mlflow.db", "model.ubj", "optimization_history.png",
+                 "param_importance.png", "metrics.json"):  # fmt: skip
+        path = OUTPUTS / name
+        assert path.stat().st_size > 0, name
+        assert path.stat().st_uid == os.getuid(), f"{name} is not owned by the host user"
+    print(f"   results.json: test RMSE {results['test_rmse']:.4f}, trials {results['trials']}")
+
+    study = optuna.load_study(
+        study_name=results["study_name"], storage=f"sqlite:///{OUTPUTS / 'optuna_study.db'}"
+    )
+    finished = [t for t in study.trials if t.state.is_finished()]
+    assert len(finished) == len(study.trials) >= n_trials
+    print(f"   study {study.study_name}: {len(study.trials)} trials, all finished")
+
+    uri = f"sqlite:///{(OUTPUTS / 'mlflow.db').resolve()}"
+    client = MlflowClient(uri)
+    parent_id = results["mlflow"]["study_run_id"]
+    children = client.search_runs(
+        [client.get_run(parent_id).info.experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'"
+    )
+    assert len(children) == len(study.trials)
+    print(f"   MLflow: parent run {parent_id} with {len(children)} trial runs")
+
+    mlflow.set_tracking_uri(uri)
+    name = results["mlflow"]["registered_model"]
+    version = results["mlflow"]["registered_model_version"]
+    model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
+    predictions = pd.read_csv(OUTPUTS / "plots/test_predictions.csv")
+    assert len(predictions) > 0
+    print(f"   registered model {name} v{version} loads on the host: {type(model).__name__}")
+
+    artifact = _fetch_through_mlflow_ui(children[0].info.run_id, "learning_curve.json")
+    assert json.loads(artifact)["trial_number"] >= 0
+    print("   `mlflow ui` on the host serves the container's artifacts")
+
+
+def _fetch_through_mlflow_ui(run_id: str, path: str) -> bytes:
+    """Start `mlflow ui` as the README says and download one artifact over HTTP."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri",
+         "sqlite:///outputs/mlflow.db", "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                urllib.request.urlopen(f"{base}/health", timeout=2)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(1)
+        url = f"{base}/get-artifact?path={path}&run_uuid={run_id}"
+        with urllib.request.urlopen(url, timeout=30) as response:
+            return response.read()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,39 @@
+# The whole pipeline in an image, no Python needed on the host:
+#   docker build -t optuna-mlflow-pipeline .
+#   docker run --user "$(id -u):$(id -g)" -v "$PWD/outputs:/app/outputs" optuna-mlflow-pipeline
+# See the README ("Docker") for changing params without a rebuild.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    # any --user uid gets a writable home for dvc's, matplotlib's and mlflow's caches
+    HOME=/tmp \
+    MPLCONFIGDIR=/tmp/matplotlib
+
+WORKDIR /app
+
+# Dependencies first, pinned exactly as the README's setup, so that a code change reuses
+# this layer. Only the runtime dependencies: the test tools stay out of the image.
+COPY pyproject.toml constraints.txt ./
+RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > /tmp/requirements.txt \
+    && pip install -c constraints.txt -r /tmp/requirements.txt \
+    && rm /tmp/requirements.txt
+
+COPY dvc.yaml params.yaml ./
+COPY data/raw/ data/raw/
+COPY stages/ stages/
+COPY docker/entrypoint.sh /usr/local/bin/entrypoint
+
+# No .git in the image: DVC runs without Git (repro, status, metrics/plots show).
+# /app is writable for every uid, so `--user "$(id -u):$(id -g)"` works as well as the default.
+RUN dvc init --no-scm --quiet \
+    && dvc config core.analytics false \
+    && mkdir -p outputs data/prepared \
+    && useradd --uid 10001 --no-create-home --shell /usr/sbin/nologin pipeline \
+    && chmod -R a+rwX /app
+
+USER 10001
+ENTRYPOINT ["entrypoint"]
+CMD ["dvc", "repro"]

@@ -1,0 +1,173 @@
+"""Killed, interrupted, failing and doubled-up tune runs lose no finished work."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+from conftest import dvc, make_project
+from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
+
+# Trials of a few seconds each, so that a signal lands in the middle of tuning.
+SLOW = {
+    "tune": {
+        "n_trials": 8,
+        "pruner": {"n_startup_trials": 20},  # no pruning: every trial takes its full time
+        "search_space": {
+            "n_estimators": {"low": 150, "high": 200},
+            "max_depth": {"low": 8, "high": 9},
+        },
+    }
+}
+N_TRIALS = SLOW["tune"]["n_trials"]
+
+
+def _study(project: Path) -> optuna.Study:
+    storage = f"sqlite:///{project / 'outputs/optuna_study.db'}"
+    (name,) = optuna.get_all_study_names(storage)
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def _finished_count(project: Path) -> int:
+    db = project / "outputs/optuna_study.db"
+    if not db.exists():
+        return 0
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as connection:
+            rows = connection.execute(
+                "SELECT COUNT(*) FROM trials WHERE state IN ('COMPLETE', 'PRUNED')"
+            ).fetchone()
+    except sqlite3.Error:
+        return 0  # tables not created yet
+    return rows[0]
+
+
+def _start(project: Path, *args: str) -> subprocess.Popen:
+    """Start a command in its own process group (a signal to the group reaches dvc's child)."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    return subprocess.Popen(
+        [sys.executable, *args],
+        cwd=project, env=env, start_new_session=True, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+
+
+def _wait_for_finished_trials(project: Path, process: subprocess.Popen, count: int) -> None:
+    deadline = time.monotonic() + 300
+    while _finished_count(project) < count:
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "tuning did not progress"
+        time.sleep(0.2)
+
+
+def _mlflow_runs(project: Path) -> list:
+    client = MlflowClient(f"sqlite:///{project / 'outputs/mlflow.db'}")
+    experiment = client.get_experiment_by_name("xgboost-california-housing")
+    return client.search_runs([experiment.experiment_id], max_results=1000)
+
+
+def _assert_consistent(project: Path) -> None:
+    """Exactly n_trials finished, nothing RUNNING, one MLflow child run per Optuna trial."""
+    study = _study(project)
+    states = [t.state for t in study.trials]
+    assert TrialState.RUNNING not in states
+    assert states.count(TrialState.COMPLETE) + states.count(TrialState.PRUNED) == N_TRIALS
+    runs = _mlflow_runs(project)
+    assert not [r for r in runs if r.info.status == "RUNNING"], "orphan RUNNING MLflow runs"
+    children = [r for r in runs if "optuna.trial_number" in r.data.tags]
+    numbers = sorted(int(r.data.tags["optuna.trial_number"]) for r in children)
+    assert numbers == [t.number for t in study.trials]
+    for trial in study.get_trials(states=(TrialState.FAIL,)):
+        assert trial.user_attrs["error"] == "interrupted"
+        (child,) = [c for c in children if c.data.tags["optuna.trial_number"] == str(trial.number)]
+        assert child.info.status == "KILLED"
+
+
+def test_sigkill_mid_tune_keeps_finished_trials_and_resumes(tmp_path: Path) -> None:
+    project = make_project(tmp_path / "p", SLOW)
+    process = _start(project, "-m", "dvc", "repro")
+    _wait_for_finished_trials(project, process, 3)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    before = {
+        t.number: (t.value, t.datetime_complete)
+        for t in _study(project).trials
+        if t.state.is_finished()
+    }
+    assert len(before) >= 3
+
+    dvc(project, "repro")
+
+    after = {t.number: (t.value, t.datetime_complete) for t in _study(project).trials}
+    for number, record in before.items():
+        assert after[number] == record, f"trial {number} was recomputed"
+    _assert_consistent(project)
+    results = json.loads((project / "outputs/results.json").read_text())
+    assert results["trials"]["complete"] + results["trials"]["pruned"] == N_TRIALS
+
+
+def test_sigint_stops_cleanly_and_the_next_repro_resumes(tmp_path: Path) -> None:
+    project = make_project(tmp_path / "p", SLOW)
+    process = _start(project, "-m", "dvc", "repro")
+    _wait_for_finished_trials(project, process, 2)
+    interrupted_at = time.monotonic()
+    os.killpg(process.pid, signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert time.monotonic() - interrupted_at < 15
+    assert process.returncode != 0
+    assert "tuning interrupted" in stderr
+    assert "Traceback" not in stderr
+    study = _study(project)
+    assert TrialState.RUNNING not in [t.state for t in study.trials]
+    parents = [r for r in _mlflow_runs(project) if "optuna.study_name" in r.data.tags]
+    assert [p.info.status for p in parents] == ["KILLED"]
+
+    dvc(project, "repro")
+    _assert_consistent(project)
+
+
+def test_two_tune_processes_share_one_study(tmp_path: Path) -> None:
+    project = make_project(tmp_path / "p", {"tune": {"n_trials": 10, "parallel_trials": 1}})
+    dvc(project, "repro", "prepare")
+    first, second = (_start(project, "stages/tune.py") for _ in range(2))
+    outputs = [p.communicate(timeout=600) for p in (first, second)]
+    for process, (_, stderr) in zip((first, second), outputs, strict=True):
+        assert process.returncode == 0, stderr
+        assert "database is locked" not in stderr
+    study = _study(project)
+    states = [t.state for t in study.trials]
+    assert states.count(TrialState.COMPLETE) + states.count(TrialState.PRUNED) == 10
+    assert TrialState.FAIL not in states  # neither took the other's trials for dead ones
+    workers = {t.user_attrs["owner"]["pid"] for t in study.trials}
+    assert workers == {first.pid, second.pid}, "both processes ran trials"
+
+
+def test_failing_trials_are_recorded_and_the_pipeline_goes_on(tmp_path: Path) -> None:
+    project = make_project(tmp_path / "p")
+    dvc(project, "repro", env={"HPO_INJECT_FAULT_TRIALS": "1,3"})
+    results = json.loads((project / "outputs/results.json").read_text())
+    assert results["trials"]["failed"] == 2
+    failed = _study(project).get_trials(states=(TrialState.FAIL,))
+    assert [t.number for t in failed] == [1, 3]
+    runs = {r.data.tags.get("optuna.trial_number"): r for r in _mlflow_runs(project)}
+    for number in ("1", "3"):
+        assert runs[number].info.status == "FAILED"
+        assert "injected fault" in runs[number].data.tags["error"]
+
+
+def test_no_completed_trial_fails_tune_with_one_line(tmp_path: Path) -> None:
+    project = make_project(tmp_path / "p")
+    done = dvc(project, "repro", check=False, env={"HPO_INJECT_FAULT_TRIALS": "all"})
+    assert done.returncode != 0
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error: no trial")]
+    assert len(errors) == 1
+    assert "Traceback" not in done.stderr
+    assert not (project / "outputs/tune_summary.json").exists()
