@@ -25,14 +25,12 @@ from hpo.study_store import (
     study_name,
 )
 from hpo.trial_logging import StudyRecorder
-from hpo.tuning import StudyRunner, injected_faults, summarize
+from hpo.tuning import StudyRunner, TuningInterruptedError, injected_faults, summarize
 from hpo.xgb_params import booster_params, distributions, threads_per_fit
 
 
 def main() -> None:
     params = load_params()
-    # `docker stop` and job schedulers send SIGTERM: stop as cleanly as on Ctrl-C.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
     tune, model = params.tune, params.model
     x_train, y_train = read_split(paths.TRAIN_CSV)
     identity = {
@@ -42,49 +40,54 @@ def main() -> None:
         "code_sha256": code_fingerprint(),
     }
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    client, experiment_id = tracking.connect()
-    storage = open_storage(paths.STUDY_DB)
-    try:
+    # A second tune process may start at the same time: create each store under a lock.
+    with process_lock(paths.MLFLOW_DB):
+        client, experiment_id = tracking.connect()
+    with process_lock(paths.STUDY_DB):
+        storage = open_storage(paths.STUDY_DB)
         study = load_or_create(storage, study_name(identity))
         parent_run_id = tracking.open_study_run(
             client, experiment_id, study, params.model_dump(mode="json")
         )
-        runner = StudyRunner(
-            study=study,
-            distributions=distributions(tune.search_space),
-            n_trials=tune.n_trials,
-            parallel_trials=tune.parallel_trials,
-            lookahead=tune.lookahead,
-            make_sampler=partial(search.make_sampler, tune.sampler),
-            make_pruner=partial(search.make_pruner, tune.pruner),
-            make_folds=partial(
-                make_folds, x_train, y_train, tune.cv_folds, tune.cv_seed, model.max_bin
-            ),
-            booster_params=partial(
-                booster_params, model, nthread=threads_per_fit(tune.parallel_trials)
-            ),
-            report_interval=tune.pruner.interval_steps,
-            recorder=StudyRecorder(client, experiment_id, parent_run_id),
-            ask_lock=partial(process_lock, paths.STUDY_DB),
-            fault_hook=injected_faults(os.environ.get("HPO_INJECT_FAULT_TRIALS", "")),
-            log=partial(print, file=sys.stderr, flush=True),
-        )
-        try:
-            progress = runner.run()
-        except KeyboardInterrupt:
-            client.set_terminated(parent_run_id, "KILLED")
-            raise PipelineError(
-                "tuning interrupted; finished trials are kept in "
-                f"{paths.STUDY_DB}, run `dvc repro` to resume",
-                exit_code=130,
-            ) from None
-        except BaseException:
-            client.set_terminated(parent_run_id, "FAILED")
-            raise
-        summary = {**summarize(study, progress), "mlflow_parent_run_id": parent_run_id}
-        tracking.close_study_run(client, parent_run_id, summary)
+    runner = StudyRunner(
+        study=study,
+        distributions=distributions(tune.search_space),
+        n_trials=tune.n_trials,
+        parallel_trials=tune.parallel_trials,
+        lookahead=tune.lookahead,
+        make_sampler=partial(search.make_sampler, tune.sampler),
+        make_pruner=partial(search.make_pruner, tune.pruner),
+        make_folds=partial(
+            make_folds, x_train, y_train, tune.cv_folds, tune.cv_seed, model.max_bin
+        ),
+        booster_params=partial(
+            booster_params, model, nthread=threads_per_fit(tune.parallel_trials)
+        ),
+        report_interval=tune.pruner.interval_steps,
+        recorder=StudyRecorder(client, experiment_id, parent_run_id),
+        ask_lock=partial(process_lock, paths.STUDY_DB),
+        fault_hook=injected_faults(os.environ.get("HPO_INJECT_FAULT_TRIALS", "")),
+        log=partial(print, file=sys.stderr, flush=True),
+    )
+    # Ctrl-C, and SIGTERM from `docker stop` or a scheduler: ask the runner to stop cleanly.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: runner.stop.set())
+    try:
+        progress = runner.run()
+    except TuningInterruptedError:
+        client.set_terminated(parent_run_id, "KILLED")
+        raise PipelineError(
+            f"tuning interrupted; finished trials are kept in {paths.STUDY_DB}, "
+            "run `dvc repro` to resume",
+            exit_code=130,
+        ) from None
+    except BaseException:
+        client.set_terminated(parent_run_id, "FAILED")
+        raise
     finally:
         close_storage(storage)
+    summary = {**summarize(study, progress), "mlflow_parent_run_id": parent_run_id}
+    tracking.close_study_run(client, parent_run_id, summary)
     paths.TUNE_SUMMARY.write_text(json.dumps(summary, indent=2) + "\n")
 
 

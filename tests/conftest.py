@@ -69,6 +69,12 @@ def run(
     return done
 
 
+def run_stage_script(directory: Path, stage: str) -> subprocess.CompletedProcess:
+    """This repository's stages/<stage>.py, run with `directory` as the working directory."""
+    script = REPO / "stages" / f"{stage}.py"
+    return run(directory, sys.executable, str(script), check=False, timeout=120)
+
+
 def dvc(project: Path, *args: str, **kwargs: Any) -> subprocess.CompletedProcess:
     return run(project, sys.executable, "-m", "dvc", *args, **kwargs)
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 import os
 import subprocess
-import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -14,10 +13,10 @@ from typing import Any
 
 import pytest
 import yaml
+from conftest import REPO, run_stage_script
 
 from hpo.config import IntRange, load_params
 
-REPO = Path(__file__).resolve().parents[1]
 PARAMS = REPO / "params.yaml"
 RAW_DATA = REPO / "data" / "raw" / "cal_housing.data.gz"
 
@@ -119,14 +118,7 @@ def _write_params(directory: Path, case: str | Mutation) -> None:
 
 
 def _run_prepare(directory: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, str(REPO / "stages" / "prepare.py")],
-        cwd=directory,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    return run_stage_script(directory, "prepare")
 
 
 @pytest.fixture(scope="module")

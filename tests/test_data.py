@@ -7,17 +7,16 @@ import hashlib
 import re
 import shutil
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import REPO, run_stage_script
 
 from hpo.data import FEATURES, RAW_SHA256, TARGET, derive_features, read_raw, split
 from hpo.errors import PipelineError
 
-REPO = Path(__file__).resolve().parents[1]
 RAW_DATA = REPO / "data" / "raw" / "cal_housing.data.gz"
 RAW_RELATIVE = "data/raw/cal_housing.data.gz"
 
@@ -113,14 +112,7 @@ Damage = Callable[[bytes, Path], None]
 
 
 def _run_prepare(directory: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, str(REPO / "stages" / "prepare.py")],
-        cwd=directory,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    return run_stage_script(directory, "prepare")
 
 
 @pytest.mark.parametrize(

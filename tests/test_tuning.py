@@ -35,6 +35,9 @@ class Collector:
         assert trial.number == outcome.number
         self.recorded.append((trial.number, trial.state.name))
 
+    def recorded_numbers(self) -> set[int]:
+        return {number for number, _ in self.recorded}
+
 
 def make_runner(small_data, n_trials: int = 8, **overrides) -> StudyRunner:
     x, y = small_data
@@ -120,3 +123,13 @@ def test_resume_continues_a_finished_study_without_new_trials(small_data) -> Non
     progress = again.run()
     assert len(runner.study.trials) == 4
     assert progress.told_this_session == 0
+
+
+def test_resume_records_told_trials_that_have_no_record(small_data) -> None:
+    runner = make_runner(small_data, n_trials=3)
+    runner.run()
+    lost = runner.recorder.recorded.pop(1)  # as if killed between tell and record
+    again = make_runner(small_data, n_trials=3, study=runner.study, recorder=runner.recorder)
+    again.run()
+    assert lost in runner.recorder.recorded
+    assert sorted(runner.recorder.recorded_numbers()) == [0, 1, 2]

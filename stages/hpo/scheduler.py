@@ -12,6 +12,7 @@ by one thread at a time, and each trial prunes against its own fixed snapshot.
 
 from __future__ import annotations
 
+import datetime
 import itertools
 import queue
 import threading
@@ -75,8 +76,30 @@ class TrialOutcome:
         )
 
     @classmethod
+    def from_frozen(cls, trial: FrozenTrial) -> TrialOutcome:
+        """Rebuild the outcome of a trial already told, from what the study stored."""
+        result = None
+        if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
+            result = CVResult(
+                curve=dict(trial.intermediate_values),
+                fold_mse=trial.user_attrs.get("fold_mse", []),
+                fold_r2=trial.user_attrs.get("fold_r2", []),
+                stopped_early=trial.state == TrialState.PRUNED,
+            )
+        return cls(
+            trial.number,
+            trial.params,
+            trial.state,
+            result,
+            dict(trial.intermediate_values),
+            trial.user_attrs.get("error"),
+            _timestamp(trial.datetime_start),
+            _timestamp(trial.datetime_complete),
+        )
+
+    @classmethod
     def interrupted(cls, trial: FrozenTrial) -> TrialOutcome:
-        started = trial.datetime_start.timestamp() if trial.datetime_start else time.time()
+        started = _timestamp(trial.datetime_start)
         return cls(
             trial.number, trial.params, TrialState.FAIL, None, {}, INTERRUPTED, started, time.time()
         )
@@ -225,6 +248,10 @@ class FoldScheduler:
                 job.future.set_exception(outcome)
             else:
                 job.future.set_result(outcome)
+
+
+def _timestamp(moment: datetime.datetime | None) -> float:
+    return moment.timestamp() if moment is not None else time.time()
 
 
 def _failed(

@@ -76,13 +76,17 @@ def load_or_create(storage: RDBStorage, name: str) -> optuna.Study:
 
 
 @contextlib.contextmanager
-def process_lock(path: Path) -> Iterator[None]:
-    """An exclusive lock between tune processes on one host (flock on the study file).
+def process_lock(database: Path) -> Iterator[None]:
+    """An exclusive lock between processes on one host, for one SQLite database.
 
-    Held while checking the trial budget and asking, so that two workers sharing a study never
-    ask more trials than n_trials between them. flock is independent of SQLite's own locks.
+    Held while creating a store, and while checking the trial budget and asking, so that two
+    workers sharing a study never ask more than n_trials trials between them. It is an flock
+    on a separate `.lock` file: opening and closing the database file itself would drop the
+    POSIX locks that SQLite holds on it.
     """
-    with path.open("rb") as handle:
+    lock_file = database.with_name(database.name + ".lock")
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    with lock_file.open("ab") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield

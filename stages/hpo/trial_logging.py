@@ -26,6 +26,14 @@ class StudyRecorder:
         self._experiment_id = experiment_id
         self.parent_run_id = parent_run_id
 
+    def recorded_numbers(self) -> set[int]:
+        runs = self._client.search_runs(
+            [self._experiment_id],
+            f"tags.{MLFLOW_PARENT_RUN_ID} = '{self.parent_run_id}'",
+            max_results=50_000,
+        )
+        return {int(run.data.tags["optuna.trial_number"]) for run in runs}
+
     def record(self, trial: FrozenTrial, outcome: TrialOutcome) -> None:
         run = self._client.create_run(
             self._experiment_id,

@@ -27,11 +27,12 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import optuna
@@ -55,12 +56,21 @@ PENDING_ATTR = "pending_outcome"
 # wall time, and the main thread's time in the sampler, the study storage and MLflow.
 OPTIMIZATION_TIME_ATTR = "optimization_time_seconds"
 MAIN_THREAD_TIME_ATTR = "main_thread_seconds"
-# Seconds between checks while waiting for workers or for another process's trials.
+# Seconds between checks while waiting for workers, for another process's trials or for a
+# stop request.
 POLL_S = 0.5
+
+
+class TuningInterruptedError(Exception):
+    """A stop was requested (Ctrl-C, SIGTERM); raised only between storage operations."""
 
 
 class TrialRecorder(Protocol):
     def record(self, trial: FrozenTrial, outcome: TrialOutcome) -> None: ...
+
+    def recorded_numbers(self) -> set[int]:
+        """Trial numbers that already have a record (after a crash, some may not)."""
+        ...
 
 
 @dataclass
@@ -126,11 +136,15 @@ class StudyRunner:
     ask_lock: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext
     fault_hook: Callable[[int], None] = lambda _number: None
     log: Callable[[str], None] = print
+    # Set from a signal handler. Checked at safe points only: a KeyboardInterrupt raised in the
+    # middle of a SQLite transaction would leave the database locked for the cleanup.
+    stop: threading.Event = field(default_factory=threading.Event)
 
     def run(self) -> Progress:
         """Run trials until n_trials are COMPLETE or PRUNED; resume what the study holds."""
         with self.ask_lock():
             self._recover_orphans()
+            self._record_missing()
         progress = self._progress_from_storage()
         if progress.finished:
             self.log(f"resuming study {self.study.study_name}: {progress.finished} trials done")
@@ -147,6 +161,8 @@ class StudyRunner:
         )
         try:
             while True:
+                if self.stop.is_set():
+                    raise TuningInterruptedError
                 while len(in_flight) < window:
                     busy = time.perf_counter()
                     with self.ask_lock():
@@ -262,6 +278,14 @@ class StudyRunner:
             self._tell(trial, outcome)
             how = "recovered its saved result" if saved else "marked FAIL (interrupted)"
             self.log(f"trial {frozen.number} was left running by a stopped run: {how}")
+
+    def _record_missing(self) -> None:
+        """Record finished trials whose record was lost (killed between tell and record)."""
+        recorded = self.recorder.recorded_numbers()
+        for trial in self.study.get_trials(deepcopy=False):
+            if trial.state.is_finished() and trial.number not in recorded:
+                self.recorder.record(trial, TrialOutcome.from_frozen(trial))
+                self.log(f"trial {trial.number} had no MLflow run (stopped run): recorded it")
 
     def _others_running(self) -> bool:
         return bool(self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
