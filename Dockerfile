@@ -8,8 +8,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    # any --user uid gets a writable home for dvc's, matplotlib's and mlflow's caches
+    # any --user uid gets a writable home for dvc's, matplotlib's and mlflow's caches, and a
+    # user name (getpass, used by dvc, fails for a uid without a passwd entry otherwise)
     HOME=/tmp \
+    USER=pipeline \
+    LOGNAME=pipeline \
     MPLCONFIGDIR=/tmp/matplotlib
 
 WORKDIR /app

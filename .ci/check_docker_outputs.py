@@ -1,10 +1,16 @@
-"""Host-side checks of what the container left in ./outputs (run from the run folder)."""
+"""Host-side checks of what the container left in ./outputs (run from the run folder).
+
+check_docker_outputs.py                      a finished run: every output, MLflow, the UI
+check_docker_outputs.py --wait-for-trials N  wait until N trials are finished
+check_docker_outputs.py --interrupted        a stopped run: nothing left RUNNING
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -18,9 +24,50 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 OUTPUTS = Path("outputs")
+EXPERIMENT = "xgboost-california-housing"
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["--wait-for-trials"]:
+        _wait_for_trials(int(sys.argv[2]))
+    elif sys.argv[1:] == ["--interrupted"]:
+        _check_interrupted()
+    else:
+        _check_finished()
+
+
+def _finished_trials() -> int:
+    try:
+        with sqlite3.connect(f"file:{OUTPUTS / 'optuna_study.db'}?mode=ro", uri=True) as db:
+            query = "SELECT COUNT(*) FROM trials WHERE state IN ('COMPLETE', 'PRUNED')"
+            return db.execute(query).fetchone()[0]
+    except sqlite3.Error:
+        return 0  # not created yet
+
+
+def _wait_for_trials(count: int) -> None:
+    deadline = time.monotonic() + 300
+    while _finished_trials() < count:
+        assert time.monotonic() < deadline, "the container made no progress"
+        time.sleep(0.5)
+    print(f"   {count} trials finished in the container")
+
+
+def _check_interrupted() -> None:
+    storage = f"sqlite:///{OUTPUTS / 'optuna_study.db'}"
+    (name,) = optuna.get_all_study_names(storage)
+    states = [t.state.name for t in optuna.load_study(study_name=name, storage=storage).trials]
+    assert "RUNNING" not in states, states
+    assert states.count("COMPLETE") + states.count("PRUNED") >= 3
+    client = MlflowClient(f"sqlite:///{(OUTPUTS / 'mlflow.db').resolve()}")
+    runs = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id])
+    assert not [r for r in runs if r.info.status == "RUNNING"], "MLflow runs left RUNNING"
+    parents = [r for r in runs if "optuna.study_name" in r.data.tags]
+    assert [p.info.status for p in parents] == ["KILLED"]
+    print(f"   study kept {len(states)} trials, none RUNNING; MLflow study run KILLED")
+
+
+def _check_finished() -> None:
     n_trials = yaml.safe_load(Path("params.yaml").read_text())["tune"]["n_trials"]
     results = json.loads((OUTPUTS / "results.json").read_text())
     assert 0.3 < results["test_rmse"] < 1.0, results["test_rmse"]
@@ -29,7 +76,8 @@ def main() -> None:
                  "param_importance.png", "metrics.json"):  # fmt: skip
         path = OUTPUTS / name
         assert path.stat().st_size > 0, name
-        assert path.stat().st_uid == os.getuid(), f"{name} is not owned by the host user"
+        owner = int(os.environ.get("EXPECTED_UID", os.getuid()))
+        assert path.stat().st_uid == owner, f"{name} is not owned by uid {owner}"
     print(f"   results.json: test RMSE {results['test_rmse']:.4f}, trials {results['trials']}")
 
     study = optuna.load_study(

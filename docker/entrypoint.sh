@@ -1,9 +1,20 @@
 #!/bin/sh
-# Fail early and clearly when the mounted outputs folder cannot be written by this uid.
+# Entry point of the image: checks the outputs mount, then runs the command (default
+# `dvc repro`) so that `docker stop` stops it cleanly.
 set -eu
 if [ ! -w /app/outputs ]; then
     echo "error: /app/outputs is not writable by uid $(id -u); run with" \
         "--user \"\$(id -u):\$(id -g)\" or make the mounted folder writable" >&2
     exit 2
 fi
-exec "$@"
+# As PID 1, dvc would ignore the SIGTERM of `docker stop` and forward nothing. Run it in its
+# own process group and turn TERM and INT into a SIGINT to the whole group (dvc and the stage),
+# which the tune stage answers by stopping cleanly: finished trials kept, MLflow runs closed.
+setsid "$@" &
+child=$!
+trap 'kill -INT "-$child" 2>/dev/null || true' TERM INT
+while :; do
+    if wait "$child"; then status=0; else status=$?; fi
+    kill -0 "$child" 2>/dev/null || break  # wait also returns when a trap ran
+done
+exit "$status"

@@ -15,8 +15,8 @@ from hpo.model import train_baseline
 
 def main() -> None:
     params = load_params()
-    summary = json.loads(paths.TUNE_SUMMARY.read_text())
-    model_info = json.loads(paths.MODEL_INFO.read_text())
+    summary = paths.read_json(paths.TUNE_SUMMARY)
+    model_info = paths.read_json(paths.MODEL_INFO)
     x_train, y_train = read_split(paths.TRAIN_CSV)
     x_test, y_test = read_split(paths.TEST_CSV)
 

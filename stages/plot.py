@@ -1,12 +1,10 @@
 """Stage plot: optimisation history and parameter importance, as PNGs and as DVC plot data."""
 
-import json
-
 import optuna
 
 from hpo import paths
 from hpo.config import load_params
-from hpo.errors import run_stage
+from hpo.errors import PipelineError, run_stage
 from hpo.plots import (
     history_table,
     importance_evaluator,
@@ -19,7 +17,9 @@ from hpo.study_store import close_storage, open_storage
 
 def main() -> None:
     params = load_params().plot
-    study_name = json.loads(paths.TUNE_SUMMARY.read_text())["study_name"]
+    study_name = paths.read_json(paths.TUNE_SUMMARY)["study_name"]
+    if not paths.STUDY_DB.exists():
+        raise PipelineError(f"{paths.STUDY_DB}: not found; run the tune stage first (dvc repro)")
     storage = open_storage(paths.STUDY_DB)
     try:
         study = optuna.load_study(study_name=study_name, storage=storage)

@@ -11,7 +11,7 @@ from hpo.model import train_final
 
 def main() -> None:
     params = load_params()
-    summary = json.loads(paths.TUNE_SUMMARY.read_text())
+    summary = paths.read_json(paths.TUNE_SUMMARY)
     x_train, y_train = read_split(paths.TRAIN_CSV)
     booster = train_final(params.model, summary["best_params"], x_train, y_train)
     booster.save_model(paths.MODEL)

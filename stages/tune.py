@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import sys
+import threading
 from functools import partial
 
 import optuna
@@ -40,6 +41,11 @@ def main() -> None:
         "code_sha256": code_fingerprint(),
     }
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # Ctrl-C, and SIGTERM from `docker stop` or a scheduler, only request a stop: the runner
+    # stops between storage operations, never in the middle of a SQLite transaction.
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
     # A second tune process may start at the same time: create each store under a lock.
     with process_lock(paths.MLFLOW_DB):
         client, experiment_id = tracking.connect()
@@ -68,12 +74,11 @@ def main() -> None:
         ask_lock=partial(process_lock, paths.STUDY_DB),
         fault_hook=injected_faults(os.environ.get("HPO_INJECT_FAULT_TRIALS", "")),
         log=partial(print, file=sys.stderr, flush=True),
+        stop=stop,
     )
-    # Ctrl-C, and SIGTERM from `docker stop` or a scheduler: ask the runner to stop cleanly.
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: runner.stop.set())
     try:
         progress = runner.run()
+        summary = {**summarize(study, progress), "mlflow_parent_run_id": parent_run_id}
     except TuningInterruptedError:
         client.set_terminated(parent_run_id, "KILLED")
         raise PipelineError(
@@ -86,7 +91,6 @@ def main() -> None:
         raise
     finally:
         close_storage(storage)
-    summary = {**summarize(study, progress), "mlflow_parent_run_id": parent_run_id}
     tracking.close_study_run(client, parent_run_id, summary)
     paths.TUNE_SUMMARY.write_text(json.dumps(summary, indent=2) + "\n")
 

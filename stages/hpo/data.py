@@ -114,4 +114,7 @@ def read_split(path: Path) -> tuple[pd.DataFrame, pd.Series]:
         frame = pd.read_csv(path)
     except FileNotFoundError:
         raise PipelineError(f"{path}: not found; run the prepare stage first (dvc repro)") from None
+    missing = [c for c in [*FEATURES, TARGET] if c not in frame.columns]
+    if missing:
+        raise PipelineError(f"{path}: missing columns {', '.join(missing)}; rerun prepare")
     return frame[FEATURES], frame[TARGET]

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import pandas as pd
 import xgboost as xgb
 
 from hpo.config import ModelParams
-from hpo.xgb_params import N_ROUNDS, booster_params
+from hpo.xgb_params import N_ROUNDS, available_cores, booster_params
 
 
 def train_final(
@@ -17,10 +16,10 @@ def train_final(
 ) -> xgb.Booster:
     """Refit with the best trial's params, exactly as the CV objective trained each fold."""
     train = xgb.QuantileDMatrix(x, y, max_bin=model.max_bin)
-    params = booster_params(model, best_params, nthread=os.cpu_count() or 1)
+    params = booster_params(model, best_params, nthread=available_cores())
     return xgb.train(params, train, num_boost_round=best_params[N_ROUNDS])
 
 
 def train_baseline(model: ModelParams, x: pd.DataFrame, y: pd.Series) -> xgb.XGBRegressor:
     """XGBoost's defaults, with only the seed and thread count set."""
-    return xgb.XGBRegressor(random_state=model.seed, n_jobs=os.cpu_count() or 1).fit(x, y)
+    return xgb.XGBRegressor(random_state=model.seed, n_jobs=available_cores()).fit(x, y)

@@ -1,6 +1,10 @@
 """Where each stage reads and writes; the same names appear in dvc.yaml."""
 
+import json
 from pathlib import Path
+from typing import Any
+
+from hpo.errors import PipelineError
 
 PREPARED = Path("data/prepared")
 TRAIN_CSV = PREPARED / "train.csv"
@@ -22,3 +26,13 @@ IMPORTANCE_CSV = PLOT_DATA / "param_importance.csv"
 
 MLFLOW_DB = OUTPUTS / "mlflow.db"
 MLFLOW_ARTIFACTS = OUTPUTS / "mlruns"
+
+
+def read_json(path: Path) -> Any:
+    """A JSON output of an earlier stage; a clear error when that stage has not run."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise PipelineError(
+            f"{path}: not found; run the earlier stages first (dvc repro)"
+        ) from None

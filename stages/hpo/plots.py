@@ -20,6 +20,8 @@ from optuna.importance import (
 )
 from optuna.trial import TrialState
 
+from hpo.errors import PipelineError
+
 EVALUATORS: dict[str, type[BaseImportanceEvaluator]] = {
     "fanova": FanovaImportanceEvaluator,
     "ped_anova": PedAnovaImportanceEvaluator,
@@ -43,6 +45,8 @@ def history_table(study: optuna.Study) -> pd.DataFrame:
 
 
 def importance_table(study: optuna.Study, evaluator: BaseImportanceEvaluator) -> pd.DataFrame:
+    if len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) < 2:
+        raise PipelineError("parameter importance needs at least 2 completed trials")
     importances = optuna.importance.get_param_importances(study, evaluator=evaluator)
     return pd.DataFrame({"param": list(importances), "importance": list(importances.values())})
 
@@ -51,7 +55,7 @@ def save_history_png(study: optuna.Study, path: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         axes = optuna.visualization.matplotlib.plot_optimization_history(study)
-    axes.set_ylabel("mean 5-fold CV MSE")
+    axes.set_ylabel("mean cross-validated MSE")
     _save(axes.figure, path)
 
 

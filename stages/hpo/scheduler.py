@@ -6,8 +6,9 @@ of holding one core while the other waits for the next trial to be asked. When t
 of a trial reaches a checkpoint, that thread reports the mean validation MSE to the trial's
 pruner and either stops the trial or queues its next tasks.
 
-Results do not depend on which thread ran what: each booster is single-threaded and advanced
-by one thread at a time, and each trial prunes against its own fixed snapshot.
+Results do not depend on which thread ran what: each booster is advanced by one thread at a
+time with a fixed thread count, samples rows and columns from (seed, round) rather than from
+the thread's generator, and each trial prunes against its own fixed snapshot.
 """
 
 from __future__ import annotations
@@ -98,8 +99,8 @@ class TrialOutcome:
         )
 
     @classmethod
-    def interrupted(cls, trial: FrozenTrial) -> TrialOutcome:
-        started = _timestamp(trial.datetime_start)
+    def interrupted(cls, trial: FrozenTrial | optuna.Trial) -> TrialOutcome:
+        started = _timestamp(getattr(trial, "datetime_start", None))
         return cls(
             trial.number, trial.params, TrialState.FAIL, None, {}, INTERRUPTED, started, time.time()
         )
@@ -112,7 +113,7 @@ class _Job:
     cv: CVTrial
     snapshot: Sequence[FrozenTrial]
     future: Future[TrialOutcome]
-    started_at: float = field(default_factory=time.time)
+    started_at: float
     folds_to_go: int = 0
     reported: dict[int, float] = field(default_factory=dict)
     probe: optuna.Trial | None = None
@@ -189,16 +190,17 @@ class FoldScheduler:
                 continue
             try:
                 job.cv.advance(fold_index)
-            except Exception as exc:
-                self._finish(
-                    job, _failed(job.number, job.params, exc, job.reported, job.started_at)
-                )
-                continue
-            with self._lock:
-                job.folds_to_go -= 1
-                last_fold = job.folds_to_go == 0
-            if last_fold:
-                self._at_checkpoint(job)
+                with self._lock:
+                    job.folds_to_go -= 1
+                    last_fold = job.folds_to_go == 0
+                if last_fold:
+                    self._at_checkpoint(job)
+            except Exception as exc:  # a failing trial is recorded, the study goes on
+                failed = _failed(job.number, job.params, exc, job.reported, job.started_at)
+                self._finish(job, failed)
+            except BaseException as exc:  # never leave a future unresolved: the loop waits
+                self._finish(job, exc)
+                raise
 
     def _at_checkpoint(self, job: _Job) -> None:
         """All folds are at the checkpoint: report, then stop, finish or go on."""
@@ -239,12 +241,12 @@ class FoldScheduler:
         job.probe = study.ask()
         return job.probe
 
-    def _finish(self, job: _Job, outcome: TrialOutcome | InterruptedError) -> None:
+    def _finish(self, job: _Job, outcome: TrialOutcome | BaseException) -> None:
         """Resolve the trial's future once, whichever of its fold tasks gets here first."""
         with self._lock:
             if job.future.done():
                 return
-            if isinstance(outcome, InterruptedError):
+            if isinstance(outcome, BaseException):
                 job.future.set_exception(outcome)
             else:
                 job.future.set_result(outcome)

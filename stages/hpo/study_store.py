@@ -56,13 +56,14 @@ def study_name(identity: dict[str, Any]) -> str:
 
 
 def code_fingerprint() -> str:
-    """sha256 over the source of every loaded hpo module.
+    """sha256 over the source of the running stage script and every loaded hpo module.
 
     Part of the study's identity: after an edit to the objective, `dvc repro` must run new
     trials, not hand back the trials of the old code from the persisted study.
     """
     digest = hashlib.sha256()
-    for name in sorted(n for n in sys.modules if n == "hpo" or n.startswith("hpo.")):
+    names = ["__main__", *sorted(n for n in sys.modules if n == "hpo" or n.startswith("hpo."))]
+    for name in names:
         source = getattr(sys.modules[name], "__file__", None)
         if source:
             digest.update(name.encode() + b"\0" + Path(source).read_bytes())

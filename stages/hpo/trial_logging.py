@@ -27,12 +27,19 @@ class StudyRecorder:
         self.parent_run_id = parent_run_id
 
     def recorded_numbers(self) -> set[int]:
+        """Trials with a complete child run; a run left half-written by a kill is removed."""
         runs = self._client.search_runs(
             [self._experiment_id],
             f"tags.{MLFLOW_PARENT_RUN_ID} = '{self.parent_run_id}'",
             max_results=50_000,
         )
-        return {int(run.data.tags["optuna.trial_number"]) for run in runs}
+        recorded = set()
+        for run in runs:
+            if run.info.status == "RUNNING":  # killed between create_run and set_terminated
+                self._client.delete_run(run.info.run_id)
+            else:
+                recorded.add(int(run.data.tags["optuna.trial_number"]))
+        return recorded
 
     def record(self, trial: FrozenTrial, outcome: TrialOutcome) -> None:
         run = self._client.create_run(

@@ -7,12 +7,12 @@ thread is the only one that touches the study, and it follows a fixed protocol:
 * trials are asked in number order, each with a sampler seeded by (seed + trial number);
 * at most `window = parallel_trials + lookahead` trials are asked and not yet told; trial k is
   asked only after trial k - window has been told, and trials are told in number order;
-* a worker prunes against a snapshot of the trials that were complete when its trial was asked,
-  not against whatever completes meanwhile.
+* a trial prunes against a snapshot of the trials that were complete when it was asked, not
+  against whatever completes meanwhile.
 
 So the sampler's and pruner's inputs for trial k are a function of trials 0..k-window alone,
-and two runs with the same params produce the same trials. Workers run in threads (XGBoost
-releases the GIL) and never wait for each other: a free worker takes the next asked trial.
+and two runs with the same params produce the same trials. The trials run as fold tasks on
+worker threads (scheduler.py); a free thread takes the oldest trial's next task.
 
 Crash safety: a trial that finishes before its turn to be told is saved at once in the study
 (user attribute `pending_outcome`), so a killed run loses no finished work. The next run tells
@@ -33,6 +33,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import optuna
@@ -184,7 +185,8 @@ class StudyRunner:
                     continue
                 busy = time.perf_counter()
                 head = in_flight.popleft()
-                frozen = self._tell(head.trial, head.future.result())
+                with self.ask_lock():  # another process's recovery must not record it twice
+                    frozen = self._tell(head.trial, head.future.result())
                 progress.main_thread_seconds += time.perf_counter() - busy
                 progress.add(frozen)
                 progress.told_this_session += 1
@@ -199,6 +201,11 @@ class StudyRunner:
             self._add_time(OPTIMIZATION_TIME_ATTR, time.perf_counter() - started)
             self._add_time(MAIN_THREAD_TIME_ATTR, progress.main_thread_seconds)
         progress = self._progress_from_storage()
+        if progress.finished < self.n_trials:
+            self.log(
+                f"warning: only {progress.finished} of {self.n_trials} trials finished; "
+                f"{progress.failed} failed (asking stops after n_trials failures)"
+            )
         if progress.complete == 0:
             raise PipelineError(
                 f"no trial completed ({progress.pruned} pruned, {progress.failed} failed); "
@@ -238,7 +245,7 @@ class StudyRunner:
     def _wait_for_head(self, in_flight: deque[_InFlight]) -> bool:
         """Wait a little for the oldest trial; save any trial that finished out of turn."""
         running = [item.future for item in in_flight if not item.future.done()]
-        if running:
+        if running and not in_flight[0].future.done():
             wait(running, timeout=POLL_S, return_when=FIRST_COMPLETED)
         for item in list(in_flight)[1:]:
             if item.future.done() and not item.saved and item.future.exception() is None:
@@ -296,20 +303,36 @@ class StudyRunner:
 
 
 def _this_process() -> dict[str, Any]:
-    return {"host": socket.gethostname(), "pid": os.getpid()}
+    return {"host": socket.gethostname(), "pid": os.getpid(), "started": _start_time(os.getpid())}
+
+
+def _start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (Linux), to tell a reused pid apart."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]  # field 22; the name in (...) may hold spaces
 
 
 def _is_alive(owner: dict[str, Any] | None) -> bool:
-    """Whether the process that asked a trial still runs (on this host; SQLite is local)."""
+    """Whether the process that asked a trial still runs (on this host; SQLite is local).
+
+    A container restarted with the same hostname often gets the same pid again: the start
+    time (and our own pid, which cannot own a trial of an earlier run) tells them apart.
+    """
     if not owner or owner.get("host") != socket.gethostname():
         return False
+    pid = int(owner["pid"])
+    if pid == os.getpid():
+        return False
     try:
-        os.kill(int(owner["pid"]), 0)
+        os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    return True
+        pass
+    return owner.get("started") is None or owner.get("started") == _start_time(pid)
 
 
 def summarize(study: optuna.Study, progress: Progress) -> dict[str, Any]:

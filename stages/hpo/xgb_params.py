@@ -24,9 +24,14 @@ def distributions(space: SearchSpace) -> dict[str, BaseDistribution]:
     return result
 
 
+def available_cores() -> int:
+    """Cores this process may run on (honours taskset and container CPU sets)."""
+    return len(os.sched_getaffinity(0))
+
+
 def threads_per_fit(parallel_fits: int) -> int:
     """cores // parallel fits, at least 1: parallel fits must not oversubscribe the cores."""
-    return max(1, (os.cpu_count() or 1) // parallel_fits)
+    return max(1, available_cores() // parallel_fits)
 
 
 def booster_params(model: ModelParams, tuned: dict[str, Any], nthread: int) -> dict[str, Any]:
