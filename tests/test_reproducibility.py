@@ -64,6 +64,7 @@ def test_metrics_diff_between_reproduced_runs_is_empty(
     project = shutil.copytree(first, tmp_path / "a", symlinks=True)
     commit(project, "reference run")
     shutil.copy2(second / "outputs/metrics.json", project / "outputs/metrics.json")
+    assert "test_rmse" in dvc(project, "metrics", "show", "--json").stdout  # metrics are there
     assert dvc(project, "metrics", "diff", "--json").stdout.strip() in ("{}", "")
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import socket
 from functools import partial
 
 import optuna
@@ -15,7 +17,7 @@ from hpo.cv import make_folds
 from hpo.data import FEATURES, TARGET, derive_features, read_raw
 from hpo.errors import PipelineError
 from hpo.scheduler import INTERRUPTED, TrialOutcome
-from hpo.tuning import StudyRunner, injected_faults
+from hpo.tuning import OWNER_ATTR, PENDING_ATTR, StudyRunner, injected_faults
 from hpo.xgb_params import booster_params, distributions
 
 PARAMS = load_params(REPO / "params.yaml")
@@ -133,3 +135,26 @@ def test_resume_records_told_trials_that_have_no_record(small_data) -> None:
     again.run()
     assert lost in runner.recorder.recorded
     assert sorted(runner.recorder.recorded_numbers()) == [0, 1, 2]
+
+
+def test_outcome_survives_a_json_round_trip(small_data) -> None:
+    runner = make_runner(small_data, n_trials=2)
+    runner.run()
+    for trial in runner.study.trials:
+        outcome = TrialOutcome.from_frozen(trial)
+        assert TrialOutcome.from_json(json.loads(json.dumps(outcome.to_json()))) == outcome
+
+
+def test_resume_tells_a_saved_outcome_instead_of_recomputing(small_data) -> None:
+    finished = make_runner(small_data, n_trials=1)
+    finished.run()
+    outcome = TrialOutcome.from_frozen(finished.study.trials[0])
+    runner = make_runner(small_data, n_trials=1)
+    orphan = runner.study.ask(runner.distributions)  # finished, saved, then the process died
+    orphan.set_user_attr(PENDING_ATTR, outcome.to_json())
+    orphan.set_user_attr(OWNER_ATTR, {"host": socket.gethostname(), "pid": 2**22 + 1})
+    runner.run()
+    recovered = runner.study.trials[orphan.number]
+    assert recovered.state == TrialState.COMPLETE
+    assert recovered.value == outcome.value
+    assert len(runner.study.trials) == 1  # the budget was met by the recovered trial

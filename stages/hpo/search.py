@@ -14,8 +14,9 @@ from hpo.config import PrunerParams, SamplerParams
 def make_sampler(params: SamplerParams, trial_number: int) -> TPESampler:
     """TPE seeded by (seed + trial number): sampling depends on the study's history only.
 
-    A fresh seed per trial (instead of one random stream for the whole run) means a resumed
-    study samples trial k exactly as an uninterrupted one would.
+    A fresh seed per trial (instead of one random stream for the whole run) means that a
+    resumed study does not restart the sampler's random stream; what trial k samples then
+    differs from an uninterrupted run only through the history it sees.
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
