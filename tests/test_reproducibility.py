@@ -9,7 +9,8 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import commit, dvc, make_project, write_params
+from conftest import commit, dvc, make_project, run, write_params
+from mlflow.tracking import MlflowClient
 
 PARALLEL = {"tune": {"parallel_trials": 2, "n_trials": 8}}
 
@@ -98,3 +99,21 @@ def test_repro_reruns_exactly_what_changed(
         module.write_text(module.read_text() + "\n# an edit\n")
     ran = _ran_stages(dvc(rerun_project, "repro").stdout)
     assert ran == expected, f"after changing {what}"
+
+
+def test_dvc_experiment_runs_and_is_traceable_in_mlflow(tmp_path: Path) -> None:
+    project = make_project(tmp_path / "exp")
+    dvc(project, "exp", "run", "-S", "tune.n_trials=4", "--name", "four-trials")
+    table = dvc(project, "exp", "show", "--json").stdout
+    assert "four-trials" in table
+    assert "test_rmse" in table
+    results = json.loads((project / "outputs/results.json").read_text())
+    assert results["trials"]["complete"] + results["trials"]["pruned"] == 4
+    client = MlflowClient(f"sqlite:///{project / 'outputs/mlflow.db'}")
+    study_run = client.get_run(results["mlflow"]["study_run_id"])
+    model_run = client.get_run(results["mlflow"]["model_run_id"])
+    head = run(project, "git", "rev-parse", "HEAD").stdout.strip()
+    for mlflow_run in (study_run, model_run):
+        assert mlflow_run.data.tags["dvc_exp_name"] == "four-trials"
+        assert mlflow_run.data.tags["mlflow.source.git.commit"] == head
+        assert len(mlflow_run.data.tags["params_hash"]) == 16
