@@ -17,7 +17,7 @@ from hpo.cv import make_folds
 from hpo.data import FEATURES, TARGET, derive_features, read_raw
 from hpo.errors import PipelineError
 from hpo.scheduler import INTERRUPTED, TrialOutcome
-from hpo.tuning import OWNER_ATTR, PENDING_ATTR, StudyRunner, injected_faults
+from hpo.tuning import OWNER_ATTR, PENDING_ATTR, StudyRunner, injected_faults, summarize
 from hpo.xgb_params import booster_params, distributions
 
 PARAMS = load_params(REPO / "params.yaml")
@@ -89,6 +89,16 @@ def test_trials_are_recorded_once_each_in_number_order(small_data) -> None:
     runner.run()
     numbers = [number for number, _ in runner.recorder.recorded]
     assert numbers == list(range(5))
+
+
+def test_summary_accounts_the_main_threads_time(small_data) -> None:
+    runner = make_runner(small_data, n_trials=5)
+    summary = summarize(runner.study, runner.run())
+    assert summary["n_trials"]["complete"] + summary["n_trials"]["pruned"] == 5
+    # The main thread asks and tells every trial: it is busy for some, never all, of the run,
+    # and a thread's CPU time cannot exceed its wall time.
+    assert 0 < summary["main_thread_seconds"] < summary["optimization_time_seconds"]
+    assert 0 < summary["main_thread_cpu_seconds"] <= summary["main_thread_seconds"] + 0.01
 
 
 def test_failing_trials_are_recorded_and_do_not_use_the_budget(small_data) -> None:
