@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import socket
 from functools import partial
@@ -32,10 +33,14 @@ def small_data():
 class Collector:
     def __init__(self) -> None:
         self.recorded: list[tuple[int, str]] = []
+        self.outcomes: dict[int, TrialOutcome] = {}
+        self.trials: dict[int, FrozenTrial] = {}
 
     def record(self, trial: FrozenTrial, outcome: TrialOutcome) -> None:
         assert trial.number == outcome.number
         self.recorded.append((trial.number, trial.state.name))
+        self.outcomes[trial.number] = outcome
+        self.trials[trial.number] = trial
 
     def recorded_numbers(self) -> set[int]:
         return {number for number, _ in self.recorded}
@@ -147,24 +152,58 @@ def test_resume_records_told_trials_that_have_no_record(small_data) -> None:
     assert sorted(runner.recorder.recorded_numbers()) == [0, 1, 2]
 
 
-def test_outcome_survives_a_json_round_trip(small_data) -> None:
-    runner = make_runner(small_data, n_trials=2)
+@pytest.fixture(scope="module")
+def told_by_state(small_data) -> dict[TrialState, tuple[TrialOutcome, FrozenTrial]]:
+    """One trial of each final state: its outcome as the scheduler produced it, as told."""
+    runner = make_runner(small_data, n_trials=8, fault_hook=injected_faults("1"))
     runner.run()
-    for trial in runner.study.trials:
-        outcome = TrialOutcome.from_frozen(trial)
-        assert TrialOutcome.from_json(json.loads(json.dumps(outcome.to_json()))) == outcome
+    recorder = runner.recorder
+    by_state = {t.state: (recorder.outcomes[n], t) for n, t in recorder.trials.items()}
+    assert set(by_state) == {TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL}
+    return by_state
 
 
-def test_resume_tells_a_saved_outcome_instead_of_recomputing(small_data) -> None:
-    finished = make_runner(small_data, n_trials=1)
-    finished.run()
-    outcome = TrialOutcome.from_frozen(finished.study.trials[0])
-    runner = make_runner(small_data, n_trials=1)
+@pytest.mark.parametrize("state", [TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL])
+def test_outcome_survives_a_json_round_trip(told_by_state, state) -> None:
+    outcome, _ = told_by_state[state]
+    assert TrialOutcome.from_json(json.loads(json.dumps(outcome.to_json()))) == outcome
+
+
+@pytest.mark.parametrize("state", [TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL])
+def test_resume_tells_a_saved_outcome_instead_of_recomputing(
+    small_data, told_by_state, state
+) -> None:
+    saved, told = told_by_state[state]
+    runner = make_runner(small_data, n_trials=2)
     orphan = runner.study.ask(runner.distributions)  # finished, saved, then the process died
+    outcome = dataclasses.replace(saved, number=orphan.number)
     orphan.set_user_attr(PENDING_ATTR, outcome.to_json())
     orphan.set_user_attr(OWNER_ATTR, {"host": socket.gethostname(), "pid": 2**22 + 1})
     runner.run()
     recovered = runner.study.trials[orphan.number]
-    assert recovered.state == TrialState.COMPLETE
-    assert recovered.value == outcome.value
-    assert len(runner.study.trials) == 1  # the budget was met by the recovered trial
+    assert (recovered.state, recovered.value) == (told.state, told.value)
+    assert recovered.intermediate_values == told.intermediate_values
+    assert recovered.user_attrs.get("error") == told.user_attrs.get("error")
+    assert runner.recorder.outcomes[orphan.number] == outcome
+    # A recovered COMPLETE or PRUNED trial counts toward the budget; a FAIL one does not.
+    assert len(runner.study.trials) == (3 if state == TrialState.FAIL else 2)
+
+
+def test_a_trial_whose_tell_fails_keeps_its_result(small_data) -> None:
+    runner = make_runner(small_data, n_trials=4)
+    tell, failures = runner.study.tell, []
+
+    def tell_failing_once_for_trial_2(trial, *args, **kwargs):
+        if trial.number == 2 and not failures:
+            failures.append(trial.number)
+            raise RuntimeError("database is locked")
+        return tell(trial, *args, **kwargs)
+
+    runner.study.tell = tell_failing_once_for_trial_2
+    with pytest.raises(RuntimeError, match="database is locked"):
+        runner.run()
+    assert failures == [2]
+    states = {t.number: t.state for t in runner.study.trials}
+    assert states[2] in (TrialState.COMPLETE, TrialState.PRUNED)  # told on the way out
+    assert TrialState.RUNNING not in states.values()
+    assert sorted(runner.recorder.recorded_numbers()) == sorted(states)

@@ -132,7 +132,7 @@ class Progress:
 class _InFlight:
     trial: optuna.Trial
     future: Future[TrialOutcome]
-    saved: bool = False
+    saved: bool = False  # its outcome is in PENDING_ATTR
 
 
 @dataclass
@@ -195,10 +195,12 @@ class StudyRunner:
                     continue
                 if not self._wait_for_head(in_flight, progress):
                     continue
-                head = in_flight.popleft()
+                # Told while still in flight: if telling fails, the interrupt path retries it.
+                head = in_flight[0]
                 # Under the lock: another process's recovery must not record it twice.
                 with progress.main_thread_work(), self.ask_lock():
                     frozen = self._tell(head.trial, head.future.result())
+                in_flight.popleft()
                 progress.add(frozen)
                 progress.told_this_session += 1
                 progress.failed_this_session += frozen.state == TrialState.FAIL
@@ -279,12 +281,21 @@ class StudyRunner:
         return frozen
 
     def _close_after_interrupt(self, in_flight: deque[_InFlight]) -> None:
-        """Tell what finished, in order; close the rest as interrupted, in Optuna and MLflow."""
+        """Tell what finished, in order; close the rest as interrupted, in Optuna and MLflow.
+
+        A trial already told (its record may have failed) is left alone: the next run's
+        `_record_missing` writes a missing record.
+        """
+        running = {item.trial.number for item in in_flight}
+        with contextlib.suppress(Exception):
+            running = self._running_numbers()
         for item in in_flight:
+            if item.trial.number not in running:
+                continue
             future = item.future
             finished = future.done() and not future.cancelled() and future.exception() is None
             outcome = future.result() if finished else TrialOutcome.interrupted(item.trial)
-            with contextlib.suppress(Exception):  # never mask the interrupt itself
+            with contextlib.suppress(Exception), self.ask_lock():  # never mask the interrupt
                 self._tell(item.trial, outcome)
 
     def _recover_orphans(self) -> None:
@@ -308,7 +319,12 @@ class StudyRunner:
                 self.log(f"trial {trial.number} had no MLflow run (stopped run): recorded it")
 
     def _others_running(self) -> bool:
-        return bool(self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+        return bool(self._running_numbers())
+
+    def _running_numbers(self) -> set[int]:
+        return {
+            t.number for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        }
 
     def _add_time(self, attr: str, seconds: float) -> None:
         previous = self.study.user_attrs.get(attr, 0.0)
