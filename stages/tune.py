@@ -34,11 +34,13 @@ def main() -> None:
     params = load_params()
     tune, model = params.tune, params.model
     x_train, y_train = read_split(paths.TRAIN_CSV)
+    fault_spec = os.environ.get("HPO_INJECT_FAULT_TRIALS", "")
     identity = {
         "tune": tune.model_dump(),
         "model": model.model_dump(),
         "train_sha256": hashlib.sha256(paths.TRAIN_CSV.read_bytes()).hexdigest(),
         "code_sha256": code_fingerprint(),
+        "injected_faults": fault_spec,  # a test's failing trials must not enter a real study
     }
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # Ctrl-C, and SIGTERM from `docker stop` or a scheduler, only request a stop: the runner
@@ -49,12 +51,12 @@ def main() -> None:
     # A second tune process may start at the same time: create each store under a lock.
     with process_lock(paths.MLFLOW_DB):
         client, experiment_id = tracking.connect()
+    run_params = params.model_dump(mode="json")
+    run_tags = tracking.provenance_tags(run_params)
     with process_lock(paths.STUDY_DB):
         storage = open_storage(paths.STUDY_DB)
         study = load_or_create(storage, study_name(identity))
-        parent_run_id = tracking.open_study_run(
-            client, experiment_id, study, params.model_dump(mode="json")
-        )
+        parent_run_id = tracking.open_study_run(client, experiment_id, study, run_params, run_tags)
     runner = StudyRunner(
         study=study,
         distributions=distributions(tune.search_space),
@@ -70,9 +72,9 @@ def main() -> None:
             booster_params, model, nthread=threads_per_fit(tune.parallel_trials)
         ),
         report_interval=tune.pruner.interval_steps,
-        recorder=StudyRecorder(client, experiment_id, parent_run_id),
+        recorder=StudyRecorder(client, experiment_id, parent_run_id, run_tags),
         ask_lock=partial(process_lock, paths.STUDY_DB),
-        fault_hook=injected_faults(os.environ.get("HPO_INJECT_FAULT_TRIALS", "")),
+        fault_hook=injected_faults(fault_spec),
         log=partial(print, file=sys.stderr, flush=True),
         stop=stop,
     )

@@ -80,7 +80,8 @@ def test_mlflow_has_parent_run_with_a_child_per_trial(
     assert parent.info.status == "FINISHED"
     assert parent.data.metrics["best_cv_mse"] == pytest.approx(results["best_cv_mse"])
     assert parent.data.params["tune.n_trials"] == str(N_TRIALS)
-    assert "params_hash" in parent.data.tags
+    provenance = {k: v for k, v in parent.data.tags.items() if k == "params_hash"}
+    assert provenance
     children = client.search_runs(
         [experiment.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
     )
@@ -89,6 +90,7 @@ def test_mlflow_has_parent_run_with_a_child_per_trial(
         assert child.info.status == "FINISHED"
         assert set(child.data.params) >= {"max_depth", "learning_rate", "n_estimators"}
         assert child.data.tags["optuna.state"] in {"COMPLETE", "PRUNED"}
+        assert child.data.tags.items() >= provenance.items()
         artifacts = [a.path for a in client.list_artifacts(child.info.run_id)]
         assert "learning_curve.json" in artifacts
         if child.data.tags["optuna.state"] == "COMPLETE":
@@ -135,13 +137,20 @@ def test_pngs_are_real_images(tiny_run: Path, name: str) -> None:
 def test_dvc_plots_and_metrics_read_the_outputs(tiny_run: Path) -> None:
     shown = dvc(tiny_run, "metrics", "show", "--json").stdout
     assert "test_rmse" in shown
-    rendered = dvc(tiny_run, "plots", "show", "--json").stdout
+    # `dvc plots show` exits 0 even when a plot's file is missing: the errors are in the JSON.
+    rendered = json.loads(dvc(tiny_run, "plots", "show", "--json").stdout)
+    assert not rendered.get("errors")
+    plots = rendered["data"]
     for title in (
         "Optimisation history",
         "Predicted vs actual (test split)",
         "Parameter importance",
     ):
-        assert title in rendered
+        (plot,) = plots[title]
+        assert plot["type"] == "vega"
+        assert plot["content"]["data"]["values"], f"{title}: no data points"
+    for image_plot in ("outputs/optimization_history.png", "outputs/param_importance.png"):
+        assert plots[image_plot], f"{image_plot}: not rendered"
 
 
 def test_second_repro_does_nothing(tiny_run: Path) -> None:

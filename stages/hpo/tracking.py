@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from mlflow.entities import Metric, Param
+from mlflow.entities import LifecycleStage, Metric, Param
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 from mlflow.tracking import MlflowClient
 
 from hpo.paths import MLFLOW_ARTIFACTS, MLFLOW_DB
@@ -107,21 +109,39 @@ def _flatten(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def open_study_run(
-    client: MlflowClient, experiment_id: str, study: optuna.Study, params: dict[str, Any]
+    client: MlflowClient,
+    experiment_id: str,
+    study: optuna.Study,
+    params: dict[str, Any],
+    tags: dict[str, str],
 ) -> str:
-    """The study's parent run: created once, reopened when the study resumes after a crash."""
+    """The study's parent run: created once, reopened when the study resumes after a crash.
+
+    If the study outlived its MLflow store (mlflow.db deleted, or the run deleted in the UI),
+    a new parent run is created; the runner then records every trial under it again.
+    """
     run_id = study.user_attrs.get(STUDY_RUN_ID_ATTR)
-    if run_id is not None:
+    if run_id is not None and _run_exists(client, run_id):
         client.update_run(run_id, status="RUNNING")
         return run_id
     run = client.create_run(
         experiment_id,
         run_name=study.study_name,
-        tags={"optuna.study_name": study.study_name, **provenance_tags(params)},
+        tags={"optuna.study_name": study.study_name, **tags},
     )
     log_params_flat(client, run.info.run_id, params)
     study.set_user_attr(STUDY_RUN_ID_ATTR, run.info.run_id)
     return run.info.run_id
+
+
+def _run_exists(client: MlflowClient, run_id: str) -> bool:
+    try:
+        run = client.get_run(run_id)
+    except MlflowException as error:
+        if error.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+            return False
+        raise
+    return run.info.lifecycle_stage == LifecycleStage.ACTIVE
 
 
 def close_study_run(client: MlflowClient, run_id: str, summary: dict[str, Any]) -> None:

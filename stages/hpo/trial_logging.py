@@ -19,12 +19,15 @@ _RUN_STATUS = {
 
 
 class StudyRecorder:
-    """Writes each told trial as a child run of the study's parent run."""
+    """Writes each told trial as a child run of the study's parent run, with the given tags."""
 
-    def __init__(self, client: MlflowClient, experiment_id: str, parent_run_id: str) -> None:
+    def __init__(
+        self, client: MlflowClient, experiment_id: str, parent_run_id: str, tags: dict[str, str]
+    ) -> None:
         self._client = client
         self._experiment_id = experiment_id
         self.parent_run_id = parent_run_id
+        self._tags = tags
 
     def recorded_numbers(self) -> set[int]:
         """Trials with a complete child run; a run left half-written by a kill is removed."""
@@ -46,6 +49,7 @@ class StudyRecorder:
             self._experiment_id,
             start_time=int(outcome.started_at * 1000),
             tags={
+                **self._tags,
                 MLFLOW_PARENT_RUN_ID: self.parent_run_id,
                 MLFLOW_RUN_NAME: f"trial-{trial.number:03d}",
                 "optuna.trial_number": str(trial.number),

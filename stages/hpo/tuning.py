@@ -316,7 +316,7 @@ class StudyRunner:
         for trial in self.study.get_trials(deepcopy=False):
             if trial.state.is_finished() and trial.number not in recorded:
                 self.recorder.record(trial, TrialOutcome.from_frozen(trial))
-                self.log(f"trial {trial.number} had no MLflow run (stopped run): recorded it")
+                self.log(f"trial {trial.number} had no MLflow run: recorded it")
 
     def _others_running(self) -> bool:
         return bool(self._running_numbers())

@@ -1,0 +1,78 @@
+"""The study's MLflow runs on a real SQLite store: parent run, child runs, their tags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from hpo import tracking
+from hpo.scheduler import TrialOutcome
+from hpo.trial_logging import StudyRecorder
+
+PARAMS = {"tune": {"n_trials": 2}}
+TAGS = {"params_hash": "0123456789abcdef", "mlflow.source.git.commit": "f" * 40}
+
+
+def _objective(trial: optuna.Trial) -> float:
+    """What the runner stores for a completed 2-fold trial."""
+    mse = trial.suggest_float("x", 0.2, 1)
+    trial.report(mse, 10)
+    trial.set_user_attr("fold_mse", [mse, mse])
+    trial.set_user_attr("fold_r2", [0.8, 0.8])
+    return mse
+
+
+@pytest.fixture
+def study() -> optuna.Study:
+    study = optuna.create_study(direction="minimize")
+    study.optimize(_objective, n_trials=2)
+    return study
+
+
+def _store(directory: Path) -> tuple:
+    return tracking.connect(directory / "mlflow.db", directory / "mlruns")
+
+
+def test_a_resumed_study_reopens_its_parent_run(tmp_path: Path, study: optuna.Study) -> None:
+    client, experiment_id = _store(tmp_path)
+    first = tracking.open_study_run(client, experiment_id, study, PARAMS, TAGS)
+    client.set_terminated(first, "KILLED")
+    again = tracking.open_study_run(client, experiment_id, study, PARAMS, TAGS)
+    assert again == first
+    assert client.get_run(first).info.status == "RUNNING"
+
+
+@pytest.mark.parametrize("how", ["store deleted", "run deleted"])
+def test_a_lost_parent_run_is_replaced_and_every_trial_recorded_again(
+    tmp_path: Path, study: optuna.Study, how: str
+) -> None:
+    client, experiment_id = _store(tmp_path / "old")
+    lost = tracking.open_study_run(client, experiment_id, study, PARAMS, TAGS)
+    if how == "store deleted":  # the study db was kept, mlflow.db was not
+        client, experiment_id = _store(tmp_path / "new")
+    else:
+        client.delete_run(lost)
+
+    parent = tracking.open_study_run(client, experiment_id, study, PARAMS, TAGS)
+
+    assert parent != lost
+    assert study.user_attrs[tracking.STUDY_RUN_ID_ATTR] == parent
+    assert client.get_run(parent).info.status == "RUNNING"
+    recorder = StudyRecorder(client, experiment_id, parent, TAGS)
+    assert recorder.recorded_numbers() == set()  # so the runner records every trial again
+
+
+def test_child_runs_carry_the_provenance_tags(tmp_path: Path, study: optuna.Study) -> None:
+    client, experiment_id = _store(tmp_path)
+    parent = tracking.open_study_run(client, experiment_id, study, PARAMS, TAGS)
+    recorder = StudyRecorder(client, experiment_id, parent, TAGS)
+    for trial in study.trials:
+        recorder.record(trial, TrialOutcome.from_frozen(trial))
+    assert recorder.recorded_numbers() == {0, 1}
+    for run in client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent}'"):
+        assert run.data.tags.items() >= TAGS.items()
+        assert run.data.tags["optuna.state"] == TrialState.COMPLETE.name
+        assert run.info.status == "FINISHED"
