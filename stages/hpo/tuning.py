@@ -211,9 +211,10 @@ class StudyRunner:
             raise
         scheduler.shutdown()
         if progress.told_this_session:
-            self._add_time(OPTIMIZATION_TIME_ATTR, time.perf_counter() - started)
-            self._add_time(MAIN_THREAD_TIME_ATTR, progress.main_thread_seconds)
-            self._add_time(MAIN_THREAD_CPU_ATTR, progress.main_thread_cpu_seconds)
+            with self.ask_lock():  # read-modify-write: another process may add its own time
+                self._add_time(OPTIMIZATION_TIME_ATTR, time.perf_counter() - started)
+                self._add_time(MAIN_THREAD_TIME_ATTR, progress.main_thread_seconds)
+                self._add_time(MAIN_THREAD_CPU_ATTR, progress.main_thread_cpu_seconds)
         progress = self._progress_from_storage()
         if progress.finished < self.n_trials:
             self.log(
