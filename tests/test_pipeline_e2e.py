@@ -80,6 +80,7 @@ def test_mlflow_has_parent_run_with_a_child_per_trial(
     assert parent.info.status == "FINISHED"
     assert parent.data.metrics["best_cv_mse"] == pytest.approx(results["best_cv_mse"])
     assert parent.data.params["tune.n_trials"] == str(N_TRIALS)
+    assert "tune_summary.json" in [a.path for a in client.list_artifacts(parent.info.run_id)]
     provenance = {k: v for k, v in parent.data.tags.items() if k == "params_hash"}
     assert provenance
     children = client.search_runs(
@@ -91,9 +92,13 @@ def test_mlflow_has_parent_run_with_a_child_per_trial(
         assert set(child.data.params) >= {"max_depth", "learning_rate", "n_estimators"}
         assert child.data.tags["optuna.state"] in {"COMPLETE", "PRUNED"}
         assert child.data.tags.items() >= provenance.items()
-        artifacts = [a.path for a in client.list_artifacts(child.info.run_id)]
-        assert "learning_curve.json" in artifacts
+        # The learning curve: every 10 rounds, and at the last round of a completed trial.
+        steps = [p.step for p in client.get_metric_history(child.info.run_id, "cv_mse_curve")]
+        assert steps
+        assert steps == sorted(steps)
+        assert all(step % 10 == 0 for step in steps[:-1])
         if child.data.tags["optuna.state"] == "COMPLETE":
+            assert steps[-1] == int(child.data.params["n_estimators"])
             metrics = child.data.metrics
             assert {"cv_mse", "cv_rmse", "cv_r2", "fold_0_mse", "fold_1_mse"} <= set(metrics)
             assert metrics["cv_mse"] == pytest.approx(
