@@ -189,21 +189,67 @@ def test_resume_tells_a_saved_outcome_instead_of_recomputing(
     assert len(runner.study.trials) == (3 if state == TrialState.FAIL else 2)
 
 
-def test_a_trial_whose_tell_fails_keeps_its_result(small_data) -> None:
-    runner = make_runner(small_data, n_trials=4)
+def _fail_tell_of_trial_2(runner: StudyRunner, times: int) -> list[int]:
+    """Make `study.tell` raise for trial 2, `times` times; returns the failures so far."""
     tell, failures = runner.study.tell, []
 
-    def tell_failing_once_for_trial_2(trial, *args, **kwargs):
-        if trial.number == 2 and not failures:
+    def tell_failing_for_trial_2(trial, *args, **kwargs):
+        if trial.number == 2 and len(failures) < times:
             failures.append(trial.number)
             raise RuntimeError("database is locked")
         return tell(trial, *args, **kwargs)
 
-    runner.study.tell = tell_failing_once_for_trial_2
+    runner.study.tell = tell_failing_for_trial_2
+    return failures
+
+
+def test_a_trial_whose_tell_fails_is_told_on_the_way_out(small_data) -> None:
+    runner = make_runner(small_data, n_trials=4)
+    failures = _fail_tell_of_trial_2(runner, times=1)
     with pytest.raises(RuntimeError, match="database is locked"):
         runner.run()
     assert failures == [2]
     states = {t.number: t.state for t in runner.study.trials}
-    assert states[2] in (TrialState.COMPLETE, TrialState.PRUNED)  # told on the way out
+    assert states[2] in (TrialState.COMPLETE, TrialState.PRUNED)
     assert TrialState.RUNNING not in states.values()
     assert sorted(runner.recorder.recorded_numbers()) == sorted(states)
+
+
+def test_a_trial_that_cannot_be_told_is_saved_for_the_next_run(small_data) -> None:
+    runner = make_runner(small_data, n_trials=4)
+    failures = _fail_tell_of_trial_2(runner, times=2)
+    with pytest.raises(RuntimeError, match="database is locked"):
+        runner.run()
+    assert failures == [2, 2]
+    left = runner.study.trials[2]
+    assert left.state == TrialState.RUNNING
+    saved = TrialOutcome.from_json(left.user_attrs[PENDING_ATTR])
+    assert saved.state in (TrialState.COMPLETE, TrialState.PRUNED)
+
+    make_runner(small_data, n_trials=4, study=runner.study, recorder=runner.recorder).run()
+    recovered = runner.study.trials[2]
+    assert (recovered.state, recovered.value) == (saved.state, saved.value)
+    assert runner.recorder.outcomes[2] == saved
+
+
+def test_a_told_trial_whose_record_fails_is_recorded_once_by_the_next_run(small_data) -> None:
+    class FailingOnce(Collector):
+        failed = False
+
+        def record(self, trial: FrozenTrial, outcome: TrialOutcome) -> None:
+            if trial.number == 2 and not self.failed:
+                self.failed = True
+                raise RuntimeError("mlflow store unavailable")
+            super().record(trial, outcome)
+
+    recorder = FailingOnce()
+    runner = make_runner(small_data, n_trials=4, recorder=recorder)
+    with pytest.raises(RuntimeError, match="mlflow store unavailable"):
+        runner.run()
+    told = runner.study.trials[2]
+    assert told.state in (TrialState.COMPLETE, TrialState.PRUNED)  # not told twice: no error
+    assert 2 not in recorder.recorded_numbers()
+
+    make_runner(small_data, n_trials=4, study=runner.study, recorder=recorder).run()
+    assert [number for number, _ in recorder.recorded].count(2) == 1
+    assert runner.study.trials[2].datetime_complete == told.datetime_complete

@@ -285,7 +285,8 @@ class StudyRunner:
         """Tell what finished, in order; close the rest as interrupted, in Optuna and MLflow.
 
         A trial already told (its record may have failed) is left alone: the next run's
-        `_record_missing` writes a missing record.
+        `_record_missing` writes a missing record. A finished trial that cannot be told now
+        is saved in PENDING_ATTR, for the next run's `_recover_orphans`.
         """
         running = {item.trial.number for item in in_flight}
         with contextlib.suppress(Exception):
@@ -296,8 +297,13 @@ class StudyRunner:
             future = item.future
             finished = future.done() and not future.cancelled() and future.exception() is None
             outcome = future.result() if finished else TrialOutcome.interrupted(item.trial)
-            with contextlib.suppress(Exception), self.ask_lock():  # never mask the interrupt
-                self._tell(item.trial, outcome)
+            try:
+                with self.ask_lock():
+                    self._tell(item.trial, outcome)
+            except Exception:  # never mask the interrupt; keep a finished result for the next run
+                if finished and not item.saved:
+                    with contextlib.suppress(Exception):
+                        item.trial.set_user_attr(PENDING_ATTR, outcome.to_json())
 
     def _recover_orphans(self) -> None:
         """Trials left RUNNING by a dead process: tell the saved outcome, or close as FAIL."""
