@@ -118,7 +118,9 @@ def open_study_run(
     """The study's parent run: created once, reopened when the study resumes after a crash.
 
     If the study outlived its MLflow store (mlflow.db deleted, or the run deleted in the UI),
-    a new parent run is created; the runner then records every trial under it again.
+    a new parent run is created; the runner then records every trial under it again. (MLflow
+    does not delete child runs with their parent: after a deletion in the UI, the old trial
+    runs stay beside the new ones.)
     """
     run_id = study.user_attrs.get(STUDY_RUN_ID_ATTR)
     if run_id is not None and _run_exists(client, run_id):
