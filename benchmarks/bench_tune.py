@@ -123,7 +123,6 @@ def pipeline_tune(n_trials: int, folds: int, workdir: Path) -> dict:
     sh(sys.executable, "-m", "dvc", "repro")
     noop = sh(sys.executable, "-m", "dvc", "repro")
     summary = json.loads((project / "outputs/tune_summary.json").read_text())
-    results = json.loads((project / "outputs/results.json").read_text())
     study = optuna.load_study(
         study_name=summary["study_name"],
         storage=f"sqlite:///{project / 'outputs/optuna_study.db'}",
@@ -139,7 +138,6 @@ def pipeline_tune(n_trials: int, folds: int, workdir: Path) -> dict:
         "optimization_s": summary["optimization_time_seconds"],
         "main_thread_busy_share": summary["main_thread_seconds"] / wall,
         "main_thread_cpu_share": summary["main_thread_cpu_seconds"] / cpu,
-        "pipeline_test_rmse": results["test_rmse"],
         "noop_repro_s": noop,
     }
 
@@ -172,7 +170,7 @@ def main() -> None:
         params.prepare.split_seed,
     )
     runs: list[dict[str, dict]] = []
-    for _ in range(args.repeats):  # alternating, so that a slow spell hits both sides
+    for _ in range(args.repeats):  # interleaved, so that a slow spell hits both sides
         pair = {}
         with tempfile.TemporaryDirectory() as workdir:
             pair[PIPELINE] = pipeline_tune(args.trials, args.folds, Path(workdir))
