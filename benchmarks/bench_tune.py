@@ -219,11 +219,11 @@ def _print_report(runs: list[dict[str, dict]], args: argparse.Namespace) -> None
     )
     # The OS keeps one peak per process (and one over all finished children), not per run.
     stages_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    own_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(
-        f"peak RSS over all runs: largest pipeline stage {stages_mb:.0f} MB; this process, "
-        f"which ran the plain loop, {own_mb:.0f} MB"
-    )
+    line = f"peak RSS over all runs: largest pipeline stage {stages_mb:.0f} MB"
+    if PLAIN in runs[0]:
+        own_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        line += f"; this process, which ran the plain loop, {own_mb:.0f} MB"
+    print(line)
 
 
 if __name__ == "__main__":
