@@ -135,7 +135,10 @@ def test_sigint_stops_cleanly_and_the_next_repro_resumes(tmp_path: Path) -> None
 
 
 def test_two_tune_processes_share_one_study(tmp_path: Path) -> None:
-    project = make_project(tmp_path / "p", {"tune": {"n_trials": 10, "parallel_trials": 1}})
+    # Trials of a few seconds each: the first process cannot finish the study before the
+    # second one has started, even when the machine is busy.
+    shared = {"tune": {**SLOW["tune"], "n_trials": 10, "parallel_trials": 1}}
+    project = make_project(tmp_path / "p", shared)
     dvc(project, "repro", "prepare")
     first, second = (_start(project, "stages/tune.py") for _ in range(2))
     outputs = [p.communicate(timeout=600) for p in (first, second)]
