@@ -10,7 +10,7 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from hpo import tracking
-from hpo.scheduler import TrialOutcome
+from hpo.evaluation import TrialOutcome
 from hpo.trial_logging import StudyRecorder
 
 PARAMS = {"tune": {"n_trials": 2}}

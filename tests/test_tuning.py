@@ -14,12 +14,12 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpo import search
 from hpo.config import load_params
-from hpo.cv import make_folds
 from hpo.data import FEATURES, TARGET, derive_features, read_raw
 from hpo.errors import PipelineError
-from hpo.scheduler import INTERRUPTED, TrialOutcome
+from hpo.evaluation import INTERRUPTED, TrainingData, TrialOutcome, TrialTask
+from hpo.executors import LocalExecutor
 from hpo.tuning import OWNER_ATTR, PENDING_ATTR, StudyRunner, injected_faults, summarize
-from hpo.xgb_params import booster_params, distributions
+from hpo.xgb_params import distributions
 
 PARAMS = load_params(REPO / "params.yaml")
 
@@ -65,10 +65,8 @@ def make_runner(small_data, n_trials: int = 8, **overrides) -> StudyRunner:
         "parallel_trials": 2,
         "lookahead": 2,
         "make_sampler": partial(search.make_sampler, tune.sampler),
-        "make_pruner": partial(search.make_pruner, tune.pruner),
-        "make_folds": partial(make_folds, x, y, 2, 0, PARAMS.model.max_bin),
-        "booster_params": partial(booster_params, PARAMS.model, nthread=1),
-        "report_interval": 10,
+        "make_task": partial(TrialTask.build, tune, PARAMS.model),
+        "executor": LocalExecutor(TrainingData(x, y, 2, 0, PARAMS.model.max_bin), 2),
         "recorder": Collector(),
         "log": lambda _line: None,
     }

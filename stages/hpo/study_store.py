@@ -1,11 +1,16 @@
-"""The Optuna study in SQLite: opened safely for several writers, named by its configuration."""
+"""The Optuna study's storage: SQLite in outputs/ by default, or the database in OPTUNA_STORAGE.
+
+Either way the study is named by its configuration, opened safely for several writers, and
+the tune stage leaves outputs/optuna_study.db as its DVC output: the study itself, or a copy
+of it taken from the shared database when the study lives there.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,11 +18,39 @@ from typing import Any
 
 import optuna
 import sqlalchemy
+from filelock import FileLock
 from optuna.storages import RDBStorage
+from sqlalchemy.engine import URL
+
+from hpo.backends import STORAGE_VAR, redact, scrub
+from hpo.errors import PipelineError
 
 # Seconds a writer waits for SQLite's lock before "database is locked"; a second tune process
 # on the same study waits its turn instead of failing.
 LOCK_TIMEOUT_S = 60
+# Seconds to reach a database server before giving up with one line.
+CONNECT_TIMEOUT_S = 10
+# The PostgreSQL advisory lock that tune processes on any host take around ask and tell.
+_ADVISORY_LOCK_KEY = int.from_bytes(hashlib.sha256(b"optuna-mlflow-pipeline").digest()[:7])
+
+
+def open_study_storage(url: URL | None, default: Path) -> RDBStorage:
+    """The storage named by OPTUNA_STORAGE, or the SQLite file `default`; one line if unusable."""
+    if url is None:
+        return open_storage(default)
+    if url.get_backend_name() == "sqlite" and url.database:
+        return open_storage(Path(url.database))
+    try:
+        return RDBStorage(
+            url.render_as_string(hide_password=False),
+            engine_kwargs={
+                "pool_pre_ping": True,
+                "connect_args": {"connect_timeout": CONNECT_TIMEOUT_S},
+            },
+        )
+    except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as exc:
+        reason = scrub(" ".join(str(exc).split("\n")[0].split()), url)
+        raise PipelineError(f"{STORAGE_VAR}: cannot open {redact(str(url))}: {reason}") from None
 
 
 def open_storage(path: Path) -> RDBStorage:
@@ -77,19 +110,47 @@ def load_or_create(storage: RDBStorage, name: str) -> optuna.Study:
 
 
 @contextlib.contextmanager
-def process_lock(database: Path) -> Iterator[None]:
-    """An exclusive lock between processes on one host, for one SQLite database.
+def study_lock(storage: RDBStorage, fallback: Path) -> Iterator[None]:
+    """An exclusive lock among tune processes sharing the storage, held around ask and tell.
 
-    Held while creating a store, and while checking the trial budget and asking, so that two
-    workers sharing a study never ask more than n_trials trials between them. It is an flock
-    on a separate `.lock` file: opening and closing the database file itself would drop the
-    POSIX locks that SQLite holds on it.
+    Held while creating the study, and while checking the trial budget and asking, so that
+    workers sharing a study never ask more than n_trials trials between them. On PostgreSQL it
+    is an advisory lock, which holds across hosts; elsewhere a file lock beside `fallback`
+    (the SQLite file), which holds on one host.
     """
-    lock_file = database.with_name(database.name + ".lock")
-    lock_file.parent.mkdir(parents=True, exist_ok=True)
-    with lock_file.open("ab") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+    if storage.engine.dialect.name != "postgresql":
+        with process_lock(fallback):
+            yield
+        return
+    key = {"key": _ADVISORY_LOCK_KEY}
+    with storage.engine.connect() as connection:
+        connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), key)
         try:
             yield
         finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), key)
+
+
+def process_lock(database: Path) -> FileLock:
+    """An exclusive lock between processes on one host, for one SQLite database.
+
+    A separate `.lock` file: opening and closing the database file itself would drop the POSIX
+    locks that SQLite holds on it.
+    """
+    database.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(database.with_name(database.name + ".lock"))
+
+
+def copy_to_file(storage: RDBStorage, name: str, path: Path) -> None:
+    """Replace `path` with a SQLite copy of the study: the DVC output when the study lives
+    elsewhere. Written beside it and renamed, so a reader never sees half a copy."""
+    partial = path.with_name(path.name + ".partial")
+    partial.unlink(missing_ok=True)
+    target = open_storage(partial)
+    try:
+        optuna.copy_study(from_study_name=name, from_storage=storage, to_storage=target)
+    finally:
+        close_storage(target)
+    for suffix in ("-wal", "-shm"):
+        Path(str(path) + suffix).unlink(missing_ok=True)
+    os.replace(partial, path)

@@ -14,6 +14,7 @@ import os
 import sqlite3
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 from mlflow.tracking import MlflowClient
 
+from hpo.backends import TRACKING_VAR, redact, scrub, tracking_uri_from_environment
+from hpo.errors import PipelineError
 from hpo.paths import MLFLOW_ARTIFACTS, MLFLOW_DB
 
 EXPERIMENT = "xgboost-california-housing"
@@ -37,9 +40,13 @@ def tracking_uri(db: Path = MLFLOW_DB) -> str:
 def connect(db: Path = MLFLOW_DB, artifacts: Path = MLFLOW_ARTIFACTS) -> tuple[MlflowClient, str]:
     """The client and the experiment id; creates store and experiment on first use.
 
-    Call it in the main thread before any worker starts: a new SQLite store runs its
-    migrations on first use, which must not happen in two threads at once.
+    The store is MLFLOW_TRACKING_URI when set (a server keeps its own artifacts), else the
+    SQLite file `db`. Call it in the main thread before any worker starts: a new SQLite store
+    runs its migrations on first use, which must not happen in two threads at once.
     """
+    remote = tracking_uri_from_environment()
+    if remote is not None:
+        return _connect_remote(remote)
     db.parent.mkdir(parents=True, exist_ok=True)
     with contextlib.closing(sqlite3.connect(db)) as connection:
         # Persistent in the file: commits append to a log instead of rewriting pages, and
@@ -53,6 +60,28 @@ def connect(db: Path = MLFLOW_DB, artifacts: Path = MLFLOW_ARTIFACTS) -> tuple[M
     experiment_id = client.create_experiment(EXPERIMENT)
     _make_artifact_location_relative(db, experiment_id, artifacts)
     return client, experiment_id
+
+
+def _connect_remote(uri: str) -> tuple[MlflowClient, str]:
+    """A tracking server (checked with one quick request, not MLflow's minutes of retries)."""
+    if uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=10) as response:
+                response.read()
+        except (OSError, ValueError) as exc:
+            reason = scrub(" ".join(str(exc).split()), uri)
+            raise PipelineError(
+                f"{TRACKING_VAR}: cannot reach the MLflow server at {redact(uri)} ({reason})"
+            ) from None
+    client = MlflowClient(tracking_uri=uri)
+    try:
+        experiment = client.get_experiment_by_name(EXPERIMENT)
+        if experiment is not None:
+            return client, experiment.experiment_id
+        return client, client.create_experiment(EXPERIMENT)
+    except MlflowException as exc:
+        reason = scrub(" ".join(str(exc).split())[:300], uri)
+        raise PipelineError(f"{TRACKING_VAR}: {redact(uri)} refused: {reason}") from None
 
 
 def _make_artifact_location_relative(db: Path, experiment_id: str, artifacts: Path) -> None:

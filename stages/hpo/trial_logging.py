@@ -12,7 +12,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo.scheduler import INTERRUPTED, TrialOutcome
+from hpo.evaluation import INTERRUPTED, TrialOutcome
 
 _RUN_STATUS = {
     TrialState.COMPLETE: "FINISHED",

@@ -11,8 +11,8 @@ thread is the only one that touches the study, and it follows a fixed protocol:
   against whatever completes meanwhile.
 
 So the sampler's and pruner's inputs for trial k are a function of trials 0..k-window alone,
-and two runs with the same params produce the same trials. The trials run as fold tasks on
-worker threads (scheduler.py); a free thread takes the oldest trial's next task.
+and two runs with the same params produce the same trials, whatever executes them: local
+threads or a Dask cluster of any size (executors.py) only change how fast trials come back.
 
 Crash safety: a trial that finishes before its turn to be told is saved at once in the study
 (user attribute `pending_outcome`), so a killed run loses no finished work. The next run tells
@@ -38,17 +38,15 @@ from typing import Any, Protocol
 
 import optuna
 from optuna.distributions import BaseDistribution
-from optuna.pruners import BasePruner
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo.cv import Fold
 from hpo.errors import PipelineError
-from hpo.scheduler import FoldScheduler, TrialOutcome
+from hpo.evaluation import TrialOutcome, TrialTask
+from hpo.executors import TrialExecutor
 
-FoldsFactory = Callable[[], list[Fold]]
-ParamsFactory = Callable[[dict[str, Any]], dict[str, Any]]
 SamplerFactory = Callable[[int], optuna.samplers.BaseSampler]
-PrunerFactory = Callable[[], BasePruner]
+# (trial number, sampled params, completed trials for its pruner) -> the task to evaluate
+TaskFactory = Callable[[int, dict[str, Any], list[FrozenTrial]], TrialTask]
 
 # Trial user attributes: who runs the trial, and its outcome while it waits for its turn.
 OWNER_ATTR = "owner"
@@ -143,10 +141,8 @@ class StudyRunner:
     parallel_trials: int
     lookahead: int
     make_sampler: SamplerFactory
-    make_pruner: PrunerFactory
-    make_folds: FoldsFactory
-    booster_params: ParamsFactory
-    report_interval: int
+    make_task: TaskFactory
+    executor: TrialExecutor
     recorder: TrialRecorder
     ask_lock: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext
     fault_hook: Callable[[int], None] = lambda _number: None
@@ -166,14 +162,6 @@ class StudyRunner:
         started = time.perf_counter()
         window = self.parallel_trials + self.lookahead
         in_flight: deque[_InFlight] = deque()
-        scheduler = FoldScheduler(
-            self.parallel_trials,
-            self.make_folds(),
-            self.make_pruner,
-            self.booster_params,
-            self.report_interval,
-            self.fault_hook,
-        )
         try:
             while True:
                 if self.stop.is_set():
@@ -183,9 +171,8 @@ class StudyRunner:
                         asked = self._ask_within_budget(progress, len(in_flight))
                     if asked is None:
                         break
-                    trial, snapshot = asked
-                    future = scheduler.submit(trial.number, trial.params, snapshot)
-                    in_flight.append(_InFlight(trial, future))
+                    trial, completed = asked
+                    in_flight.append(_InFlight(trial, self._submit(trial, completed)))
                 if not in_flight:
                     if not self._others_running():
                         break
@@ -206,10 +193,10 @@ class StudyRunner:
                 progress.failed_this_session += frozen.state == TrialState.FAIL
                 self.log(progress.line(frozen))
         except BaseException:
-            scheduler.shutdown(cancel=True)
+            self.executor.shutdown(cancel=True)
             self._close_after_interrupt(in_flight)
             raise
-        scheduler.shutdown()
+        self.executor.shutdown()
         if progress.told_this_session:
             with self.ask_lock():  # read-modify-write: another process may add its own time
                 self._add_time(OPTIMIZATION_TIME_ATTR, time.perf_counter() - started)
@@ -236,7 +223,7 @@ class StudyRunner:
 
     def _ask_within_budget(
         self, progress: Progress, n_in_flight: int
-    ) -> tuple[optuna.Trial, tuple[FrozenTrial, ...]] | None:
+    ) -> tuple[optuna.Trial, list[FrozenTrial]] | None:
         """Ask the next trial unless finished + running trials (of any process) fill the budget.
 
         Returns the trial and the completed trials its pruner may compare against.
@@ -251,11 +238,21 @@ class StudyRunner:
         )
         if used >= self.n_trials:
             return None
-        snapshot = tuple(t for t in trials if t.state == TrialState.COMPLETE)
+        snapshot = [t for t in trials if t.state == TrialState.COMPLETE]
         self.study.sampler = self.make_sampler(len(trials))
         trial = self.study.ask(self.distributions)
         trial.set_user_attr(OWNER_ATTR, _this_process())
         return trial, snapshot
+
+    def _submit(self, trial: optuna.Trial, completed: list[FrozenTrial]) -> Future[TrialOutcome]:
+        task = self.make_task(trial.number, trial.params, completed)
+        try:
+            self.fault_hook(trial.number)
+        except Exception as exc:  # the test hook's failing trial never reaches the executor
+            failed: Future[TrialOutcome] = Future()
+            failed.set_result(TrialOutcome.failed(task, exc))
+            return failed
+        return self.executor.submit(task)
 
     def _wait_for_head(self, in_flight: deque[_InFlight], progress: Progress) -> bool:
         """Wait a little for the oldest trial; save any trial that finished out of turn."""

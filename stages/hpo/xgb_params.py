@@ -34,8 +34,13 @@ def threads_per_fit(parallel_fits: int) -> int:
     return max(1, available_cores() // parallel_fits)
 
 
-def booster_params(model: ModelParams, tuned: dict[str, Any], nthread: int) -> dict[str, Any]:
-    """XGBoost's native params for one fit: the fixed model settings plus the tuned values."""
+def booster_params(
+    model: ModelParams, tuned: dict[str, Any], nthread: int | None = None
+) -> dict[str, Any]:
+    """XGBoost's native params for one fit: the fixed model settings plus the tuned values.
+
+    Without `nthread`, whoever runs the fit sets it: the thread count never changes a result.
+    """
     params: dict[str, Any] = {
         "objective": "reg:squarederror",
         "eval_metric": "rmse",
@@ -45,8 +50,9 @@ def booster_params(model: ModelParams, tuned: dict[str, Any], nthread: int) -> d
         # Reseed from (seed, iteration) each round: a booster moved between threads samples
         # the same rows and columns whichever thread runs it (the default RNG is per thread).
         "seed_per_iteration": True,
-        "nthread": nthread,
         "verbosity": 1,
     }
+    if nthread is not None:
+        params["nthread"] = nthread
     params.update({k: v for k, v in tuned.items() if k != N_ROUNDS})
     return params

@@ -1,0 +1,184 @@
+"""What runs the trials: local threads by default, or a Dask cluster (DASK_SCHEDULER_ADDRESS).
+
+Both take a `TrialTask` and give back a `concurrent.futures.Future` of its `TrialOutcome`,
+and both run the same `TrialEvaluation`: the local executor fold by fold on its own threads
+(scheduler.py), a Dask worker the whole trial in one task (`evaluate_trial`). Dask does the
+distribution, the data transfer and the recovery from lost workers: a task whose worker dies
+is run again elsewhere by the scheduler, which is harmless because a trial is a pure function
+of its task. Only when the scheduler itself is gone does the stage stop, with one line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+from concurrent.futures import CancelledError, Future
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+from hpo.backends import DASK_VAR
+from hpo.errors import PipelineError
+from hpo.evaluation import TrainingData, TrialOutcome, TrialTask, evaluate_trial, folds_for
+from hpo.scheduler import FoldScheduler
+from hpo.xgb_params import available_cores, threads_per_fit
+
+if TYPE_CHECKING:
+    from distributed import Client
+
+# Seconds to reach the scheduler before giving up with one line.
+CONNECT_TIMEOUT_S = 15
+# Modules whose code decides a trial's result: a worker must run the driver's exact copy.
+_TRIAL_MODULES = ("hpo.config", "hpo.cv", "hpo.evaluation", "hpo.metrics", "hpo.search")
+
+
+class TrialExecutor(Protocol):
+    tags: dict[str, str]  # where the trials run, for the MLflow runs
+
+    def submit(self, task: TrialTask) -> Future[TrialOutcome]: ...
+
+    def shutdown(self, cancel: bool = False) -> None:
+        """Release the workers; with cancel, unfinished trials end as soon as possible."""
+        ...
+
+
+class ExecutorLostError(PipelineError):
+    """The cluster that ran the trials is gone; finished trials are kept, the run can resume."""
+
+
+class LocalExecutor:
+    """`parallel_trials` threads in this process, each fit on cores // parallel_trials cores."""
+
+    def __init__(self, data: TrainingData, parallel_trials: int) -> None:
+        self._scheduler = FoldScheduler(
+            parallel_trials, folds_for(data), threads_per_fit(parallel_trials)
+        )
+        self.tags = {"hpo.executor": "local-threads", "hpo.workers": str(parallel_trials)}
+
+    def submit(self, task: TrialTask) -> Future[TrialOutcome]:
+        return self._scheduler.submit(task)
+
+    def shutdown(self, cancel: bool = False) -> None:
+        self._scheduler.shutdown(cancel=cancel)
+
+
+class DaskExecutor:
+    """Whole trials as tasks on a Dask cluster; the training data sent once, as a task result.
+
+    The data goes to the cluster as the result of a task rather than by `scatter`: scattered
+    data lives only on the workers that hold it, while a task result that a dying worker took
+    with it is recomputed by the scheduler.
+    """
+
+    def __init__(self, client: Client, address: str, data: TrainingData) -> None:
+        self._client = client
+        self._address = address
+        self._data = client.submit(_identity, data, pure=False)
+        self._executor = client.get_executor()
+        workers = client.scheduler_info(n_workers=-1)["workers"]
+        self.tags = {"hpo.executor": "dask", "hpo.workers": str(len(workers))}
+        self._closed = False
+
+    def submit(self, task: TrialTask) -> Future[TrialOutcome]:
+        submitted = self._executor.submit(evaluate_on_worker, task, self._data)
+        result: Future[TrialOutcome] = Future()
+        submitted.add_done_callback(lambda done: self._settle(done, result, task))
+        return result
+
+    def shutdown(self, cancel: bool = False) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._executor.shutdown(wait=not cancel)
+        self._client.close(timeout=5)
+
+    def _settle(self, done: Future[TrialOutcome], result: Future[TrialOutcome], task: TrialTask):
+        """Pass the outcome on; a trial that kept killing workers fails, a lost cluster stops."""
+        from distributed import KilledWorker
+
+        try:
+            result.set_result(done.result())
+        except KilledWorker as exc:  # the scheduler's retries are used up: the trial's fault
+            result.set_result(TrialOutcome.failed(task, exc))
+        except (CancelledError, Exception) as exc:
+            if self._closed:
+                result.set_exception(InterruptedError("tuning was interrupted"))
+            else:
+                result.set_exception(
+                    ExecutorLostError(
+                        f"{DASK_VAR}: lost the Dask scheduler at {self._address} "
+                        f"({type(exc).__name__}); finished trials are kept, run `dvc repro` "
+                        "again once it is back, or unset the variable to run locally"
+                    )
+                )
+
+
+def open_executor(
+    dask_address: str | None, data: TrainingData, parallel_trials: int
+) -> TrialExecutor:
+    if dask_address is None:
+        return LocalExecutor(data, parallel_trials)
+    return DaskExecutor(connect_dask(dask_address), dask_address, data)
+
+
+def connect_dask(address: str) -> Client:
+    """A client of the scheduler whose workers run this very code; one line if not."""
+    from distributed import Client
+
+    try:
+        client = Client(address, timeout=CONNECT_TIMEOUT_S, set_as_default=False)
+    except (OSError, TimeoutError) as exc:
+        raise PipelineError(
+            f"{DASK_VAR}: cannot reach the Dask scheduler at {address} ({type(exc).__name__})"
+        ) from None
+    try:
+        theirs = client.run(trial_code_digest)
+    except Exception as exc:  # a worker that cannot even import the code
+        client.close()
+        raise PipelineError(
+            f"{DASK_VAR}: the workers at {address} cannot run the trial code "
+            f"({type(exc).__name__}: {exc}); install this project on them"
+        ) from None
+    ours = trial_code_digest()
+    stale = sorted(worker for worker, digest in theirs.items() if digest != ours)
+    if stale:
+        client.close()
+        raise PipelineError(
+            f"{DASK_VAR}: {len(stale)} worker(s) at {address} run other trial code than this "
+            f"checkout (e.g. {stale[0]}); start them from the same version of the project"
+        )
+    return client
+
+
+def trial_code_digest() -> str:
+    """sha256 of the modules that decide a trial's result, and the versions of its libraries."""
+    import optuna
+    import sklearn
+    import xgboost
+
+    import hpo.evaluation  # noqa: F401 - make sure every trial module is loaded
+
+    digest = hashlib.sha256(f"{xgboost.__version__} {optuna.__version__}".encode())
+    digest.update(sklearn.__version__.encode())
+    for name in _TRIAL_MODULES:
+        digest.update(Path(sys.modules[name].__file__ or "").read_bytes())
+    return digest.hexdigest()
+
+
+def evaluate_on_worker(task: TrialTask, data: TrainingData) -> TrialOutcome:
+    """A Dask task: the trial with as many threads per fit as this worker gives each task."""
+    return evaluate_trial(task, data, _fit_threads_on_worker())
+
+
+def _fit_threads_on_worker() -> int:
+    # A Dask nanny sets OMP_NUM_THREADS=1 in its workers: one thread per task slot.
+    configured = os.environ.get("OMP_NUM_THREADS", "")
+    if configured.isdigit() and int(configured) > 0:
+        return int(configured)
+    from distributed import get_worker
+
+    return max(1, available_cores() // get_worker().state.nthreads)
+
+
+def _identity(data: TrainingData) -> TrainingData:
+    return data
