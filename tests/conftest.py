@@ -13,6 +13,9 @@ from typing import Any
 import pytest
 import yaml
 
+# Real PostgreSQL, MLflow server and Dask fixtures (tests/services.py).
+pytest_plugins = ["services"]
+
 REPO = Path(__file__).resolve().parents[1]
 # What a run needs: code, data, pipeline definition. Outputs and caches are left behind.
 PROJECT_FILES = [

@@ -17,6 +17,8 @@ from concurrent.futures import CancelledError, Future
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+import optuna
+
 from hpo.backends import DASK_VAR
 from hpo.errors import PipelineError
 from hpo.evaluation import TrainingData, TrialOutcome, TrialTask, evaluate_trial, folds_for
@@ -167,6 +169,7 @@ def trial_code_digest() -> str:
 
 def evaluate_on_worker(task: TrialTask, data: TrainingData) -> TrialOutcome:
     """A Dask task: the trial with as many threads per fit as this worker gives each task."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # not a line per pruner probe
     return evaluate_trial(task, data, _fit_threads_on_worker())
 
 
