@@ -19,6 +19,7 @@ def main() -> None:
     model_info = paths.read_json(paths.MODEL_INFO)
     x_train, y_train = read_split(paths.TRAIN_CSV)
     x_test, y_test = read_split(paths.TEST_CSV)
+    client, _ = tracking.connect()  # a bad MLFLOW_TRACKING_URI stops us before any write
 
     booster = xgb.Booster(model_file=paths.MODEL)
     predicted = booster.inplace_predict(x_test)
@@ -54,7 +55,6 @@ def main() -> None:
         paths.PREDICTIONS_CSV, index=False
     )
 
-    client, _ = tracking.connect()
     tracking.log_metrics(
         client, model_info["mlflow_run_id"], {f"test_{k}": v for k, v in tuned.items()}
     )

@@ -13,9 +13,9 @@ def main() -> None:
     params = load_params()
     summary = paths.read_json(paths.TUNE_SUMMARY)
     x_train, y_train = read_split(paths.TRAIN_CSV)
+    client, experiment_id = tracking.connect()  # a bad MLFLOW_TRACKING_URI stops us here
     booster = train_final(params.model, summary["best_params"], x_train, y_train)
     booster.save_model(paths.MODEL)
-    client, experiment_id = tracking.connect()
     model_info = tracking.log_final_model(
         client,
         experiment_id,

@@ -56,6 +56,7 @@ def main() -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
     # Every service is reached before anything is written: a bad setting loses nothing.
+    tracking.check_server()
     data = TrainingData(x_train, y_train, tune.cv_folds, tune.cv_seed, model.max_bin)
     executor = open_executor(backends.dask_address, data, tune.parallel_trials)
     try:

@@ -389,8 +389,10 @@ def mlflow_server(
 
 
 @contextlib.contextmanager
-def dask_scheduler(log_dir: Path | None = None, deadline_s: float = 60.0) -> Iterator[str]:
-    """`dask scheduler` without dashboard; yields "tcp://127.0.0.1:PORT".
+def dask_scheduler(
+    log_dir: Path | None = None, deadline_s: float = 60.0
+) -> Iterator[DaskScheduler]:
+    """`dask scheduler` without dashboard, at "tcp://127.0.0.1:PORT".
 
     It binds port 0 and reports the port it got in its scheduler file: no probe-then-bind race.
     """
@@ -419,7 +421,13 @@ def dask_scheduler(log_dir: Path | None = None, deadline_s: float = 60.0) -> Ite
         _wait_until(reported, "dask scheduler", deadline_s, process, log_path)
         if not address.startswith(f"tcp://{HOST}:"):
             raise ServiceUnavailableError(f"dask scheduler listens on {address}, not {HOST}")
-        yield address
+        yield DaskScheduler(address, process.pid)
+
+
+@dataclass
+class DaskScheduler:
+    address: str
+    pid: int  # a test that loses its scheduler kills this one
 
 
 @dataclass
@@ -513,6 +521,7 @@ def dask_worker(
 class DaskCluster:
     address: str
     workers: list[DaskWorker]
+    scheduler_pid: int
 
 
 @contextlib.contextmanager
@@ -526,12 +535,12 @@ def dask_cluster(
 ) -> Iterator[DaskCluster]:
     """A scheduler and `n_workers` CLI workers; workers stop before the scheduler."""
     with contextlib.ExitStack() as stack:
-        address = stack.enter_context(dask_scheduler(log_dir))
+        scheduler = stack.enter_context(dask_scheduler(log_dir))
         workers = [
-            stack.enter_context(dask_worker(address, nthreads, cwd, env, nanny, log_dir))
+            stack.enter_context(dask_worker(scheduler.address, nthreads, cwd, env, nanny, log_dir))
             for _ in range(n_workers)
         ]
-        yield DaskCluster(address, workers)
+        yield DaskCluster(scheduler.address, workers, scheduler.pid)
 
 
 # ------------------------------------------------------------------------------------ fixtures

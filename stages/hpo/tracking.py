@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from mlflow.entities import LifecycleStage, Metric, Param
+from mlflow.entities import LifecycleStage, Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 from mlflow.tracking import MlflowClient
@@ -62,17 +62,24 @@ def connect(db: Path = MLFLOW_DB, artifacts: Path = MLFLOW_ARTIFACTS) -> tuple[M
     return client, experiment_id
 
 
+def check_server() -> None:
+    """One quick request to MLFLOW_TRACKING_URI's server, if it names one, before any work:
+    MLflow's own client would retry for minutes before failing with a traceback."""
+    uri = tracking_uri_from_environment()
+    if uri is None or not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=10) as response:
+            response.read()
+    except (OSError, ValueError) as exc:
+        reason = scrub(" ".join(str(exc).split()), uri)
+        raise PipelineError(
+            f"{TRACKING_VAR}: cannot reach the MLflow server at {redact(uri)} ({reason})"
+        ) from None
+
+
 def _connect_remote(uri: str) -> tuple[MlflowClient, str]:
-    """A tracking server (checked with one quick request, not MLflow's minutes of retries)."""
-    if uri.startswith(("http://", "https://")):
-        try:
-            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=10) as response:
-                response.read()
-        except (OSError, ValueError) as exc:
-            reason = scrub(" ".join(str(exc).split()), uri)
-            raise PipelineError(
-                f"{TRACKING_VAR}: cannot reach the MLflow server at {redact(uri)} ({reason})"
-            ) from None
+    check_server()
     client = MlflowClient(tracking_uri=uri)
     try:
         experiment = client.get_experiment_by_name(EXPERIMENT)
@@ -154,6 +161,8 @@ def open_study_run(
     run_id = study.user_attrs.get(STUDY_RUN_ID_ATTR)
     if run_id is not None and _run_exists(client, run_id):
         client.update_run(run_id, status="RUNNING")
+        # where this session runs (executor, workers) replaces where the last one ran
+        client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
         return run_id
     run = client.create_run(
         experiment_id,
@@ -207,7 +216,11 @@ def log_final_model(
     run = client.create_run(
         experiment_id,
         run_name="final-model",
-        tags={"study_parent_run_id": study_run_id, **provenance_tags(params)},
+        tags={
+            "study_parent_run_id": study_run_id,
+            "hpo.executor": "local-process",  # the refit runs in the stage's own process
+            **provenance_tags(params),
+        },
     )
     run_id = run.info.run_id
     log_params_flat(client, run_id, params)
