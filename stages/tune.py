@@ -67,7 +67,7 @@ def main() -> None:
                 client, experiment_id = tracking.connect()
             run_params = params.model_dump(mode="json")
             run_tags = {**tracking.provenance_tags(run_params), **executor.tags}
-            lock = partial(study_lock, storage, paths.STUDY_DB)
+            lock = partial(study_lock, storage)
             with lock():
                 study = load_or_create(storage, study_name(identity))
                 parent_run_id = tracking.open_study_run(

@@ -5,13 +5,16 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
+import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
+import pytest
+import sqlalchemy
 from conftest import dvc, make_project
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
@@ -30,39 +33,63 @@ SLOW = {
 N_TRIALS = SLOW["tune"]["n_trials"]
 
 
-def _study(project: Path) -> optuna.Study:
-    storage = f"sqlite:///{project / 'outputs/optuna_study.db'}"
-    (name,) = optuna.get_all_study_names(storage)
-    return optuna.load_study(study_name=name, storage=storage)
+@dataclass(frozen=True)
+class StudyStorage:
+    """Where the study lives: outputs/optuna_study.db, or a PostgreSQL database."""
+
+    env: dict[str, str]
+    database_url: str | None = None
+
+    def url(self, project: Path) -> str:
+        return self.database_url or f"sqlite:///{project / 'outputs/optuna_study.db'}"
 
 
-def _finished_count(project: Path) -> int:
-    db = project / "outputs/optuna_study.db"
-    if not db.exists():
+@pytest.fixture(params=["sqlite", "postgresql"])
+def storage(request: pytest.FixtureRequest) -> StudyStorage:
+    if request.param == "sqlite":
+        return StudyStorage({})
+    server = request.getfixturevalue("postgres")
+    url = server.create_database(f"crash_{uuid.uuid4().hex[:8]}")
+    return StudyStorage({"OPTUNA_STORAGE": url}, url)
+
+
+def _study(project: Path, storage: StudyStorage | None = None) -> optuna.Study:
+    url = (storage or StudyStorage({})).url(project)
+    (name,) = optuna.get_all_study_names(url)
+    return optuna.load_study(study_name=name, storage=url)
+
+
+def _finished_count(project: Path, storage: StudyStorage) -> int:
+    url = storage.url(project)
+    if url.startswith("sqlite") and not (project / "outputs/optuna_study.db").exists():
         return 0
+    engine = sqlalchemy.create_engine(url)
     try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as connection:
-            rows = connection.execute(
-                "SELECT COUNT(*) FROM trials WHERE state IN ('COMPLETE', 'PRUNED')"
-            ).fetchone()
-    except sqlite3.Error:
+        with engine.connect() as connection:
+            return connection.execute(
+                sqlalchemy.text("SELECT COUNT(*) FROM trials WHERE state IN ('COMPLETE', 'PRUNED')")
+            ).scalar_one()
+    except sqlalchemy.exc.SQLAlchemyError:
         return 0  # tables not created yet
-    return rows[0]
+    finally:
+        engine.dispose()
 
 
-def _start(project: Path, *args: str) -> subprocess.Popen:
+def _start(project: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
     """Start a command in its own process group (a signal to the group reaches dvc's child)."""
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
     return subprocess.Popen(
         [sys.executable, *args],
-        cwd=project, env=env, start_new_session=True, text=True,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        cwd=project, env={**os.environ, "PATH": path, **(env or {})}, start_new_session=True,
+        text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
 
 
-def _wait_for_finished_trials(project: Path, process: subprocess.Popen, count: int) -> None:
+def _wait_for_finished_trials(
+    project: Path, process: subprocess.Popen, count: int, storage: StudyStorage | None = None
+) -> None:
     deadline = time.monotonic() + 300
-    while _finished_count(project) < count:
+    while _finished_count(project, storage or StudyStorage({})) < count:
         assert process.poll() is None, process.communicate()
         assert time.monotonic() < deadline, "tuning did not progress"
         time.sleep(0.2)
@@ -74,9 +101,9 @@ def _mlflow_runs(project: Path) -> list:
     return client.search_runs([experiment.experiment_id], max_results=1000)
 
 
-def _assert_consistent(project: Path) -> None:
+def _assert_consistent(project: Path, storage: StudyStorage | None = None) -> None:
     """Exactly n_trials finished, nothing RUNNING, one MLflow child run per Optuna trial."""
-    study = _study(project)
+    study = _study(project, storage)
     states = [t.state for t in study.trials]
     assert TrialState.RUNNING not in states
     assert states.count(TrialState.COMPLETE) + states.count(TrialState.PRUNED) == N_TRIALS
@@ -91,25 +118,29 @@ def _assert_consistent(project: Path) -> None:
         assert child.info.status == "KILLED"
 
 
-def test_sigkill_mid_tune_keeps_finished_trials_and_resumes(tmp_path: Path) -> None:
+def test_sigkill_mid_tune_keeps_finished_trials_and_resumes(
+    tmp_path: Path, storage: StudyStorage
+) -> None:
     project = make_project(tmp_path / "p", SLOW)
-    process = _start(project, "-m", "dvc", "repro")
-    _wait_for_finished_trials(project, process, 3)
+    process = _start(project, "-m", "dvc", "repro", env=storage.env)
+    _wait_for_finished_trials(project, process, 3, storage)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     before = {
         t.number: (t.value, t.datetime_complete)
-        for t in _study(project).trials
+        for t in _study(project, storage).trials
         if t.state.is_finished()
     }
     assert len(before) >= 3
 
-    dvc(project, "repro")
+    dvc(project, "repro", env=storage.env)
 
-    after = {t.number: (t.value, t.datetime_complete) for t in _study(project).trials}
+    after = {t.number: (t.value, t.datetime_complete) for t in _study(project, storage).trials}
     for number, record in before.items():
         assert after[number] == record, f"trial {number} was recomputed"
-    _assert_consistent(project)
+    _assert_consistent(project, storage)
+    if storage.database_url:  # the DVC output is a full copy of the shared study
+        assert _records(_study(project)) == _records(_study(project, storage))
     results = json.loads((project / "outputs/results.json").read_text())
     assert results["trials"]["complete"] + results["trials"]["pruned"] == N_TRIALS
 
@@ -134,23 +165,27 @@ def test_sigint_stops_cleanly_and_the_next_repro_resumes(tmp_path: Path) -> None
     _assert_consistent(project)
 
 
-def test_two_tune_processes_share_one_study(tmp_path: Path) -> None:
+def test_two_tune_processes_share_one_study(tmp_path: Path, storage: StudyStorage) -> None:
     # Trials of a few seconds each: the first process cannot finish the study before the
     # second one has started, even when the machine is busy.
     shared = {"tune": {**SLOW["tune"], "n_trials": 10, "parallel_trials": 1}}
     project = make_project(tmp_path / "p", shared)
     dvc(project, "repro", "prepare")
-    first, second = (_start(project, "stages/tune.py") for _ in range(2))
+    first, second = (_start(project, "stages/tune.py", env=storage.env) for _ in range(2))
     outputs = [p.communicate(timeout=600) for p in (first, second)]
     for process, (_, stderr) in zip((first, second), outputs, strict=True):
         assert process.returncode == 0, stderr
         assert "database is locked" not in stderr
-    study = _study(project)
+    study = _study(project, storage)
     states = [t.state for t in study.trials]
     assert states.count(TrialState.COMPLETE) + states.count(TrialState.PRUNED) == 10
     assert TrialState.FAIL not in states  # neither took the other's trials for dead ones
     workers = {t.user_attrs["owner"]["pid"] for t in study.trials}
     assert workers == {first.pid, second.pid}, "both processes ran trials"
+
+
+def _records(study: optuna.Study) -> list[tuple]:
+    return [(t.number, t.state, t.params, t.value, t.intermediate_values) for t in study.trials]
 
 
 def test_failing_trials_are_recorded_and_the_pipeline_goes_on(tmp_path: Path) -> None:

@@ -109,8 +109,12 @@ def test_a_local_cluster_gives_the_same_results(
     reference: Path, tmp_path: Path, n_workers: int
 ) -> None:
     with LocalCluster(
-        n_workers=n_workers, threads_per_worker=1, host="127.0.0.1", dashboard_address=None
+        n_workers=n_workers,
+        threads_per_worker=1,
+        host="127.0.0.1",
+        dashboard_address="127.0.0.1:0",
     ) as cluster:
+        cluster.wait_for_workers(n_workers)
         project = make_project(tmp_path / "p", SCALE)
         dvc(project, "repro", env={"DASK_SCHEDULER_ADDRESS": cluster.scheduler_address})
     _assert_same_results(project, reference)

@@ -120,6 +120,10 @@ def _storage_url(value: str | None) -> URL | None:
             f"{STORAGE_VAR}: not a database URL like postgresql://user:password@host/db "
             f"(got {redact(value)!r})"
         )
+    if url.get_backend_name() not in ("postgresql", "sqlite"):
+        raise PipelineError(
+            f"{STORAGE_VAR}: the study can live in PostgreSQL or SQLite, got {redact(value)!r}"
+        )
     if url.get_backend_name() != "sqlite" and not url.host:
         raise PipelineError(f"{STORAGE_VAR}: no host in {redact(value)!r}")
     return url

@@ -77,8 +77,7 @@ class DaskExecutor:
         self._address = address
         self._data = client.submit(_identity, data, pure=False)
         self._executor = client.get_executor()
-        workers = client.scheduler_info(n_workers=-1)["workers"]
-        self.tags = {"hpo.executor": "dask", "hpo.workers": str(len(workers))}
+        self.tags = {"hpo.executor": "dask", "hpo.workers": str(len(client.nthreads()))}
         self._closed = False
 
     def submit(self, task: TrialTask) -> Future[TrialOutcome]:
@@ -132,6 +131,14 @@ def connect_dask(address: str) -> Client:
     except (OSError, TimeoutError) as exc:
         raise PipelineError(
             f"{DASK_VAR}: cannot reach the Dask scheduler at {address} ({type(exc).__name__})"
+        ) from None
+    try:
+        client.wait_for_workers(1, timeout=CONNECT_TIMEOUT_S)
+    except TimeoutError:
+        client.close()
+        raise PipelineError(
+            f"{DASK_VAR}: the Dask scheduler at {address} has no workers; start some with "
+            f"`dask worker {address}`"
         ) from None
     try:
         theirs = client.run(trial_code_digest)

@@ -110,16 +110,15 @@ def load_or_create(storage: RDBStorage, name: str) -> optuna.Study:
 
 
 @contextlib.contextmanager
-def study_lock(storage: RDBStorage, fallback: Path) -> Iterator[None]:
+def study_lock(storage: RDBStorage) -> Iterator[None]:
     """An exclusive lock among tune processes sharing the storage, held around ask and tell.
 
     Held while creating the study, and while checking the trial budget and asking, so that
     workers sharing a study never ask more than n_trials trials between them. On PostgreSQL it
-    is an advisory lock, which holds across hosts; elsewhere a file lock beside `fallback`
-    (the SQLite file), which holds on one host.
+    is an advisory lock, which holds across hosts; on SQLite a file lock beside the database.
     """
-    if storage.engine.dialect.name != "postgresql":
-        with process_lock(fallback):
+    if storage.engine.dialect.name == "sqlite":
+        with process_lock(Path(storage.engine.url.database)):
             yield
         return
     key = {"key": _ADVISORY_LOCK_KEY}

@@ -1,0 +1,74 @@
+"""The three environment settings: checked for form, and never shown with their passwords."""
+
+from __future__ import annotations
+
+import pytest
+
+from hpo.backends import DASK_VAR, STORAGE_VAR, TRACKING_VAR, from_environment, redact, scrub
+from hpo.errors import PipelineError
+
+SECRET = "s3cr3t-P%40ss"  # URL-quoted "s3cr3t-P@ss"
+
+
+@pytest.fixture(autouse=True)
+def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in (DASK_VAR, STORAGE_VAR, TRACKING_VAR):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_unset_means_local() -> None:
+    backends = from_environment()
+    assert (backends.dask_address, backends.study_storage, backends.tracking_uri) == (
+        None,
+        None,
+        None,
+    )
+
+
+def test_good_settings_are_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(DASK_VAR, "tcp://127.0.0.1:8786")
+    monkeypatch.setenv(STORAGE_VAR, f"postgresql://hpo:{SECRET}@127.0.0.1:5432/hpo")
+    monkeypatch.setenv(TRACKING_VAR, "http://127.0.0.1:5000")
+    backends = from_environment()
+    assert backends.dask_address == "tcp://127.0.0.1:8786"
+    assert backends.study_storage.password == "s3cr3t-P@ss"
+    assert backends.tracking_uri == "http://127.0.0.1:5000"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        (DASK_VAR, "127.0.0.1"),  # no port
+        (DASK_VAR, "tcp://127.0.0.1:port"),
+        (DASK_VAR, "tcp://:8786"),
+        (STORAGE_VAR, "not a url"),
+        (STORAGE_VAR, f"mysql://hpo:{SECRET}@127.0.0.1/hpo"),  # not a supported database
+        (STORAGE_VAR, f"postgresql://hpo:{SECRET}@/hpo"),  # no host
+        (TRACKING_VAR, "ftp://127.0.0.1/runs"),
+        (TRACKING_VAR, f"http://hpo:{SECRET}@:5000"),  # no host
+        (TRACKING_VAR, f"http://hpo:{SECRET}@127.0.0.1:port"),
+    ],
+)
+def test_a_malformed_setting_names_its_variable_without_the_password(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(PipelineError) as raised:
+        from_environment()
+    message = str(raised.value)
+    assert message.startswith(f"{variable}:")
+    assert "\n" not in message
+    assert SECRET not in message
+    assert "s3cr3t-P@ss" not in message
+
+
+def test_redact_hides_passwords_only() -> None:
+    assert redact(f"postgresql://hpo:{SECRET}@db:5432/hpo") == "postgresql://hpo:***@db:5432/hpo"
+    assert redact("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
+    assert redact("tcp://127.0.0.1:8786") == "tcp://127.0.0.1:8786"
+
+
+def test_scrub_removes_the_password_from_a_third_party_message() -> None:
+    url = "postgresql://hpo:s3cr3t@db/hpo"
+    assert scrub("auth failed for s3cr3t at db", url) == "auth failed for *** at db"
+    assert scrub("nothing secret", None) == "nothing secret"
