@@ -11,6 +11,7 @@ of its task. Only when the scheduler itself is gone does the stage stop, with on
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import sys
 from concurrent.futures import CancelledError, Future
@@ -123,8 +124,16 @@ def open_executor(
 
 
 def connect_dask(address: str) -> Client:
-    """A client of the scheduler whose workers run this very code; one line if not."""
+    """A client of the scheduler whose workers run this very code; one line if not.
+
+    Dask's client logs each failed reconnection with a traceback; the stage reports a lost
+    scheduler itself, in one line (`ExecutorLostError`), so those logs are silenced.
+    """
     from distributed import Client
+
+    for name in [*logging.root.manager.loggerDict, "distributed"]:
+        if name.split(".")[0] == "distributed":  # Dask's config sets levels per logger
+            logging.getLogger(name).setLevel(logging.CRITICAL)
 
     try:
         client = Client(address, timeout=CONNECT_TIMEOUT_S, set_as_default=False)
