@@ -1,6 +1,8 @@
 # The whole pipeline in an image, no Python needed on the host:
 #   docker build -t optuna-mlflow-pipeline .
 #   docker run --user "$(id -u):$(id -g)" -v "$PWD/outputs:/app/outputs" optuna-mlflow-pipeline
+# or as a Dask worker for trials tuned elsewhere (same project version on both sides):
+#   docker run --network host optuna-mlflow-pipeline dask worker tcp://SCHEDULER:8786
 # See the README ("Docker") for changing params without a rebuild.
 FROM python:3.11-slim
 
@@ -13,14 +15,17 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     HOME=/tmp \
     USER=pipeline \
     LOGNAME=pipeline \
-    MPLCONFIGDIR=/tmp/matplotlib
+    MPLCONFIGDIR=/tmp/matplotlib \
+    # `import hpo` from any working directory: a Dask worker unpickles trials as hpo.executors
+    PYTHONPATH=/app/stages
 
 WORKDIR /app
 
 # Dependencies first, pinned exactly as the README's setup, so that a code change reuses
-# this layer. Only the runtime dependencies: the test tools stay out of the image.
+# this layer. The runtime dependencies and the `cluster` extra (dask worker/scheduler,
+# psycopg); the test tools stay out of the image.
 COPY pyproject.toml constraints.txt ./
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > /tmp/requirements.txt \
+RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies'] + p['optional-dependencies']['cluster']))" > /tmp/requirements.txt \
     && pip install -c constraints.txt -r /tmp/requirements.txt \
     && rm /tmp/requirements.txt
 

@@ -3,18 +3,27 @@
 check_docker_outputs.py                      a finished run: every output, MLflow, the UI
 check_docker_outputs.py --wait-for-trials N  wait until N trials are finished
 check_docker_outputs.py --interrupted        a stopped run: nothing left RUNNING
+check_docker_outputs.py --dask-worker ADDRESS RUN_DIR
+    with the container as the only worker of the scheduler at ADDRESS: tune a copy of the
+    project (tiny params) on the host with DASK_SCHEDULER_ADDRESS, check that the container
+    ran its trials, and that they equal the trials of the container's own run in RUN_DIR
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import platform
+import re
+import signal
 import socket
 import sqlite3
 import subprocess
 import sys
 import time
 import urllib.request
+import warnings
 from pathlib import Path
 
 import mlflow
@@ -25,6 +34,8 @@ from mlflow.tracking import MlflowClient
 
 OUTPUTS = Path("outputs")
 EXPERIMENT = "xgboost-california-housing"
+WORKER_NAME = "docker-worker"  # the --name of the container's `dask worker`
+TRIAL_TASK = "evaluate_on_worker"  # the key prefix of a trial's Dask task (hpo.executors)
 
 
 def main() -> None:
@@ -32,6 +43,8 @@ def main() -> None:
         _wait_for_trials(int(sys.argv[2]))
     elif sys.argv[1:] == ["--interrupted"]:
         _check_interrupted()
+    elif sys.argv[1:2] == ["--dask-worker"]:
+        _check_dask_worker(sys.argv[2], Path(sys.argv[3]))
     else:
         _check_finished()
 
@@ -114,10 +127,14 @@ def _fetch_through_mlflow_ui(run_id: str, path: str) -> bytes:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
+    # In its own process group: `mlflow ui` runs uvicorn workers and a job runner, and does
+    # not always stop them within a minute of a SIGTERM to itself; the group is stopped below.
+    # No job runner (MLflow's GenAI jobs, 7 huey consumers): it only slows the start here.
     server = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri",
          "sqlite:///outputs/mlflow.db", "--host", "127.0.0.1", "--port", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
     )  # fmt: skip
     try:
         base = f"http://127.0.0.1:{port}"
@@ -134,8 +151,149 @@ def _fetch_through_mlflow_ui(run_id: str, path: str) -> bytes:
         with urllib.request.urlopen(url, timeout=30) as response:
             return response.read()
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        _stop_group(server)
+
+
+def _stop_group(process: subprocess.Popen) -> None:
+    """SIGTERM the process group led by `process`; SIGKILL what is left after 10 s."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=10)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+def _check_dask_worker(address: str, container_run: Path) -> None:
+    from distributed import Client
+    from distributed.versions import VersionMismatchWarning
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from conftest import TINY_PARAMS, dvc, make_project
+
+    with warnings.catch_warnings():
+        # Dask warns about any version difference; the pins are compared below instead.
+        warnings.simplefilter("ignore", VersionMismatchWarning)
+        client = Client(address, timeout="30s")
+    with client:
+        worker = _wait_for_worker(client)
+        where = client.run(_where_hpo_runs, workers=[worker])[worker]
+        print(f"   worker {WORKER_NAME} at {worker}: {where}")
+        assert where["hpo"].startswith("/app/stages/"), where  # the image's copy of the code
+        _compare_packages(client.run(_installed, workers=[worker])[worker], where["python"])
+
+        project = make_project(Path("project").resolve())
+        started = time.monotonic()
+        dvc(project, "repro", "tune", env={"DASK_SCHEDULER_ADDRESS": address})
+        print(f"   `dvc repro tune` on the host with DASK_SCHEDULER_ADDRESS={address}: "
+              f"{time.monotonic() - started:.0f} s")  # fmt: skip
+
+        ran = client.run(_trial_tasks_run, workers=[worker])[worker]
+        counts = client.run_on_scheduler(_trial_task_counts)
+
+    n_trials = TINY_PARAMS["tune"]["n_trials"]
+    summary = json.loads((project / "outputs/tune_summary.json").read_text())
+    storage = f"sqlite:///{project / 'outputs/optuna_study.db'}"
+    study = optuna.load_study(study_name=summary["study_name"], storage=storage)
+    states = [t.state.name for t in study.trials]
+    assert states.count("COMPLETE") + states.count("PRUNED") == n_trials == len(states), states
+    print(f"   tune finished: study {study.study_name}, trials {summary['n_trials']}")
+
+    client = MlflowClient(f"sqlite:///{project / 'outputs/mlflow.db'}")
+    parent_id = summary["mlflow_parent_run_id"]
+    trial_runs = client.search_runs(
+        [client.get_run(parent_id).info.experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'"
+    )
+    executors = {(r.data.tags["hpo.executor"], r.data.tags["hpo.workers"]) for r in trial_runs}
+    assert len(trial_runs) == len(study.trials), len(trial_runs)
+    assert executors == {("dask", "1")}, executors
+    print(f"   MLflow: {len(trial_runs)} trial runs, all tagged hpo.executor=dask, hpo.workers=1")
+
+    # The scheduler had no other worker, and the container's worker itself ran every trial.
+    assert ran["trial_tasks"] == len(study.trials), ran
+    assert counts.get("memory") == len(study.trials), counts
+    print(f"   container worker ran {ran['trial_tasks']} {TRIAL_TASK} tasks "
+          f"({ran['executed_count']} tasks in all); scheduler's {TRIAL_TASK} "
+          f"task counts: {counts}")  # fmt: skip
+
+    # Where a trial runs never changes it: the same trials as the container's local-thread run.
+    # (Its study is looked up by position, not name: the name also hashes code that does not
+    # decide a trial, such as hpo/executors.py.)
+    theirs_storage = f"sqlite:///{container_run / 'outputs/optuna_study.db'}"
+    (theirs,) = optuna.get_all_study_names(theirs_storage)
+    assert _records(study) == _records(optuna.load_study(study_name=theirs, storage=theirs_storage))
+    print(f"   the trials equal those of the container's own run on local threads ({theirs})")
+
+
+def _compare_packages(theirs: dict[str, str], their_python: str) -> None:
+    """The container's packages are the host's pins (constraints.txt); Python may differ in
+    its patch release only (the stand-in base has Debian's 3.11.2)."""
+    pins = {}
+    for line in (Path(__file__).resolve().parents[1] / "constraints.txt").read_text().splitlines():
+        name, _, version = line.partition("==")
+        if version:
+            pins[_canonical(name)] = version.strip()
+    theirs = {_canonical(name): version for name, version in theirs.items()}
+    differ = {name: (pins[name], v) for name, v in theirs.items() if pins.get(name, v) != v}
+    assert not differ, f"container packages differ from constraints.txt (pin, theirs): {differ}"
+    ours = platform.python_version()
+    assert ours.split(".")[:2] == their_python.split(".")[:2], (ours, their_python)
+    pinned = len(set(theirs) & set(pins))
+    print(f"   container: {pinned} packages, all as pinned in constraints.txt; Python "
+          f"{their_python} (host {ours}: Dask warns about that difference, harmless)")  # fmt: skip
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _records(study: optuna.Study) -> list[tuple]:
+    return [
+        (t.number, t.state.name, t.params, t.value, t.intermediate_values) for t in study.trials
+    ]
+
+
+def _wait_for_worker(client) -> str:
+    deadline = time.monotonic() + 120
+    while True:
+        workers = client.scheduler_info(n_workers=-1)["workers"]
+        named = {info.get("name"): address for address, info in workers.items()}
+        if WORKER_NAME in named:
+            assert len(workers) == 1, f"other workers than the container's: {sorted(named)}"
+            return named[WORKER_NAME]
+        assert time.monotonic() < deadline, "the container's dask worker never connected"
+        time.sleep(0.5)
+
+
+# The functions below run in the Dask worker (in the container) and in the scheduler (host).
+
+
+def _where_hpo_runs() -> dict[str, object]:
+    import platform
+
+    import hpo.executors
+
+    return {"hpo": hpo.executors.__file__, "python": platform.python_version(),
+            "uid": os.getuid(), "cwd": os.getcwd()}  # fmt: skip
+
+
+def _installed() -> dict[str, str]:
+    from importlib import metadata
+
+    return {dist.metadata["Name"]: dist.version for dist in metadata.distributions()}
+
+
+def _trial_tasks_run(dask_worker) -> dict[str, int]:
+    """How many distinct trial tasks this worker took to memory, and its total task count."""
+    log = dask_worker.state.log
+    done = {e[0] for e in log if str(e[0]).startswith(TRIAL_TASK) and "memory" in e[1:3]}
+    return {"trial_tasks": len(done), "executed_count": dask_worker.state.executed_count}
+
+
+def _trial_task_counts(dask_scheduler) -> dict[str, int]:
+    prefix = dask_scheduler.task_prefixes.get(TRIAL_TASK)
+    return dict(prefix.state_counts) if prefix is not None else {}
 
 
 if __name__ == "__main__":

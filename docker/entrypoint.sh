@@ -2,6 +2,13 @@
 # Entry point of the image: checks the outputs mount, then runs the command (default
 # `dvc repro`) so that `docker stop` stops it cleanly.
 set -eu
+# A Dask scheduler or worker (`dask scheduler ...`, `dask worker ...`) writes no outputs, so
+# needs no mount, and closes cleanly on the SIGTERM of `docker stop` by itself: run it as PID 1.
+# (With the SIGINT to the whole group used below, the worker process under a nanny got the
+# signal too and did not close within the nanny's 8 s, so the nanny killed it.)
+if [ "${1:-}" = dask ]; then
+    exec "$@"
+fi
 if [ ! -w /app/outputs ]; then
     echo "error: /app/outputs is not writable by uid $(id -u); run with" \
         "--user \"\$(id -u):\$(id -g)\" or make the mounted folder writable" >&2
