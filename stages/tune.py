@@ -90,7 +90,8 @@ def main() -> None:
             )
             summary = _run(runner, client, parent_run_id)
             if backends.study_storage is not None:
-                copy_to_file(storage, study.study_name, paths.STUDY_DB)
+                with lock():
+                    copy_to_file(storage, study.study_name, paths.STUDY_DB)
         finally:
             close_storage(storage)
     finally:

@@ -40,25 +40,34 @@ def open_study_storage(url: URL | None, default: Path) -> RDBStorage:
         return open_storage(default)
     if url.get_backend_name() == "sqlite" and url.database:
         return open_storage(Path(url.database))
+    engine_kwargs = {
+        "pool_pre_ping": True,
+        "connect_args": {"connect_timeout": CONNECT_TIMEOUT_S},
+    }
     try:
-        return RDBStorage(
-            url.render_as_string(hide_password=False),
-            engine_kwargs={
-                "pool_pre_ping": True,
-                "connect_args": {"connect_timeout": CONNECT_TIMEOUT_S},
-            },
-        )
+        # Two processes creating the tables at once fail: create them under the lock.
+        engine = sqlalchemy.create_engine(url, **engine_kwargs)
+        try:
+            with _advisory_lock(engine):
+                return RDBStorage(
+                    url.render_as_string(hide_password=False), engine_kwargs=engine_kwargs
+                )
+        finally:
+            engine.dispose()
     except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as exc:
         reason = scrub(" ".join(str(exc).split("\n")[0].split()), url)
         raise PipelineError(f"{STORAGE_VAR}: cannot open {redact(str(url))}: {reason}") from None
 
 
 def open_storage(path: Path) -> RDBStorage:
-    """RDB storage on a SQLite file in WAL mode (readers never block the writer)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    storage = RDBStorage(
-        f"sqlite:///{path}", engine_kwargs={"connect_args": {"timeout": LOCK_TIMEOUT_S}}
-    )
+    """RDB storage on a SQLite file in WAL mode (readers never block the writer).
+
+    Opened under the file's process lock: two processes creating the tables at once fail.
+    """
+    with process_lock(path):
+        storage = RDBStorage(
+            f"sqlite:///{path}", engine_kwargs={"connect_args": {"timeout": LOCK_TIMEOUT_S}}
+        )
     sqlalchemy.event.listen(storage.engine, "connect", _sqlite_pragmas)
     storage.engine.dispose()  # drop connections opened before the listener existed
     return storage
@@ -121,8 +130,15 @@ def study_lock(storage: RDBStorage) -> Iterator[None]:
         with process_lock(Path(storage.engine.url.database)):
             yield
         return
+    with _advisory_lock(storage.engine):
+        yield
+
+
+@contextlib.contextmanager
+def _advisory_lock(engine: sqlalchemy.Engine) -> Iterator[None]:
+    """PostgreSQL's session-level advisory lock, on a connection of its own."""
     key = {"key": _ADVISORY_LOCK_KEY}
-    with storage.engine.connect() as connection:
+    with engine.connect() as connection:
         connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), key)
         try:
             yield
@@ -142,9 +158,11 @@ def process_lock(database: Path) -> FileLock:
 
 def copy_to_file(storage: RDBStorage, name: str, path: Path) -> None:
     """Replace `path` with a SQLite copy of the study: the DVC output when the study lives
-    elsewhere. Written beside it and renamed, so a reader never sees half a copy."""
-    partial = path.with_name(path.name + ".partial")
-    partial.unlink(missing_ok=True)
+    elsewhere. Written beside it and renamed, so a reader never sees half a copy. Call it
+    under `study_lock`: two tune processes sharing the study finish one after the other."""
+    for stale in path.parent.glob(path.name + ".partial*"):  # left by a killed copy
+        stale.unlink()
+    partial = path.with_name(f"{path.name}.partial-{os.getpid()}")
     target = open_storage(partial)
     try:
         optuna.copy_study(from_study_name=name, from_storage=storage, to_storage=target)
