@@ -27,7 +27,6 @@ from hpo.study_store import (
     copy_to_file,
     load_or_create,
     open_study_storage,
-    process_lock,
     study_lock,
     study_name,
 )
@@ -55,15 +54,16 @@ def main() -> None:
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
-    # Every service is reached before anything is written: a bad setting loses nothing.
-    tracking.check_server()
+    # Every service is reached before anything is written: a bad setting loses nothing. So
+    # a tracking server comes first, and the local stores are created last.
+    if backends.tracking_uri is not None:
+        client, experiment_id = tracking.connect()
     data = TrainingData(x_train, y_train, tune.cv_folds, tune.cv_seed, model.max_bin)
     executor = open_executor(backends.dask_address, data, tune.parallel_trials)
     try:
         storage = open_study_storage(backends.study_storage, paths.STUDY_DB)
         try:
-            # A second tune process may start at the same time: create each store under a lock.
-            with process_lock(paths.MLFLOW_DB):
+            if backends.tracking_uri is None:
                 client, experiment_id = tracking.connect()
             run_params = params.model_dump(mode="json")
             run_tags = {**tracking.provenance_tags(run_params), **executor.tags}

@@ -44,7 +44,12 @@ def test_good_settings_are_kept(monkeypatch: pytest.MonkeyPatch) -> None:
         (STORAGE_VAR, "not a url"),
         (STORAGE_VAR, f"mysql://hpo:{SECRET}@127.0.0.1/hpo"),  # not a supported database
         (STORAGE_VAR, f"postgresql://hpo:{SECRET}@/hpo"),  # no host
+        (STORAGE_VAR, "sqlite://"),  # no file
+        (STORAGE_VAR, "sqlite:///:memory:"),
+        (STORAGE_VAR, "sqlite:////no/such/folder/study.db"),
         (TRACKING_VAR, "ftp://127.0.0.1/runs"),
+        (TRACKING_VAR, "sqlite:///mlflow.db"),  # a server only: the local store is the default
+        (TRACKING_VAR, f"http://hpo:{SECRET}@127.0.0.1:5000"),  # credentials belong elsewhere
         (TRACKING_VAR, f"http://hpo:{SECRET}@:5000"),  # no host
         (TRACKING_VAR, f"http://hpo:{SECRET}@127.0.0.1:port"),
     ],
@@ -60,6 +65,7 @@ def test_a_malformed_setting_names_its_variable_without_the_password(
     assert "\n" not in message
     assert SECRET not in message
     assert "s3cr3t-P@ss" not in message
+    assert "s3cr3t-P" not in message
 
 
 def test_redact_hides_passwords_only() -> None:
@@ -69,6 +75,16 @@ def test_redact_hides_passwords_only() -> None:
 
 
 def test_scrub_removes_the_password_from_a_third_party_message() -> None:
-    url = "postgresql://hpo:s3cr3t@db/hpo"
-    assert scrub("auth failed for s3cr3t at db", url) == "auth failed for *** at db"
+    url = f"postgresql://hpo:{SECRET}@db/hpo"
+    assert scrub("auth failed for s3cr3t-P@ss at db", url) == "auth failed for *** at db"
+    assert scrub(f"request to {url} failed", url) == "request to postgresql://hpo:***@db/hpo failed"
     assert scrub("nothing secret", None) == "nothing secret"
+
+
+def test_the_default_study_file_named_explicitly_is_the_default(
+    monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "outputs").mkdir()
+    monkeypatch.setenv(STORAGE_VAR, "sqlite:///outputs/optuna_study.db")
+    assert from_environment().study_storage is None  # no copy of the study onto itself

@@ -16,19 +16,18 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from pathlib import Path
+from urllib.parse import quote, urlsplit
 
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 from hpo.errors import PipelineError
+from hpo.paths import STUDY_DB
 
 DASK_VAR = "DASK_SCHEDULER_ADDRESS"
 STORAGE_VAR = "OPTUNA_STORAGE"
 TRACKING_VAR = "MLFLOW_TRACKING_URI"
-
-# MLflow tracking URIs this pipeline knows how to use: a server, or a database it writes itself.
-_TRACKING_SCHEMES = {"http", "https", "sqlite", "postgresql", "mysql", "mssql"}
 
 
 @dataclass(frozen=True)
@@ -48,38 +47,50 @@ def from_environment() -> Backends:
 
 
 def tracking_uri_from_environment() -> str | None:
+    """An MLflow server's http(s) URL. Credentials go in MLflow's own variables, never in the
+    URL: MLflow prints a tracking URL on every finished run."""
     value = _get(TRACKING_VAR)
     if value is None:
         return None
     parts = urlsplit(value)
-    scheme = parts.scheme.split("+", 1)[0]
-    if scheme not in _TRACKING_SCHEMES:
+    if parts.scheme not in ("http", "https"):
         raise PipelineError(
-            f"{TRACKING_VAR}: expected an http(s):// MLflow server or a database URL, "
-            f"got {redact(value)!r}"
+            f"{TRACKING_VAR}: expected an MLflow server's http(s):// URL, got {redact(value)!r}"
         )
-    if scheme.startswith("http") and not parts.hostname:
+    if parts.username or parts.password:
+        raise PipelineError(
+            f"{TRACKING_VAR}: put the credentials in MLFLOW_TRACKING_USERNAME and "
+            f"MLFLOW_TRACKING_PASSWORD, not in the URL ({redact(value)!r})"
+        )
+    if not parts.hostname:
         raise PipelineError(f"{TRACKING_VAR}: no host in {redact(value)!r}")
-    if scheme.startswith("http"):
-        try:
-            parts.port  # noqa: B018 - raises for a port that is not a number
-        except ValueError:
-            raise PipelineError(f"{TRACKING_VAR}: bad port in {redact(value)!r}") from None
+    try:
+        parts.port  # noqa: B018 - raises for a port that is not a number
+    except ValueError:
+        raise PipelineError(f"{TRACKING_VAR}: bad port in {redact(value)!r}") from None
     return value
 
 
 def redact(value: str) -> str:
-    """The URL with any password replaced by ***, safe to print and to log."""
-    return re.sub(r"(://[^/:@]*:)[^@/]*@", r"\1***@", value)
+    """The URL with any password (or a lone token before @) replaced by ***: safe to show."""
+    value = re.sub(r"(://[^/:@]*:)[^@/]*@", r"\1***@", value)
+    value = re.sub(r"(://)[^/:@]+@", r"\1***@", value)
+    return re.sub(r"(?i)(password=)[^&]*", r"\1***", value)
 
 
 def scrub(text: str, secret_source: str | URL | None) -> str:
-    """`text` with the password of `secret_source` (if any) removed: for third-party errors."""
+    """`text` with the password of `secret_source` removed, as typed and as decoded, and any
+    URL in it redacted: for messages of third-party libraries."""
+    text = redact(text)
     if secret_source is None:
         return text
     url = secret_source if isinstance(secret_source, URL) else _try_url(secret_source)
     password = url.password if url is not None else None
-    return text.replace(password, "***") if password else text
+    if not password:
+        return text
+    for form in {password, quote(password, safe=""), quote(password)}:
+        text = text.replace(form, "***")
+    return text
 
 
 def _get(name: str) -> str | None:
@@ -124,8 +135,22 @@ def _storage_url(value: str | None) -> URL | None:
         raise PipelineError(
             f"{STORAGE_VAR}: the study can live in PostgreSQL or SQLite, got {redact(value)!r}"
         )
-    if url.get_backend_name() != "sqlite" and not url.host:
+    if url.get_backend_name() == "sqlite":
+        return _sqlite_file(url, value)
+    if not url.host:
         raise PipelineError(f"{STORAGE_VAR}: no host in {redact(value)!r}")
+    return url
+
+
+def _sqlite_file(url: URL, value: str) -> URL | None:
+    """A SQLite study file; None for the default file itself (no copy needed)."""
+    if not url.database or url.database == ":memory:":
+        raise PipelineError(f"{STORAGE_VAR}: a SQLite study needs a file path, got {value!r}")
+    path = Path(url.database)
+    if not path.parent.is_dir():
+        raise PipelineError(f"{STORAGE_VAR}: folder {path.parent} does not exist")
+    if path.resolve() == STUDY_DB.resolve():
+        return None
     return url
 
 

@@ -10,6 +10,8 @@ of its task. Only when the scheduler itself is gone does the stage stop, with on
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import logging
 import os
@@ -32,7 +34,14 @@ if TYPE_CHECKING:
 # Seconds to reach the scheduler before giving up with one line.
 CONNECT_TIMEOUT_S = 15
 # Modules whose code decides a trial's result: a worker must run the driver's exact copy.
-_TRIAL_MODULES = ("hpo.config", "hpo.cv", "hpo.evaluation", "hpo.metrics", "hpo.search")
+_TRIAL_MODULES = (
+    "hpo.config",
+    "hpo.cv",
+    "hpo.evaluation",
+    "hpo.metrics",
+    "hpo.search",
+    "hpo.xgb_params",
+)
 
 
 class TrialExecutor(Protocol):
@@ -70,19 +79,25 @@ class DaskExecutor:
 
     The data goes to the cluster as the result of a task rather than by `scatter`: scattered
     data lives only on the workers that hold it, while a task result that a dying worker took
-    with it is recomputed by the scheduler.
+    with it is recomputed by the scheduler. Each task carries the digest of the driver's trial
+    code, so a worker that joins later with other code refuses it instead of computing
+    different trials.
     """
 
     def __init__(self, client: Client, address: str, data: TrainingData) -> None:
         self._client = client
         self._address = address
+        self._digest = trial_code_digest()
         self._data = client.submit(_identity, data, pure=False)
         self._executor = client.get_executor()
         self.tags = {"hpo.executor": "dask", "hpo.workers": str(len(client.nthreads()))}
         self._closed = False
 
     def submit(self, task: TrialTask) -> Future[TrialOutcome]:
-        submitted = self._executor.submit(evaluate_on_worker, task, self._data)
+        try:
+            submitted = self._executor.submit(evaluate_on_worker, task, self._data, self._digest)
+        except Exception as exc:  # the client closed itself after losing the scheduler
+            raise self._lost(exc) from None
         result: Future[TrialOutcome] = Future()
         submitted.add_done_callback(lambda done: self._settle(done, result, task))
         return result
@@ -91,28 +106,42 @@ class DaskExecutor:
         if self._closed:
             return
         self._closed = True
-        self._executor.shutdown(wait=not cancel)
-        self._client.close(timeout=5)
+        with contextlib.suppress(Exception):  # a lost scheduler cannot be told anything
+            self._executor.shutdown(wait=not cancel)
+            self._client.close(timeout=5)
 
     def _settle(self, done: Future[TrialOutcome], result: Future[TrialOutcome], task: TrialTask):
-        """Pass the outcome on; a trial that kept killing workers fails, a lost cluster stops."""
+        """Pass the outcome on; a trial that kept killing workers fails, anything else stops."""
         from distributed import KilledWorker
 
         try:
             result.set_result(done.result())
-        except KilledWorker as exc:  # the scheduler's retries are used up: the trial's fault
-            result.set_result(TrialOutcome.failed(task, exc))
-        except (CancelledError, Exception) as exc:
+        except KilledWorker as exc:  # the scheduler's retries are used up
+            if str(getattr(exc, "task", "")) == str(self._data.key):
+                result.set_exception(self._lost(exc))  # the data itself cannot be kept
+            else:  # this trial's configuration kills its workers (e.g. out of memory)
+                result.set_result(TrialOutcome.failed(task, exc))
+        except StaleWorkerError as exc:
+            result.set_exception(ExecutorLostError(f"{DASK_VAR}: {exc}"))
+        except BaseException as exc:  # never leave the driver waiting on this future
             if self._closed:
                 result.set_exception(InterruptedError("tuning was interrupted"))
             else:
-                result.set_exception(
-                    ExecutorLostError(
-                        f"{DASK_VAR}: lost the Dask scheduler at {self._address} "
-                        f"({type(exc).__name__}); finished trials are kept, run `dvc repro` "
-                        "again once it is back, or unset the variable to run locally"
-                    )
-                )
+                result.set_exception(self._lost(exc))
+
+    def _lost(self, exc: BaseException) -> ExecutorLostError:
+        if isinstance(exc, CancelledError | OSError) or "Closed" in type(exc).__name__:
+            what = f"lost the Dask scheduler at {self._address}"
+        else:
+            what = f"the Dask cluster at {self._address} could not run a trial"
+        return ExecutorLostError(
+            f"{DASK_VAR}: {what} ({type(exc).__name__}); finished trials are kept, run "
+            "`dvc repro` again once it is back, or unset the variable to run locally"
+        )
+
+
+class StaleWorkerError(RuntimeError):
+    """Raised on a worker whose trial code differs from the driver's."""
 
 
 def open_executor(
@@ -183,10 +212,20 @@ def trial_code_digest() -> str:
     return digest.hexdigest()
 
 
-def evaluate_on_worker(task: TrialTask, data: TrainingData) -> TrialOutcome:
+def evaluate_on_worker(task: TrialTask, data: TrainingData, digest: str) -> TrialOutcome:
     """A Dask task: the trial with as many threads per fit as this worker gives each task."""
+    if _worker_digest() != digest:
+        raise StaleWorkerError(
+            "a worker runs other trial code than the driver; start every worker from the same "
+            "version of the project"
+        )
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # not a line per pruner probe
     return evaluate_trial(task, data, _fit_threads_on_worker())
+
+
+@functools.cache
+def _worker_digest() -> str:
+    return trial_code_digest()
 
 
 def _fit_threads_on_worker() -> int:

@@ -18,12 +18,12 @@ from typing import Any
 
 import optuna
 import sqlalchemy
-from filelock import FileLock
 from optuna.storages import RDBStorage
 from sqlalchemy.engine import URL
 
 from hpo.backends import STORAGE_VAR, redact, scrub
 from hpo.errors import PipelineError
+from hpo.locks import process_lock
 
 # Seconds a writer waits for SQLite's lock before "database is locked"; a second tune process
 # on the same study waits its turn instead of failing.
@@ -38,8 +38,12 @@ def open_study_storage(url: URL | None, default: Path) -> RDBStorage:
     """The storage named by OPTUNA_STORAGE, or the SQLite file `default`; one line if unusable."""
     if url is None:
         return open_storage(default)
-    if url.get_backend_name() == "sqlite" and url.database:
-        return open_storage(Path(url.database))
+    if url.get_backend_name() == "sqlite":
+        try:
+            return open_storage(Path(url.database))
+        except (OSError, sqlalchemy.exc.SQLAlchemyError) as exc:
+            reason = " ".join(str(exc).split("\n")[0].split())
+            raise PipelineError(f"{STORAGE_VAR}: cannot open {url.database}: {reason}") from None
     engine_kwargs = {
         "pool_pre_ping": True,
         "connect_args": {"connect_timeout": CONNECT_TIMEOUT_S},
@@ -146,16 +150,6 @@ def _advisory_lock(engine: sqlalchemy.Engine) -> Iterator[None]:
             connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), key)
 
 
-def process_lock(database: Path) -> FileLock:
-    """An exclusive lock between processes on one host, for one SQLite database.
-
-    A separate `.lock` file: opening and closing the database file itself would drop the POSIX
-    locks that SQLite holds on it.
-    """
-    database.parent.mkdir(parents=True, exist_ok=True)
-    return FileLock(database.with_name(database.name + ".lock"))
-
-
 def copy_to_file(storage: RDBStorage, name: str, path: Path) -> None:
     """Replace `path` with a SQLite copy of the study: the DVC output when the study lives
     elsewhere. Written beside it and renamed, so a reader never sees half a copy. Call it
@@ -171,3 +165,4 @@ def copy_to_file(storage: RDBStorage, name: str, path: Path) -> None:
     for suffix in ("-wal", "-shm"):
         Path(str(path) + suffix).unlink(missing_ok=True)
     os.replace(partial, path)
+    Path(str(partial) + ".lock").unlink(missing_ok=True)

@@ -14,18 +14,23 @@ import os
 import sqlite3
 import subprocess
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import optuna
+import requests
 from mlflow.entities import LifecycleStage, Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
-from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
+from mlflow.protos.databricks_pb2 import (
+    RESOURCE_ALREADY_EXISTS,
+    RESOURCE_DOES_NOT_EXIST,
+    ErrorCode,
+)
 from mlflow.tracking import MlflowClient
 
 from hpo.backends import TRACKING_VAR, redact, scrub, tracking_uri_from_environment
 from hpo.errors import PipelineError
+from hpo.locks import process_lock
 from hpo.paths import MLFLOW_ARTIFACTS, MLFLOW_DB
 
 EXPERIMENT = "xgboost-california-housing"
@@ -47,47 +52,49 @@ def connect(db: Path = MLFLOW_DB, artifacts: Path = MLFLOW_ARTIFACTS) -> tuple[M
     remote = tracking_uri_from_environment()
     if remote is not None:
         return _connect_remote(remote)
-    db.parent.mkdir(parents=True, exist_ok=True)
-    with contextlib.closing(sqlite3.connect(db)) as connection:
-        # Persistent in the file: commits append to a log instead of rewriting pages, and
-        # `mlflow ui` can read while a stage writes.
-        connection.execute("PRAGMA journal_mode=WAL")
-    client = MlflowClient(tracking_uri=tracking_uri(db))
-    experiment = client.get_experiment_by_name(EXPERIMENT)
-    if experiment is not None:
-        return client, experiment.experiment_id
-    artifacts.mkdir(parents=True, exist_ok=True)
-    experiment_id = client.create_experiment(EXPERIMENT)
-    _make_artifact_location_relative(db, experiment_id, artifacts)
-    return client, experiment_id
-
-
-def check_server() -> None:
-    """One quick request to MLFLOW_TRACKING_URI's server, if it names one, before any work:
-    MLflow's own client would retry for minutes before failing with a traceback."""
-    uri = tracking_uri_from_environment()
-    if uri is None or not uri.startswith(("http://", "https://")):
-        return
-    try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=10) as response:
-            response.read()
-    except (OSError, ValueError) as exc:
-        reason = scrub(" ".join(str(exc).split()), uri)
-        raise PipelineError(
-            f"{TRACKING_VAR}: cannot reach the MLflow server at {redact(uri)} ({reason})"
-        ) from None
-
-
-def _connect_remote(uri: str) -> tuple[MlflowClient, str]:
-    check_server()
-    client = MlflowClient(tracking_uri=uri)
-    try:
+    # A second tune process may start at the same time: the store is created under a lock.
+    with process_lock(db):
+        with contextlib.closing(sqlite3.connect(db)) as connection:
+            # Persistent in the file: commits append to a log instead of rewriting pages, and
+            # `mlflow ui` can read while a stage writes.
+            connection.execute("PRAGMA journal_mode=WAL")
+        client = MlflowClient(tracking_uri=tracking_uri(db))
         experiment = client.get_experiment_by_name(EXPERIMENT)
         if experiment is not None:
             return client, experiment.experiment_id
-        return client, client.create_experiment(EXPERIMENT)
-    except MlflowException as exc:
-        reason = scrub(" ".join(str(exc).split())[:300], uri)
+        artifacts.mkdir(parents=True, exist_ok=True)
+        experiment_id = client.create_experiment(EXPERIMENT)
+        _make_artifact_location_relative(db, experiment_id, artifacts)
+        return client, experiment_id
+
+
+def _connect_remote(uri: str) -> tuple[MlflowClient, str]:
+    """The server's client and experiment, or one line: MLflow's own client would retry for
+    minutes before failing with a traceback. Called before the stage writes anything."""
+    # MLflow prints the run's URL on stdout each time a run ends: a line per trial.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    insecure = os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() == "true"
+    verify = False if insecure else os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH") or True
+    try:
+        requests.get(uri.rstrip("/") + "/health", timeout=10, verify=verify).raise_for_status()
+    except requests.RequestException as exc:
+        reason = scrub(" ".join(str(exc).split()), uri)[:300]
+        raise PipelineError(
+            f"{TRACKING_VAR}: cannot reach the MLflow server at {redact(uri)} ({reason})"
+        ) from None
+    client = MlflowClient(tracking_uri=uri)
+    try:
+        experiment = client.get_experiment_by_name(EXPERIMENT)
+        if experiment is None:
+            try:
+                return client, client.create_experiment(EXPERIMENT)
+            except MlflowException as error:  # another driver created it just now
+                if error.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
+                    raise
+                experiment = client.get_experiment_by_name(EXPERIMENT)
+        return client, experiment.experiment_id
+    except (MlflowException, requests.RequestException) as exc:
+        reason = scrub(" ".join(str(exc).split()), uri)[:300]
         raise PipelineError(f"{TRACKING_VAR}: {redact(uri)} refused: {reason}") from None
 
 
