@@ -58,12 +58,23 @@ def write_params(project: Path, overrides: dict[str, Any]) -> None:
     path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
+# Where trials run and results go: set by each test explicitly, never inherited. (MLflow's
+# `set_tracking_uri` in a test writes MLFLOW_TRACKING_URI into this process's environment.)
+BACKEND_VARIABLES = ("DASK_SCHEDULER_ADDRESS", "OPTUNA_STORAGE", "MLFLOW_TRACKING_URI")
+
+
+def subprocess_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """This environment with this interpreter first on PATH, the backend settings unset."""
+    env = {k: v for k, v in os.environ.items() if k not in BACKEND_VARIABLES}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    return {**env, **(extra or {})}
+
+
 def run(
     project: Path, *args: str, check: bool = True, **kwargs: Any
 ) -> subprocess.CompletedProcess:
     """Run a command in the project with this interpreter's environment first on PATH."""
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    env.update(kwargs.pop("env", {}))
+    env = subprocess_env(kwargs.pop("env", {}))
     done = subprocess.run(args, cwd=project, env=env, capture_output=True, text=True, **kwargs)
     if check and done.returncode != 0:
         raise AssertionError(

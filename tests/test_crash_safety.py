@@ -15,7 +15,7 @@ from pathlib import Path
 import optuna
 import pytest
 import sqlalchemy
-from conftest import dvc, make_project
+from conftest import dvc, make_project, subprocess_env
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
@@ -77,10 +77,9 @@ def _finished_count(project: Path, storage: StudyStorage) -> int:
 
 def _start(project: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
     """Start a command in its own process group (a signal to the group reaches dvc's child)."""
-    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
     return subprocess.Popen(
         [sys.executable, *args],
-        cwd=project, env={**os.environ, "PATH": path, **(env or {})}, start_new_session=True,
+        cwd=project, env=subprocess_env(env), start_new_session=True,
         text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
 

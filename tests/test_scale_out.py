@@ -19,7 +19,7 @@ import mlflow
 import mlflow.xgboost
 import optuna
 import pytest
-from conftest import REPO, commit, dvc, make_project, run
+from conftest import REPO, commit, dvc, make_project, run, subprocess_env
 from distributed import Client, LocalCluster
 from mlflow.tracking import MlflowClient
 from services import PostgresServer, dask_cluster, free_port
@@ -79,10 +79,9 @@ def _finished_trials(project: Path) -> int:
 
 
 def _start(project: Path, args: list[str], env: dict[str, str]) -> subprocess.Popen:
-    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
     return subprocess.Popen(
         [sys.executable, *args],
-        cwd=project, env={**os.environ, "PATH": path, **env}, start_new_session=True,
+        cwd=project, env=subprocess_env(env), start_new_session=True,
         text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
 
