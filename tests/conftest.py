@@ -63,6 +63,13 @@ def write_params(project: Path, overrides: dict[str, Any]) -> None:
 BACKEND_VARIABLES = ("DASK_SCHEDULER_ADDRESS", "OPTUNA_STORAGE", "MLFLOW_TRACKING_URI")
 
 
+@pytest.fixture(autouse=True)
+def _no_backend_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test starts with the default backends, and takes back what MLflow set in it."""
+    for name in BACKEND_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+
+
 def subprocess_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """This environment with this interpreter first on PATH, the backend settings unset."""
     env = {k: v for k, v in os.environ.items() if k not in BACKEND_VARIABLES}
