@@ -3,9 +3,9 @@
 A trial is split into tasks "boost fold i up to the next checkpoint" of its `TrialEvaluation`
 (the same evaluation a Dask worker runs in one piece). Whichever thread is free takes the
 pending task of the oldest trial, so a long trial is worked on by every core instead of holding
-one core while the other waits for the next trial to be asked. Measured against running whole
-trials on Dask's local threads, this is what keeps the default run fast (README, "Running on
-a cluster").
+one core while the other waits for the next trial to be asked. Whole trials as tasks (what a
+Dask worker runs) leave a core idle whenever the oldest trial is long and the in-order window
+lets no new trial be asked; `benchmarks/bench_executors.py` measures the two side by side.
 
 Results do not depend on which thread ran what: each booster is advanced by one thread at a
 time with a fixed thread count, samples rows and columns from (seed, round) rather than from
