@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -10,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import optuna
 import pytest
 import yaml
 
@@ -137,3 +139,15 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     project = make_project(tmp_path_factory.mktemp("tiny") / "project")
     dvc(project, "repro")
     return project
+
+
+def trial_records(project: Path) -> list[tuple]:
+    """Every trial of the run's study, read from the DVC output outputs/optuna_study.db."""
+    summary = json.loads((project / "outputs/tune_summary.json").read_text())
+    study = optuna.load_study(
+        study_name=summary["study_name"],
+        storage=f"sqlite:///{project / 'outputs/optuna_study.db'}",
+    )
+    return [
+        (t.number, t.state.name, t.params, t.value, t.intermediate_values) for t in study.trials
+    ]

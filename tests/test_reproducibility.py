@@ -7,23 +7,11 @@ import re
 import shutil
 from pathlib import Path
 
-import optuna
 import pytest
-from conftest import commit, dvc, make_project, run, write_params
+from conftest import commit, dvc, make_project, run, trial_records, write_params
 from mlflow.tracking import MlflowClient
 
 PARALLEL = {"tune": {"parallel_trials": 2, "n_trials": 8}}
-
-
-def _trial_records(project: Path) -> list[tuple]:
-    summary = json.loads((project / "outputs/tune_summary.json").read_text())
-    study = optuna.load_study(
-        study_name=summary["study_name"],
-        storage=f"sqlite:///{project / 'outputs/optuna_study.db'}",
-    )
-    return [
-        (t.number, t.state.name, t.params, t.value, t.intermediate_values) for t in study.trials
-    ]
 
 
 def _ran_stages(output: str) -> set[str]:
@@ -41,7 +29,7 @@ def twin_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 def test_two_runs_give_identical_trials(twin_runs: tuple[Path, Path]) -> None:
-    first, second = (_trial_records(p) for p in twin_runs)
+    first, second = (trial_records(p) for p in twin_runs)
     assert first == second
     states = {record[1] for record in first}
     assert "PRUNED" in states, "the tiny config should exercise pruning"

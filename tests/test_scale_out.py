@@ -19,7 +19,7 @@ import mlflow
 import mlflow.xgboost
 import optuna
 import pytest
-from conftest import REPO, commit, dvc, make_project, run, subprocess_env
+from conftest import REPO, commit, dvc, make_project, run, subprocess_env, trial_records
 from distributed import Client, LocalCluster
 from mlflow.tracking import MlflowClient
 from services import PostgresServer, dask_cluster, free_port
@@ -39,20 +39,8 @@ EXPERIMENT = "xgboost-california-housing"
 WORKERS_ENV = {"PYTHONPATH": str(REPO / "stages")}
 
 
-def _records(project: Path) -> list[tuple]:
-    """Every trial of the study in the DVC output outputs/optuna_study.db."""
-    summary = json.loads((project / "outputs/tune_summary.json").read_text())
-    study = optuna.load_study(
-        study_name=summary["study_name"],
-        storage=f"sqlite:///{project / 'outputs/optuna_study.db'}",
-    )
-    return [
-        (t.number, t.state.name, t.params, t.value, t.intermediate_values) for t in study.trials
-    ]
-
-
 def _assert_same_results(project: Path, reference: Path) -> None:
-    assert _records(project) == _records(reference)
+    assert trial_records(project) == trial_records(reference)
     for name in ("model.ubj", "metrics.json"):
         ours = (project / "outputs" / name).read_bytes()
         assert ours == (reference / "outputs" / name).read_bytes(), name
@@ -99,7 +87,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The run on local threads (no environment settings): what every other place must give."""
     project = make_project(tmp_path_factory.mktemp("scale") / "local", SCALE)
     dvc(project, "repro")
-    states = {record[1] for record in _records(project)}
+    states = {record[1] for record in trial_records(project)}
     assert {"COMPLETE", "PRUNED"} <= states, "the configuration should exercise pruning"
     return project
 
@@ -148,7 +136,7 @@ def test_cli_cluster_postgres_and_mlflow_server_give_the_same_results(
     summary = json.loads((project / "outputs/tune_summary.json").read_text())
     shared = optuna.load_study(study_name=summary["study_name"], storage=storage)
     assert [(t.number, t.state.name, t.value) for t in shared.trials] == [
-        (*record[:2], record[3]) for record in _records(project)
+        (*record[:2], record[3]) for record in trial_records(project)
     ]
 
     # Parent, trial and final-model runs, metrics, artifacts and the model version on the server.
@@ -223,7 +211,7 @@ def test_a_worker_killed_mid_tune_changes_nothing(reference: Path, tmp_path: Pat
             assert process.returncode == 0, stderr
             assert len(client.scheduler_info(n_workers=-1)["workers"]) == 1
     _assert_same_results(project, reference)
-    states = [record[1] for record in _records(project)]
+    states = [record[1] for record in trial_records(project)]
     assert len(states) == N_TRIALS, "no trial was lost or asked again"
 
 
@@ -246,7 +234,7 @@ def test_losing_the_scheduler_stops_with_one_line_and_resumes_locally(tmp_path: 
 
     dvc(project, "repro")  # the variable unset: the study resumes on local threads
 
-    after = {r[0]: r for r in _records(project)}
+    after = {r[0]: r for r in trial_records(project)}
     for number, record in kept.items():
         assert after[number] == record, f"trial {number} was recomputed"
     states = [r[1] for r in after.values()]
