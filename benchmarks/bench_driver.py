@@ -10,9 +10,10 @@ Everything on the driver's side is real: `StudyRunner` (ask, tell, the window, t
 saves, the file lock), the TPE sampler built from params.yaml, `TrialTask.build`, a SQLite
 Optuna study and `StudyRecorder` on a SQLite MLflow store with a parent run, each cell in a
 fresh temporary directory. Only the workers are simulated: `slots` worker slots whose "fit"
-sleeps for a trial duration replayed from the committed reference run (outputs/optuna_study.db,
-cycled), divided by --time-scale, then return that reference trial's outcome (state, reported
-values, fold MSE/R²) under the asked trial's number and params. The default scale 10 makes the
+sleeps for a trial duration replayed from a reference run (the outputs/optuna_study.db that
+`dvc repro` left in --reference, default this checkout; cycled), divided by --time-scale,
+then return that reference trial's outcome (state, reported values, fold MSE/R²) under the
+asked trial's number and params. The default scale 10 makes the
 mean trial 0.86 s, about the 0.9 CPU-seconds a trial of the default search costs on one core:
 a slot is then roughly one single-core worker.
 
@@ -71,8 +72,6 @@ from hpo.trial_logging import StudyRecorder  # noqa: E402
 from hpo.tuning import StudyRunner, summarize  # noqa: E402
 from hpo.xgb_params import distributions  # noqa: E402
 
-REFERENCE_DB = REPO / "outputs/optuna_study.db"
-REFERENCE_SUMMARY = REPO / "outputs/tune_summary.json"
 # The goals of the issue: efficiency at 32 slots, and the growth of the driver's cost per trial.
 GOAL_SLOTS, GOAL_EFFICIENCY, GOAL_COST_RATIO = 32, 0.8, 2.0
 
@@ -91,11 +90,15 @@ class ReplayedTrial:
     fold_r2: list[float]
 
 
-def load_reference(
-    db: Path = REFERENCE_DB, summary: Path = REFERENCE_SUMMARY
-) -> list[ReplayedTrial]:
-    """The reference study's trials in number order, read from a copy (the DVC output stays
-    untouched: opening a SQLite file in WAL mode can write beside it)."""
+def load_reference(project: Path) -> list[ReplayedTrial]:
+    """The trials of the project's last tune run in number order, read from a copy (the DVC
+    output stays untouched: opening a SQLite file in WAL mode can write beside it)."""
+    db, summary = project / "outputs/optuna_study.db", project / "outputs/tune_summary.json"
+    if not db.is_file() or not summary.is_file():
+        raise SystemExit(
+            f"bench_driver: no tune run in {project}/outputs (optuna_study.db and "
+            "tune_summary.json): run `dvc repro tune` there first, or pass --reference PROJECT"
+        )
     name = json.loads(summary.read_text())["study_name"]
     with tempfile.TemporaryDirectory() as scratch:
         copy = Path(scratch) / db.name
@@ -839,12 +842,19 @@ def main(argv: list[str] | None = None) -> None:
         "trials that made it large; e.g. --profile --profile-cell 32x300 --prefill 0 4700",
     )
     parser.add_argument("--json", type=Path, help="also write every row here")
+    parser.add_argument(
+        "--reference",
+        type=Path,
+        default=REPO,
+        metavar="PROJECT",
+        help="the project whose last tune run is replayed (default: this checkout)",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.slots, args.trials, args.extra = [4, 16], [50, 200], []
     _quiet()
-    params = load_params(REPO / "params.yaml")
-    replay = load_reference()
+    params = load_params(args.reference / "params.yaml")
+    replay = load_reference(args.reference)
     scaled = mean(r.duration_s for r in replay) / args.time_scale
     print(
         f"load average {' '.join(f'{v:.2f}' for v in os.getloadavg())} on {os.cpu_count()} "

@@ -29,7 +29,7 @@ def test_window_bound_idles_slots_behind_a_long_head_trial() -> None:
     assert bound([10.0] + [1.0] * 4, slots=2, window=4) == 11.0
 
 
-def test_tiny_run_records_every_trial_and_prints_the_table(tmp_path) -> None:
+def test_tiny_run_records_every_trial_and_prints_the_table(tmp_path, tiny_run) -> None:
     rows_file = tmp_path / "rows.json"
     # A tracking server in the environment must not receive the benchmark's runs.
     env = {**os.environ, "MLFLOW_TRACKING_URI": "http://127.0.0.1:9"}
@@ -37,6 +37,7 @@ def test_tiny_run_records_every_trial_and_prints_the_table(tmp_path) -> None:
         [
             *(sys.executable, str(SCRIPT), "--slots", "2", "--trials", "4", "30", "--extra"),
             *("--time-scale", "200", "--json", str(rows_file)),
+            *("--reference", str(tiny_run)),
         ],
         cwd=tmp_path,
         env=env,
