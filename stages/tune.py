@@ -9,7 +9,6 @@ import signal
 import sys
 import threading
 from functools import partial
-from typing import Any
 
 import optuna
 from mlflow.tracking import MlflowClient
@@ -24,14 +23,14 @@ from hpo.executors import open_executor
 from hpo.study_store import (
     close_storage,
     code_fingerprint,
-    copy_to_file,
     load_or_create,
     open_study_storage,
     study_lock,
     study_name,
+    write_study_file,
 )
 from hpo.trial_logging import StudyRecorder
-from hpo.tuning import StudyRunner, TuningInterruptedError, injected_faults, summarize
+from hpo.tuning import Progress, StudyRunner, TuningInterruptedError, injected_faults, summarize
 from hpo.xgb_params import distributions
 
 
@@ -41,8 +40,10 @@ def main() -> None:
     tune, model = params.tune, params.model
     x_train, y_train = read_split(paths.TRAIN_CSV)
     fault_spec = os.environ.get("HPO_INJECT_FAULT_TRIALS", "")
+    # Everything that shapes trial k, and nothing else: the budget only says how many trials
+    # to take from the study (tuning.py), so a study grows and shrinks under one name.
     identity = {
-        "tune": tune.model_dump(),
+        "tune": tune.model_dump(exclude={"n_trials"}),
         "model": model.model_dump(),
         "train_sha256": hashlib.sha256(paths.TRAIN_CSV.read_bytes()).hexdigest(),
         "code_sha256": code_fingerprint(),
@@ -61,11 +62,12 @@ def main() -> None:
     data = TrainingData(x_train, y_train, tune.cv_folds, tune.cv_seed, model.max_bin)
     executor = open_executor(backends.dask_address, data, tune.parallel_trials)
     try:
-        storage = open_study_storage(backends.study_storage, paths.STUDY_DB)
+        storage = open_study_storage(backends.study_storage, paths.STUDY_STORE)
         try:
             if backends.tracking_uri is None:
                 client, experiment_id = tracking.connect()
-            run_params = params.model_dump(mode="json")
+            # The study's run outlives budget changes: the budget is logged when it closes.
+            run_params = params.model_dump(mode="json", exclude={"tune": {"n_trials"}})
             run_tags = {**tracking.provenance_tags(run_params), **executor.tags}
             lock = partial(study_lock, storage)
             with lock():
@@ -88,32 +90,33 @@ def main() -> None:
                 log=partial(print, file=sys.stderr, flush=True),
                 stop=stop,
             )
-            summary = _run(runner, client, parent_run_id)
-            if backends.study_storage is not None:
-                with lock():
-                    copy_to_file(storage, study.study_name, paths.STUDY_DB)
+            progress = _run(runner, client, parent_run_id)
+            write_study_file(study, progress.trials, paths.STUDY_DB)
         finally:
             close_storage(storage)
     finally:
         executor.shutdown(cancel=True)
+    summary = {
+        **summarize(study.study_name, progress),
+        "mlflow_parent_run_id": parent_run_id,
+    }
     tracking.close_study_run(client, parent_run_id, summary)
     paths.TUNE_SUMMARY.write_text(json.dumps(summary, indent=2) + "\n")
 
 
-def _run(runner: StudyRunner, client: MlflowClient, parent_run_id: str) -> dict[str, Any]:
+def _run(runner: StudyRunner, client: MlflowClient, parent_run_id: str) -> Progress:
     """Run the study; on a stop or a failure, close the MLflow study run as KILLED or FAILED."""
     try:
-        progress = runner.run()
+        return runner.run()
     except TuningInterruptedError:
         client.set_terminated(parent_run_id, "KILLED")
         raise PipelineError(
-            "tuning interrupted; finished trials are kept in the study, run `dvc repro` to resume",
+            "tuning interrupted; finished trials are kept in the study, `dvc repro` resumes it",
             exit_code=130,
         ) from None
     except BaseException:
         client.set_terminated(parent_run_id, "FAILED")
         raise
-    return {**summarize(runner.study, progress), "mlflow_parent_run_id": parent_run_id}
 
 
 if __name__ == "__main__":

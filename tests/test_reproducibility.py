@@ -7,6 +7,7 @@ import re
 import shutil
 from pathlib import Path
 
+import optuna
 import pytest
 from conftest import commit, dvc, make_project, run, trial_records, write_params
 from mlflow.tracking import MlflowClient
@@ -89,19 +90,64 @@ def test_repro_reruns_exactly_what_changed(
     assert ran == expected, f"after changing {what}"
 
 
-def test_dvc_experiment_runs_and_is_traceable_in_mlflow(tmp_path: Path) -> None:
-    project = make_project(tmp_path / "exp")
-    dvc(project, "exp", "run", "-S", "tune.n_trials=4", "--name", "four-trials")
-    table = dvc(project, "exp", "show", "--json").stdout
-    assert "four-trials" in table
-    assert "test_rmse" in table
-    results = json.loads((project / "outputs/results.json").read_text())
-    assert results["trials"]["complete"] + results["trials"]["pruned"] == 4
+def _finished_at(project: Path) -> dict[int, object]:
+    """When each trial in the project's study store finished."""
+    storage = f"sqlite:///{project / 'outputs/optuna_store.db'}"
+    (name,) = optuna.get_all_study_names(storage)
+    return {
+        t.number: t.datetime_complete
+        for t in optuna.load_study(study_name=name, storage=storage).trials
+    }
+
+
+def _trial_runs(project: Path, results: dict) -> list:
     client = MlflowClient(f"sqlite:///{project / 'outputs/mlflow.db'}")
     study_run = client.get_run(results["mlflow"]["study_run_id"])
-    model_run = client.get_run(results["mlflow"]["model_run_id"])
+    return client.search_runs(
+        [study_run.info.experiment_id],
+        f"tags.mlflow.parentRunId = '{study_run.info.run_id}'",
+        max_results=1000,
+    )
+
+
+def test_experiments_grow_and_cut_the_study_without_recomputing_it(
+    twin_runs: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """5 trials, then `dvc exp run -S tune.n_trials=8`: the trials and model of an 8-trial run
+    from scratch, from 3 new trials. Then 3 trials and back to the committed 5: no new trial."""
+    from_scratch = twin_runs[0]  # PARALLEL: 8 trials
+    project = make_project(tmp_path / "exp", {"tune": {**PARALLEL["tune"], "n_trials": 5}})
+    dvc(project, "repro")
+    commit(project, "a 5-trial run")
+    committed = trial_records(project)
+    committed_model = (project / "outputs/model.ubj").read_bytes()
+    finished_at = _finished_at(project)
+
+    dvc(project, "exp", "run", "-S", "tune.n_trials=8", "--name", "eight-trials")
+    assert trial_records(project) == trial_records(from_scratch)
+    assert (project / "outputs/model.ubj").read_bytes() == (
+        from_scratch / "outputs/model.ubj"
+    ).read_bytes()
+    grown = _finished_at(project)
+    assert {n: grown[n] for n in finished_at} == finished_at, "a stored trial was recomputed"
+    results = json.loads((project / "outputs/results.json").read_text())
+    assert len(_trial_runs(project, results)) == len(grown)  # one MLflow run per trial, once
+    client = MlflowClient(f"sqlite:///{project / 'outputs/mlflow.db'}")
     head = run(project, "git", "rev-parse", "HEAD").stdout.strip()
-    for mlflow_run in (study_run, model_run):
-        assert mlflow_run.data.tags["dvc_exp_name"] == "four-trials"
-        assert mlflow_run.data.tags["mlflow.source.git.commit"] == head
-        assert len(mlflow_run.data.tags["params_hash"]) == 16
+    for run_id in (results["mlflow"]["study_run_id"], results["mlflow"]["model_run_id"]):
+        tags = client.get_run(run_id).data.tags
+        assert tags["dvc_exp_name"] == "eight-trials"
+        assert tags["mlflow.source.git.commit"] == head
+    assert "eight-trials" in dvc(project, "exp", "show", "--json").stdout
+
+    dvc(project, "exp", "run", "-S", "tune.n_trials=3", "--name", "three-trials")
+    cut = trial_records(project)
+    finished = [i for i, record in enumerate(committed) if record[1] in ("COMPLETE", "PRUNED")]
+    assert cut == committed[: finished[2] + 1]  # the first trials holding 3 finished ones
+
+    run(project, "git", "checkout", "--", "params.yaml", "dvc.lock")
+    dvc(project, "repro")
+    assert trial_records(project) == committed
+    assert (project / "outputs/model.ubj").read_bytes() == committed_model
+    assert _finished_at(project) == grown, "no trial ran after the 8-trial experiment"
+    assert len(_trial_runs(project, results)) == len(grown)

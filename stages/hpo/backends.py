@@ -4,7 +4,7 @@ Each setting is the variable its own tool already reads, so nothing new is inven
 params.yaml stays about the experiment:
 
 * DASK_SCHEDULER_ADDRESS (Dask): trials run on that cluster; unset, on local threads.
-* OPTUNA_STORAGE (Optuna's CLI): the study lives in that database; unset, outputs/optuna_study.db.
+* OPTUNA_STORAGE (Optuna's CLI): the study lives in that database; unset, outputs/optuna_store.db.
 * MLFLOW_TRACKING_URI (MLflow): runs go to that server or database; unset, outputs/mlflow.db.
 
 None of them is part of the study's identity or a DVC dependency: where a study runs never
@@ -23,7 +23,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 from hpo.errors import PipelineError
-from hpo.paths import STUDY_DB
+from hpo.paths import STUDY_DB, STUDY_STORE
 
 DASK_VAR = "DASK_SCHEDULER_ADDRESS"
 STORAGE_VAR = "OPTUNA_STORAGE"
@@ -143,13 +143,18 @@ def _storage_url(value: str | None) -> URL | None:
 
 
 def _sqlite_file(url: URL, value: str) -> URL | None:
-    """A SQLite study file; None for the default file itself (no copy needed)."""
+    """A SQLite study store; None for the default store itself."""
     if not url.database or url.database == ":memory:":
         raise PipelineError(f"{STORAGE_VAR}: a SQLite study needs a file path, got {value!r}")
     path = Path(url.database)
     if not path.parent.is_dir():
         raise PipelineError(f"{STORAGE_VAR}: folder {path.parent} does not exist")
     if path.resolve() == STUDY_DB.resolve():
+        raise PipelineError(
+            f"{STORAGE_VAR}: {STUDY_DB} is the tune stage's output, rewritten by every run; "
+            f"name another file, or unset it for the default store {STUDY_STORE}"
+        )
+    if path.resolve() == STUDY_STORE.resolve():
         return None
     return url
 

@@ -29,9 +29,6 @@ from hpo.cv import CVResult, CVTrial, Fold, make_folds
 from hpo.search import make_pruner
 from hpo.xgb_params import N_ROUNDS, booster_params
 
-# The error of a trial that was running when its process died or was interrupted.
-INTERRUPTED = "interrupted"
-
 # A completed trial as its pruner sees it: (objective value, {step: intermediate value}).
 PrunerEvidence = tuple[float, dict[int, float]]
 
@@ -131,13 +128,6 @@ class TrialOutcome:
             trial.user_attrs.get("error"),
             _timestamp(trial.datetime_start),
             _timestamp(trial.datetime_complete),
-        )
-
-    @classmethod
-    def interrupted(cls, trial: FrozenTrial | optuna.Trial) -> TrialOutcome:
-        started = _timestamp(getattr(trial, "datetime_start", None))
-        return cls(
-            trial.number, trial.params, TrialState.FAIL, None, {}, INTERRUPTED, started, time.time()
         )
 
     @classmethod

@@ -11,6 +11,9 @@ TRAIN_CSV = PREPARED / "train.csv"
 TEST_CSV = PREPARED / "test.csv"
 
 OUTPUTS = Path("outputs")
+# Every study tune has run, kept across runs and experiments (not a DVC output: DVC deletes
+# or restores outputs); STUDY_DB, the stage's output, is a copy of this run's trials.
+STUDY_STORE = OUTPUTS / "optuna_store.db"
 STUDY_DB = OUTPUTS / "optuna_study.db"
 TUNE_SUMMARY = OUTPUTS / "tune_summary.json"
 MODEL = OUTPUTS / "model.ubj"

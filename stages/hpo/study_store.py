@@ -1,8 +1,8 @@
-"""The Optuna study's storage: SQLite in outputs/ by default, or the database in OPTUNA_STORAGE.
+"""The Optuna study store: SQLite in outputs/optuna_store.db by default, or OPTUNA_STORAGE.
 
-Either way the study is named by its configuration, opened safely for several writers, and
-the tune stage leaves outputs/optuna_study.db as its DVC output: the study itself, or a copy
-of it taken from the shared database when the study lives there.
+Either way a study is named by what shapes its trials, opened safely for several writers,
+and kept across runs and experiments; the tune stage leaves outputs/optuna_study.db, its
+DVC output, as a copy of the trials this run's budget takes from the study.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Any
 import optuna
 import sqlalchemy
 from optuna.storages import RDBStorage
+from optuna.trial import FrozenTrial
 from sqlalchemy.engine import URL
 
 from hpo.backends import STORAGE_VAR, redact, scrub
@@ -150,16 +151,21 @@ def _advisory_lock(engine: sqlalchemy.Engine) -> Iterator[None]:
             connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), key)
 
 
-def copy_to_file(storage: RDBStorage, name: str, path: Path) -> None:
-    """Replace `path` with a SQLite copy of the study: the DVC output when the study lives
-    elsewhere. Written beside it and renamed, so a reader never sees half a copy. Call it
-    under `study_lock`: two tune processes sharing the study finish one after the other."""
+def write_study_file(study: optuna.Study, trials: list[FrozenTrial], path: Path) -> None:
+    """Replace `path` with a SQLite study holding `trials`: the stage's DVC output, the run's
+    first trials taken from a store that may hold more. Written beside it and renamed, so a
+    reader never sees half a file."""
     for stale in path.parent.glob(path.name + ".partial*"):  # left by a killed copy
         stale.unlink()
     partial = path.with_name(f"{path.name}.partial-{os.getpid()}")
     target = open_storage(partial)
     try:
-        optuna.copy_study(from_study_name=name, from_storage=storage, to_storage=target)
+        copy = optuna.create_study(
+            storage=target, study_name=study.study_name, direction="minimize"
+        )
+        for key, value in study.user_attrs.items():
+            copy.set_user_attr(key, value)
+        copy.add_trials(trials)
     finally:
         close_storage(target)
     for suffix in ("-wal", "-shm"):

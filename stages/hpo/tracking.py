@@ -197,6 +197,7 @@ def close_study_run(client: MlflowClient, run_id: str, summary: dict[str, Any]) 
     values = {
         "best_cv_mse": summary["best_cv_mse"],
         "best_cv_rmse": summary["best_cv_mse"] ** 0.5,
+        "trial_budget": summary["trial_budget"],
         "trials_complete": counts["complete"],
         "trials_pruned": counts["pruned"],
         "trials_failed": counts["failed"],

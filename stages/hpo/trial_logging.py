@@ -12,7 +12,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo.evaluation import INTERRUPTED, TrialOutcome
+from hpo.evaluation import TrialOutcome
 
 _RUN_STATUS = {
     TrialState.COMPLETE: "FINISHED",
@@ -71,8 +71,7 @@ class StudyRecorder:
             metrics=metrics,
             params=[Param(k, str(v)) for k, v in trial.params.items()],
         )
-        status = "KILLED" if outcome.error == INTERRUPTED else _RUN_STATUS[trial.state]
-        self._client.set_terminated(run_id, status, end_time=timestamp)
+        self._client.set_terminated(run_id, _RUN_STATUS[trial.state], end_time=timestamp)
 
 
 def _curve(outcome: TrialOutcome) -> dict[int, float]:

@@ -1,4 +1,4 @@
-"""Parallel Optuna trials whose sequence does not depend on timing, and that survive crashes.
+"""Parallel Optuna trials whose sequence depends on neither timing, budget nor crashes.
 
 Optuna's own `n_jobs` lets each thread ask the sampler whenever it is free, so what the
 sampler and the pruner see depends on which trial happened to finish first. Here the main
@@ -7,24 +7,31 @@ thread is the only one that touches the study, and it follows a fixed protocol:
 * trials are asked in number order, each with a sampler seeded by (seed + trial number);
 * at most `window = parallel_trials + lookahead` trials are asked and not yet told; trial k is
   asked only after trial k - window has been told, and trials are told in number order;
-* a trial prunes against a snapshot of the trials that were complete when it was asked, not
-  against whatever completes meanwhile.
+* trial k's sampler sees trials 0..k-window finished and the later ones running, and its
+  pruner compares it with the complete trials among 0..k-window (protocol_view.py).
 
-So the sampler's and pruner's inputs for trial k are a function of trials 0..k-window alone,
-and two runs with the same params produce the same trials, whatever executes them: local
-threads or a Dask cluster of any size (executors.py) only change how fast trials come back.
+So trial k is a function of the settings and of k alone. Two runs with the same params give
+the same trials whatever executes them (local threads or a Dask cluster of any size only
+change how fast trials come back); a study of N trials is the first N trials of any longer
+one, so raising `n_trials` runs only the new trials and lowering it runs none; and a run that
+was killed continues exactly as if it had not been.
 
-Crash safety: a trial that finishes before its turn to be told is saved at once in the study
-(user attribute `pending_outcome`), so a killed run loses no finished work. The next run tells
-such trials from what was saved and closes trials whose process is gone as FAIL
-("interrupted"); those do not use up the budget. Each asked trial carries its owner
-(host, pid), so a second tune process on the same study is not mistaken for a dead one, and
-the budget check and ask happen under a file lock, so the trial count stays exact.
+The driver walks the study in number order and, for each place, takes what the storage
+already holds: a finished trial is replayed into the protocol without being evaluated; a
+trial that another live tune process runs is waited for; a trial whose process died is taken
+over and evaluated again with the same params (or told from its saved outcome); only past the
+end of the stored trials are new trials asked. A trial that finishes before its turn to be
+told is saved at once in the study (user attribute `pending_outcome`), so a killed run loses
+no finished work. Each asked trial carries its owner (host, pid, start time), and the budget
+check and ask happen under the study lock, so processes sharing a study never ask a trial
+twice. No library offers this: Optuna's samplers read the live storage, and its
+`RetryFailedTrialCallback` re-asks failed trials under new numbers.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
 import socket
 import threading
@@ -43,21 +50,20 @@ from optuna.trial import FrozenTrial, TrialState
 from hpo.errors import PipelineError
 from hpo.evaluation import TrialOutcome, TrialTask
 from hpo.executors import TrialExecutor
+from hpo.protocol_view import ProtocolView, SamplerFactory
 
-SamplerFactory = Callable[[int], optuna.samplers.BaseSampler]
 # (trial number, sampled params, completed trials for its pruner) -> the task to evaluate
 TaskFactory = Callable[[int, dict[str, Any], list[FrozenTrial]], TrialTask]
 
 # Trial user attributes: who runs the trial, and its outcome while it waits for its turn.
 OWNER_ATTR = "owner"
 PENDING_ATTR = "pending_outcome"
-# Study user attributes, summed over the sessions that ran trials (a resumed study adds up):
-# wall time, and the main thread's time in the sampler, the study storage and MLflow: its wall
-# time (which includes waiting for a core that XGBoost holds) and its CPU time (what it takes
-# away from the fits).
-OPTIMIZATION_TIME_ATTR = "optimization_time_seconds"
-MAIN_THREAD_TIME_ATTR = "main_thread_seconds"
-MAIN_THREAD_CPU_ATTR = "main_thread_cpu_seconds"
+# Trial user attribute: the study's tuning time when the trial was told, summed over the
+# sessions before it: wall time, and the main thread's time in the sampler, the study storage
+# and MLflow - its wall time (which includes waiting for a core that XGBoost holds) and its
+# CPU time (what it takes away from the fits). A study of N trials took the clock of its
+# last trial, however long the study has grown since.
+CLOCK_ATTR = "tune_clock"
 # Seconds between checks while waiting for workers, for another process's trials or for a
 # stop request.
 POLL_S = 0.5
@@ -75,18 +81,35 @@ class TrialRecorder(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class TuneClock:
+    wall_s: float = 0.0
+    main_s: float = 0.0
+    main_cpu_s: float = 0.0
+
+    @classmethod
+    def of(cls, trial: FrozenTrial) -> TuneClock:
+        return cls(**trial.user_attrs.get(CLOCK_ATTR, {}))
+
+    def latest(self, other: TuneClock) -> TuneClock:
+        return TuneClock(
+            max(self.wall_s, other.wall_s),
+            max(self.main_s, other.main_s),
+            max(self.main_cpu_s, other.main_cpu_s),
+        )
+
+
 @dataclass
 class Progress:
-    """Counts by final state, and the best value so far."""
+    """The study's first trials in number order, as far as the protocol has told them."""
 
     n_trials: int
+    trials: list[FrozenTrial] = field(default_factory=list)
     complete: int = 0
     pruned: int = 0
     failed: int = 0
-    best_value: float | None = None
     best_number: int | None = None
     told_this_session: int = 0
-    failed_this_session: int = 0
     main_thread_seconds: float = 0.0
     main_thread_cpu_seconds: float = 0.0
 
@@ -105,32 +128,66 @@ class Progress:
         """Trials that use up the budget: failed ones do not."""
         return self.complete + self.pruned
 
+    @property
+    def best_trial(self) -> FrozenTrial | None:
+        return None if self.best_number is None else self.trials[self.best_number]
+
+    @property
+    def clock(self) -> TuneClock:
+        """The study's tuning time when the last of these trials was told."""
+        latest = TuneClock()
+        for trial in self.trials:
+            latest = latest.latest(TuneClock.of(trial))
+        return latest
+
     def add(self, trial: FrozenTrial) -> None:
+        assert trial.number == len(self.trials), "trials are added in number order"
+        self.trials.append(trial)
         if trial.state == TrialState.COMPLETE:
             self.complete += 1
-            if self.best_value is None or trial.value < self.best_value:
-                self.best_value, self.best_number = trial.value, trial.number
+            best = self.best_trial
+            if best is None or trial.value < best.value:
+                self.best_number = trial.number
         elif trial.state == TrialState.PRUNED:
             self.pruned += 1
         elif trial.state == TrialState.FAIL:
             self.failed += 1
 
+    def budget_left(self, n_in_flight: int) -> bool:
+        """Whether one more trial may be asked beside `n_in_flight` asked and not yet told.
+
+        Failed trials do not use up the budget, but an always-failing objective must end.
+        """
+        return max(self.finished, self.failed) + n_in_flight < self.n_trials
+
     def line(self, trial: FrozenTrial) -> str:
         value = "" if trial.value is None else f" mse={trial.value:.5f}"
-        best = "-"
-        if self.best_value is not None:
-            best = f"{self.best_value:.5f} (trial {self.best_number})"
+        best = self.best_trial
+        best_text = "-" if best is None else f"{best.value:.5f} (trial {best.number})"
         return (
             f"trial {trial.number:>3} {trial.state.name:<8}{value:<16} | done {self.finished}/"
-            f"{self.n_trials}, pruned {self.pruned}, failed {self.failed} | best {best}"
+            f"{self.n_trials}, pruned {self.pruned}, failed {self.failed} | best {best_text}"
         )
 
 
 @dataclass
-class _InFlight:
-    trial: optuna.Trial
-    future: Future[TrialOutcome]
+class _Slot:
+    """A trial between its place in the protocol and its turn to be told.
+
+    Ours when `future` is set; already finished in the storage when `stored` is; otherwise
+    another live process runs it and the slot waits for its result in the storage.
+    """
+
+    number: int
+    trial: optuna.Trial | None = None
+    future: Future[TrialOutcome] | None = None
+    stored: FrozenTrial | None = None
     saved: bool = False  # its outcome is in PENDING_ATTR
+    # Steps the storage holds already: a tell that failed half-way reported them.
+    reported: dict[int, float] = field(default_factory=dict)
+
+    def ready(self) -> bool:
+        return self.stored is not None or (self.future is not None and self.future.done())
 
 
 @dataclass
@@ -150,59 +207,57 @@ class StudyRunner:
     # Set from a signal handler. Checked at safe points only: a KeyboardInterrupt raised in the
     # middle of a SQLite transaction would leave the database locked for the cleanup.
     stop: threading.Event = field(default_factory=threading.Event)
+    _finished: dict[int, FrozenTrial] = field(default_factory=dict, init=False)
+    _clock_base: TuneClock = field(default_factory=TuneClock, init=False)
+    _started: float = field(default=0.0, init=False)
 
     def run(self) -> Progress:
-        """Run trials until n_trials are COMPLETE or PRUNED; resume what the study holds."""
+        """Walk the protocol until n_trials trials are COMPLETE or PRUNED; return that prefix."""
         with self.ask_lock():
-            self._recover_orphans()
             self._record_missing()
-        progress = self._progress_from_storage()
-        if progress.finished:
-            self.log(f"resuming study {self.study.study_name}: {progress.finished} trials done")
-        started = time.perf_counter()
+            stored = self.study.get_trials(deepcopy=False)
+        self._finished = {t.number: t for t in stored if t.state.is_finished()}
+        for trial in stored:
+            self._clock_base = self._clock_base.latest(TuneClock.of(trial))
+        if stored:
+            self.log(f"study {self.study.study_name}: {len(stored)} trials stored")
         window = self.parallel_trials + self.lookahead
-        in_flight: deque[_InFlight] = deque()
+        view = ProtocolView(self.distributions, self.make_sampler, window)
+        progress = Progress(self.n_trials)
+        self._started = time.perf_counter()
+        in_flight: deque[_Slot] = deque()
         try:
             while True:
                 if self.stop.is_set():
                     raise TuningInterruptedError
-                while len(in_flight) < window:
+                while len(in_flight) < window and progress.budget_left(len(in_flight)):
                     with progress.main_thread_work(), self.ask_lock():
-                        asked = self._ask_within_budget(progress, len(in_flight))
-                    if asked is None:
-                        break
-                    trial, completed = asked
-                    in_flight.append(_InFlight(trial, self._submit(trial, completed)))
+                        in_flight.append(self._open(view))
                 if not in_flight:
-                    if not self._others_running():
-                        break
-                    time.sleep(POLL_S)  # another process owns the remaining trials
-                    with self.ask_lock():
-                        self._recover_orphans()
+                    break
+                if not self._wait_for_head(in_flight, view, progress):
                     continue
-                if not self._wait_for_head(in_flight, progress):
-                    continue
-                # Told while still in flight: if telling fails, the interrupt path retries it.
                 head = in_flight[0]
-                # Under the lock: another process's recovery must not record it twice.
-                with progress.main_thread_work(), self.ask_lock():
-                    frozen = self._tell(head.trial, head.future.result())
+                if head.stored is None:
+                    # Told while still in flight: if telling fails, the interrupt path retries.
+                    # Under the lock: another process's recovery must not record it twice.
+                    with progress.main_thread_work(), self.ask_lock():
+                        current = self._stored_trial(head.number)
+                        if current.state.is_finished():  # a driver that took it over told it
+                            head.stored = current
+                        else:
+                            head.stored = self._tell(head, progress)
+                            progress.told_this_session += 1
                 in_flight.popleft()
-                progress.add(frozen)
-                progress.told_this_session += 1
-                progress.failed_this_session += frozen.state == TrialState.FAIL
-                self.log(progress.line(frozen))
+                view.tell(head.stored)
+                progress.add(head.stored)
+                if head.future is not None:
+                    self.log(progress.line(head.stored))
         except BaseException:
             self.executor.shutdown(cancel=True)
-            self._close_after_interrupt(in_flight)
+            self._keep_after_interrupt(in_flight, progress)
             raise
         self.executor.shutdown()
-        if progress.told_this_session:
-            with self.ask_lock():  # read-modify-write: another process may add its own time
-                self._add_time(OPTIMIZATION_TIME_ATTR, time.perf_counter() - started)
-                self._add_time(MAIN_THREAD_TIME_ATTR, progress.main_thread_seconds)
-                self._add_time(MAIN_THREAD_CPU_ATTR, progress.main_thread_cpu_seconds)
-        progress = self._progress_from_storage()
         if progress.finished < self.n_trials:
             self.log(
                 f"warning: only {progress.finished} of {self.n_trials} trials finished; "
@@ -215,104 +270,157 @@ class StudyRunner:
             )
         return progress
 
-    def _progress_from_storage(self) -> Progress:
-        progress = Progress(self.n_trials)
-        for trial in self.study.get_trials(deepcopy=False):
-            progress.add(trial)
-        return progress
+    def _open(self, view: ProtocolView) -> _Slot:
+        """The protocol's next trial: replayed, waited for, taken over, or asked anew."""
+        number = view.n_trials
+        stored = self._stored_trial(number)
+        if stored is None:
+            params = view.sample()
+            return self._submit(self._create_trial(params), params, view)
+        view.add_running(stored)
+        if stored.state.is_finished():
+            return _Slot(number, stored=stored)
+        if _is_alive(stored.user_attrs.get(OWNER_ATTR)):
+            return _Slot(number)
+        return self._take_over(stored, view)
 
-    def _ask_within_budget(
-        self, progress: Progress, n_in_flight: int
-    ) -> tuple[optuna.Trial, list[FrozenTrial]] | None:
-        """Ask the next trial unless finished + running trials (of any process) fill the budget.
-
-        Returns the trial and the completed trials its pruner may compare against.
-        """
-        # Failed trials do not use up the budget, but an always-failing objective must end.
-        if progress.failed_this_session + n_in_flight >= self.n_trials:
+    def _stored_trial(self, number: int) -> FrozenTrial | None:
+        """Trial `number` as the storage has it now (finished trials never change)."""
+        if number in self._finished:
+            return self._finished[number]
+        storage = self.study._storage  # Optuna has no public accessor for it
+        try:
+            trial_id = storage.get_trial_id_from_study_id_trial_number(self.study._study_id, number)
+        except KeyError:
             return None
-        trials = self.study.get_trials(deepcopy=False)
-        states = [t.state for t in trials]
-        used = sum(
-            states.count(s) for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+        trial = storage.get_trial(trial_id)
+        if trial.state.is_finished():
+            self._finished[number] = trial
+        return trial
+
+    def _create_trial(self, params: dict[str, Any]) -> optuna.Trial:
+        """A running trial with the given params, owned by this process, in one write."""
+        template = FrozenTrial(
+            number=-1,
+            state=TrialState.RUNNING,
+            value=None,
+            datetime_start=datetime.datetime.now(),
+            datetime_complete=None,
+            params=params,
+            distributions={name: self.distributions[name] for name in params},
+            user_attrs={OWNER_ATTR: _this_process()},
+            system_attrs={},
+            intermediate_values={},
+            trial_id=-1,
         )
-        if used >= self.n_trials:
-            return None
-        snapshot = [t for t in trials if t.state == TrialState.COMPLETE]
-        self.study.sampler = self.make_sampler(len(trials))
-        trial = self.study.ask(self.distributions)
-        trial.set_user_attr(OWNER_ATTR, _this_process())
-        return trial, snapshot
+        storage = self.study._storage  # Optuna has no public accessor for it
+        trial_id = storage.create_new_trial(self.study._study_id, template_trial=template)
+        return optuna.Trial(self.study, trial_id)
 
-    def _submit(self, trial: optuna.Trial, completed: list[FrozenTrial]) -> Future[TrialOutcome]:
-        task = self.make_task(trial.number, trial.params, completed)
+    def _take_over(self, stored: FrozenTrial, view: ProtocolView) -> _Slot:
+        """A trial whose process died: tell its saved outcome, or evaluate it again."""
+        trial = optuna.Trial(self.study, stored._trial_id)
+        trial.set_user_attr(OWNER_ATTR, _this_process())
+        saved = stored.user_attrs.get(PENDING_ATTR)
+        if saved is None:
+            self.log(f"trial {stored.number} was left running by a stopped run: evaluating it")
+            slot = self._submit(trial, stored.params, view)
+        else:
+            self.log(f"trial {stored.number} was left running by a stopped run: telling it")
+            future: Future[TrialOutcome] = Future()
+            future.set_result(TrialOutcome.from_json(saved))
+            slot = _Slot(stored.number, trial, future, saved=True)
+        slot.reported = dict(stored.intermediate_values)
+        return slot
+
+    def _submit(self, trial: optuna.Trial, params: dict[str, Any], view: ProtocolView) -> _Slot:
+        task = self.make_task(trial.number, params, view.completed_for(trial.number))
         try:
             self.fault_hook(trial.number)
         except Exception as exc:  # the test hook's failing trial never reaches the executor
             failed: Future[TrialOutcome] = Future()
             failed.set_result(TrialOutcome.failed(task, exc))
-            return failed
-        return self.executor.submit(task)
+            return _Slot(trial.number, trial, failed)
+        return _Slot(trial.number, trial, self.executor.submit(task))
 
-    def _wait_for_head(self, in_flight: deque[_InFlight], progress: Progress) -> bool:
-        """Wait a little for the oldest trial; save any trial that finished out of turn."""
-        running = [item.future for item in in_flight if not item.future.done()]
-        if running and not in_flight[0].future.done():
-            wait(running, timeout=POLL_S, return_when=FIRST_COMPLETED)
-        for item in list(in_flight)[1:]:
-            if item.future.done() and not item.saved and item.future.exception() is None:
-                with progress.main_thread_work():
-                    item.trial.set_user_attr(PENDING_ATTR, item.future.result().to_json())
-                item.saved = True
-        return in_flight[0].future.done()
+    def _wait_for_head(
+        self, in_flight: deque[_Slot], view: ProtocolView, progress: Progress
+    ) -> bool:
+        """Wait a little for the oldest trial; save any trial of ours that finished out of turn."""
+        head = in_flight[0]
+        if not head.ready():
+            running = [s.future for s in in_flight if s.future is not None and not s.future.done()]
+            if running:
+                wait(running, timeout=POLL_S, return_when=FIRST_COMPLETED)
+            else:
+                time.sleep(POLL_S)
+        if head.future is None and head.stored is None:  # another process's trial
+            with progress.main_thread_work(), self.ask_lock():
+                self._poll_foreign(in_flight, view)
+        for slot in list(in_flight)[1:]:
+            if slot.future is not None and slot.future.done() and not slot.saved:
+                if slot.future.exception() is None:
+                    with progress.main_thread_work():
+                        slot.trial.set_user_attr(PENDING_ATTR, slot.future.result().to_json())
+                slot.saved = True
+        return in_flight[0].ready()
 
-    def _tell(self, trial: optuna.Trial, outcome: TrialOutcome) -> FrozenTrial:
+    def _poll_foreign(self, in_flight: deque[_Slot], view: ProtocolView) -> None:
+        """The head trial of another process: take its result, or take it over if it died."""
+        head = in_flight[0]
+        current = self._stored_trial(head.number)
+        if current.state.is_finished():
+            head.stored = current
+        elif not _is_alive(current.user_attrs.get(OWNER_ATTR)):
+            in_flight[0] = self._take_over(current, view)
+
+    def _clock_now(self, progress: Progress) -> TuneClock:
+        """The study's tuning time so far: earlier sessions' plus this one's."""
+        return TuneClock(
+            self._clock_base.wall_s + time.perf_counter() - self._started,
+            self._clock_base.main_s + progress.main_thread_seconds,
+            self._clock_base.main_cpu_s + progress.main_thread_cpu_seconds,
+        )
+
+    def _tell(self, slot: _Slot, progress: Progress) -> FrozenTrial:
+        trial, outcome = slot.trial, slot.future.result()
         for step, value in outcome.reported.items():
-            trial.report(value, step)
+            if step not in slot.reported:
+                trial.report(value, step)
         if outcome.result is not None and outcome.state == TrialState.COMPLETE:
             trial.set_user_attr("fold_mse", outcome.result.fold_mse)
             trial.set_user_attr("fold_r2", outcome.result.fold_r2)
         if outcome.error is not None:
             trial.set_user_attr("error", outcome.error)
+        clock = self._clock_now(progress)
+        trial.set_user_attr(CLOCK_ATTR, {k: round(v, 3) for k, v in vars(clock).items()})
         frozen = self.study.tell(trial, outcome.value, state=outcome.state)
         self.recorder.record(frozen, outcome)
         return frozen
 
-    def _close_after_interrupt(self, in_flight: deque[_InFlight]) -> None:
-        """Tell what finished, in order; close the rest as interrupted, in Optuna and MLflow.
+    def _keep_after_interrupt(self, in_flight: deque[_Slot], progress: Progress) -> None:
+        """Tell what finished; leave the rest running, for the next run to evaluate again.
 
         A trial already told (its record may have failed) is left alone: the next run's
         `_record_missing` writes a missing record. A finished trial that cannot be told now
-        is saved in PENDING_ATTR, for the next run's `_recover_orphans`.
+        is saved in PENDING_ATTR, for the next run to tell.
         """
-        running = {item.trial.number for item in in_flight}
-        with contextlib.suppress(Exception):
-            running = self._running_numbers()
-        for item in in_flight:
-            if item.trial.number not in running:
+        for slot in in_flight:
+            future = slot.future
+            if slot.stored is not None or future is None or not future.done():
                 continue
-            future = item.future
-            finished = future.done() and not future.cancelled() and future.exception() is None
-            outcome = future.result() if finished else TrialOutcome.interrupted(item.trial)
+            if future.cancelled() or future.exception() is not None:
+                continue
             try:
                 with self.ask_lock():
-                    self._tell(item.trial, outcome)
+                    current = self._stored_trial(slot.number)
+                    if current.state == TrialState.RUNNING:
+                        slot.reported = dict(current.intermediate_values)
+                        self._tell(slot, progress)
             except Exception:  # never mask the interrupt; keep a finished result for the next run
-                if finished and not item.saved:
+                if not slot.saved:
                     with contextlib.suppress(Exception):
-                        item.trial.set_user_attr(PENDING_ATTR, outcome.to_json())
-
-    def _recover_orphans(self) -> None:
-        """Trials left RUNNING by a dead process: tell the saved outcome, or close as FAIL."""
-        for frozen in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if _is_alive(frozen.user_attrs.get(OWNER_ATTR)):
-                continue
-            trial = optuna.Trial(self.study, frozen._trial_id)
-            saved = frozen.user_attrs.get(PENDING_ATTR)
-            outcome = TrialOutcome.from_json(saved) if saved else TrialOutcome.interrupted(frozen)
-            self._tell(trial, outcome)
-            how = "recovered its saved result" if saved else "marked FAIL (interrupted)"
-            self.log(f"trial {frozen.number} was left running by a stopped run: {how}")
+                        slot.trial.set_user_attr(PENDING_ATTR, future.result().to_json())
 
     def _record_missing(self) -> None:
         """Record finished trials whose record was lost (killed between tell and record)."""
@@ -321,18 +429,6 @@ class StudyRunner:
             if trial.state.is_finished() and trial.number not in recorded:
                 self.recorder.record(trial, TrialOutcome.from_frozen(trial))
                 self.log(f"trial {trial.number} had no MLflow run: recorded it")
-
-    def _others_running(self) -> bool:
-        return bool(self._running_numbers())
-
-    def _running_numbers(self) -> set[int]:
-        return {
-            t.number for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        }
-
-    def _add_time(self, attr: str, seconds: float) -> None:
-        previous = self.study.user_attrs.get(attr, 0.0)
-        self.study.set_user_attr(attr, round(previous + seconds, 3))
 
 
 def _this_process() -> dict[str, Any]:
@@ -368,11 +464,12 @@ def _is_alive(owner: dict[str, Any] | None) -> bool:
     return owner.get("started") is None or owner.get("started") == _start_time(pid)
 
 
-def summarize(study: optuna.Study, progress: Progress) -> dict[str, Any]:
-    """The study's outcome as the tune stage writes it (tune_summary.json)."""
-    best = study.best_trial
+def summarize(study_name: str, progress: Progress) -> dict[str, Any]:
+    """The outcome of the study's first trials as the tune stage writes it (tune_summary.json)."""
+    best, clock = progress.best_trial, progress.clock
     return {
-        "study_name": study.study_name,
+        "study_name": study_name,
+        "trial_budget": progress.n_trials,
         "best_trial_number": best.number,
         "best_cv_mse": best.value,
         "best_params": best.params,
@@ -381,9 +478,9 @@ def summarize(study: optuna.Study, progress: Progress) -> dict[str, Any]:
             "pruned": progress.pruned,
             "failed": progress.failed,
         },
-        "optimization_time_seconds": study.user_attrs.get(OPTIMIZATION_TIME_ATTR, 0.0),
-        "main_thread_seconds": study.user_attrs.get(MAIN_THREAD_TIME_ATTR, 0.0),
-        "main_thread_cpu_seconds": study.user_attrs.get(MAIN_THREAD_CPU_ATTR, 0.0),
+        "optimization_time_seconds": clock.wall_s,
+        "main_thread_seconds": clock.main_s,
+        "main_thread_cpu_seconds": clock.main_cpu_s,
     }
 
 

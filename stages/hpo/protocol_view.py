@@ -1,0 +1,95 @@
+"""The study as the ask/tell protocol defines it for the next trial, not as the storage holds it.
+
+Trial k is asked once trial k - window is told, and trials are told in number order; so when
+trial k is asked, trials 0..k-window are finished and the later ones are running. That is the
+history its sampler (TPE with constant liar reads the running trials too) and its pruner must
+see, whether the study is being run for the first time, resumed after a crash, grown from an
+earlier budget or walked by a second tune process. The storage cannot show it: there, trials
+beyond k may exist and the running ones may have finished long ago. So the driver keeps this
+in-memory copy, adds trials in number order and tells them in number order, and asks the
+sampler against it.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Callable
+from typing import Any
+
+import optuna
+from optuna.distributions import BaseDistribution
+from optuna.storages import InMemoryStorage
+from optuna.trial import FrozenTrial, TrialState
+
+SamplerFactory = Callable[[int], optuna.samplers.BaseSampler]
+
+
+class ProtocolView:
+    """Trial k's view of the study: trials 0..k-window finished, k-window+1..k-1 running.
+
+    It depends on k alone, not on when trial k is asked: a budget that holds an ask back
+    until a failed trial makes room, or a resumed run that asks late, sees the same trials.
+    """
+
+    def __init__(
+        self,
+        distributions: dict[str, BaseDistribution],
+        make_sampler: SamplerFactory,
+        window: int,
+    ) -> None:
+        self._distributions = distributions
+        self._make_sampler = make_sampler
+        self._window = window
+        self._storage = InMemoryStorage()
+        self._study = optuna.create_study(storage=self._storage, direction="minimize")
+        self._study_id = self._study._study_id
+        self._told: list[FrozenTrial] = []  # in number order
+        self._applied = 0  # told trials the in-memory study shows as finished
+        self.n_trials = 0  # trials added so far: the number the next trial gets
+
+    def sample(self) -> dict[str, Any]:
+        """Params for the next trial from a sampler seeded by its number; it is then running."""
+        self._show_finished(self.n_trials - self._window)
+        self._study.sampler = self._make_sampler(self.n_trials)
+        self.n_trials += 1
+        return self._study.ask(self._distributions).params
+
+    def add_running(self, trial: FrozenTrial) -> None:
+        """Add an existing trial (asked by an earlier run or another process) as running."""
+        template = FrozenTrial(
+            number=-1,
+            state=TrialState.RUNNING,
+            value=None,
+            datetime_start=datetime.datetime.now(),
+            datetime_complete=None,
+            params=trial.params,
+            distributions=trial.distributions,
+            user_attrs={},
+            system_attrs={},
+            intermediate_values={},
+            trial_id=-1,
+        )
+        self._storage.create_new_trial(self._study_id, template_trial=template)
+        self.n_trials += 1
+
+    def tell(self, trial: FrozenTrial) -> None:
+        """The final record of the oldest trial not yet told (trials are told in number order)."""
+        assert trial.number == len(self._told), "trials are told in number order"
+        self._told.append(trial)
+
+    def completed_for(self, number: int) -> list[FrozenTrial]:
+        """The complete trials that trial `number`'s pruner compares against."""
+        seen = self._told[: max(0, number - self._window + 1)]
+        return [t for t in seen if t.state == TrialState.COMPLETE]
+
+    def _show_finished(self, last: int) -> None:
+        """Show the told trials up to number `last` as finished, as trial last + window sees."""
+        for trial in self._told[self._applied : last + 1]:
+            trial_id = self._storage.get_trial_id_from_study_id_trial_number(
+                self._study_id, trial.number
+            )
+            for step, value in trial.intermediate_values.items():
+                self._storage.set_trial_intermediate_value(trial_id, step, value)
+            values = None if trial.value is None else [trial.value]
+            self._storage.set_trial_state_values(trial_id, trial.state, values)
+            self._applied += 1
