@@ -473,7 +473,7 @@ def run_cell(
             cell.wall_s = time.perf_counter() - wall
             cell.main_cpu_s = time.thread_time() - cpu
             cell.other_threads_cpu_s = time.process_time() - process - cell.main_cpu_s
-            summary = summarize(study, progress)
+            summary = summarize(study.study_name, progress)
             cell.mlflow_runs = len(recorder.recorded_numbers()) - prefill
         finally:
             executor.shutdown(cancel=True)
@@ -517,15 +517,9 @@ def run_cell(
 _HPO, _OPTUNA, _BENCH = "stages/hpo/", "optuna/", "bench_driver.py"
 WAIT = "wait for workers (futures.wait; wall, not CPU)"
 _TPE = _OPTUNA + "samplers/_tpe/sampler.py"
-_ASK_BUDGET = (_HPO + "tuning.py", "_ask_within_budget")
-_OWN_ASK = "ask: budget check's own scans (states, snapshot list)"
+_VIEW_ASK = "ask: in-memory protocol view (study.ask on it, but TPE)"
 COMPONENTS: list[tuple[str, tuple[str, str], tuple[str, str] | None]] = [
-    (
-        "ask: budget check, study.get_trials()",
-        (_OPTUNA + "study/study.py", "get_trials"),
-        _ASK_BUDGET,
-    ),
-    (_OWN_ASK, _ASK_BUDGET, None),
+    ("ask: is trial k stored? (_stored_trial)", (_HPO + "tuning.py", "_stored_trial"), None),
     ("ask: TPESampler construction", (_HPO + "search.py", "make_sampler"), None),
     (
         "ask: TPE infer_relative_search_space (+trial read)",
@@ -534,12 +528,8 @@ COMPONENTS: list[tuple[str, tuple[str, str], tuple[str, str] | None]] = [
     ),
     ("ask: TPE sample_relative", (_TPE, "sample_relative"), None),
     ("ask: TPE before_trial", (_TPE, "before_trial"), None),
-    (
-        "ask: storage (new trial, 7 param writes, queue read)",
-        (_OPTUNA + "study/study.py", "ask"),
-        None,
-    ),
-    ("ask: set_user_attr(owner)", (_OPTUNA + "trial/_trial.py", "set_user_attr"), _ASK_BUDGET),
+    (_VIEW_ASK, (_HPO + "protocol_view.py", "sample"), None),
+    ("ask: storage (one new trial, one write)", (_HPO + "tuning.py", "_create_trial"), None),
     ("submit: TrialTask.build (snapshot)", (_HPO + "evaluation.py", "build"), None),
     ("submit: pickle the task (transport)", (_BENCH, "_encode"), None),
     (
@@ -548,12 +538,13 @@ COMPONENTS: list[tuple[str, tuple[str, str], tuple[str, str] | None]] = [
         (_HPO + "tuning.py", "_tell"),
     ),
     (
-        "tell: set_user_attr(fold_mse, fold_r2)",
+        "tell: set_user_attr(fold_mse, fold_r2, clock)",
         (_OPTUNA + "trial/_trial.py", "set_user_attr"),
         (_HPO + "tuning.py", "_tell"),
     ),
     ("tell: study.tell", (_OPTUNA + "study/study.py", "tell"), (_HPO + "tuning.py", "_tell")),
     ("tell: MLflow child run (StudyRecorder)", (_HPO + "trial_logging.py", "record"), None),
+    ("tell: protocol view", (_HPO + "protocol_view.py", "tell"), None),
     (
         "save out-of-turn outcome (pending_outcome)",
         (_OPTUNA + "trial/_trial.py", "set_user_attr"),
@@ -565,17 +556,11 @@ COMPONENTS: list[tuple[str, tuple[str, str], tuple[str, str] | None]] = [
         (_HPO + "tuning.py", "_wait_for_head"),
     ),
     ("file lock (ask_lock)", (_HPO + "study_store.py", "study_lock"), None),
-    ("start/end: progress from storage", (_HPO + "tuning.py", "_progress_from_storage"), None),
-    (
-        "start: recover orphans (first whole-study read)",
-        (_HPO + "tuning.py", "_recover_orphans"),
-        None,
-    ),
     ("start: record missing MLflow runs", (_HPO + "tuning.py", "_record_missing"), None),
 ]
-# Parts of `ask` that have their own line above, subtracted from the storage line.
-_ASK_STORAGE = "ask: storage (new trial, 7 param writes, queue read)"
-_ASK_PARTS = [label for label, (path, _name), _ in COMPONENTS if path == _TPE]
+# Parts of the view's ask that have their own line above, subtracted from its line.
+_VIEW_ASK_PARTS = [label for label, (path, _name), _ in COMPONENTS if path == _TPE]
+_VIEW_ASK_PARTS.append("ask: TPESampler construction")
 OTHER, TOTAL = "other (loop, progress line, ...)", "total: main-thread CPU"
 PROFILED = "(profiled wall time, before scaling)"
 
@@ -598,12 +583,7 @@ def breakdown(raw: dict[Any, Any]) -> dict[str, float]:
             else:
                 seconds += sum(edge[3] for who, edge in callers.items() if _matches(who, caller))
         result[label] = seconds
-    # _ask_within_budget holds the other ask lines; what remains is its own Python.
-    result[_OWN_ASK] -= sum(
-        result[label] for label, _target, caller in COMPONENTS if caller == _ASK_BUDGET
-    )
-    result[_OWN_ASK] -= result["ask: TPESampler construction"] + result[_ASK_STORAGE]
-    result[_ASK_STORAGE] -= sum(result[label] for label in _ASK_PARTS)
+    result[_VIEW_ASK] -= sum(result[label] for label in _VIEW_ASK_PARTS)
     total = sum(tt for _cc, _nc, tt, _ct, _callers in raw.values())  # all profiled time
     result[OTHER] = total - sum(result.values())
     result[TOTAL] = total

@@ -29,31 +29,17 @@ from contextlib import ExitStack
 from pathlib import Path
 from statistics import median
 
-import yaml
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
+from scratch_project import make_scratch_project, run  # noqa: E402
 from services import dask_scheduler, dask_worker  # noqa: E402
-
-PROJECT_FILES = ["dvc.yaml", "params.yaml", "stages", "data/raw"]
 
 
 def make_workdir(root: Path, n_trials: int) -> Path:
     """A copy of the project with `tune.n_trials` set, its prepare stage already run."""
-    workdir = root / "project"
-    for name in PROJECT_FILES:
-        source, target = REPO / name, workdir / name
-        if source.is_dir():
-            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, target)
-    params_file = workdir / "params.yaml"
-    params = yaml.safe_load(params_file.read_text())
-    params["tune"]["n_trials"] = n_trials
-    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
-    subprocess.run([sys.executable, "stages/prepare.py"], cwd=workdir, check=True)
+    workdir = make_scratch_project(root / "project", {"tune.n_trials": n_trials})
+    run(workdir, sys.executable, "stages/prepare.py")
     return workdir
 
 

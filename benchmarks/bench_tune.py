@@ -18,8 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,6 +30,7 @@ sys.path.insert(0, str(REPO / "stages"))
 import numpy as np  # noqa: E402
 import optuna  # noqa: E402
 import xgboost as xgb  # noqa: E402
+from scratch_project import make_scratch_project, run  # noqa: E402
 from sklearn.model_selection import KFold  # noqa: E402
 
 from hpo.config import load_params  # noqa: E402
@@ -93,28 +92,13 @@ def _suggest(trial: optuna.Trial, name: str, dist: optuna.distributions.BaseDist
 
 def pipeline_tune(n_trials: int, folds: int, workdir: Path) -> dict:
     """The real tune stage, through dvc, in a scratch git+DVC copy of the repository."""
-    project = workdir / "project"
-    project.mkdir()
-    for name in ("dvc.yaml", "params.yaml", "stages", "data/raw", ".dvcignore", ".gitignore"):
-        source, target = REPO / name, project / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if source.is_dir():
-            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(source, target)
-    text = (project / "params.yaml").read_text()
-    text = text.replace("n_trials: 100", f"n_trials: {n_trials}")
-    text = text.replace("cv_folds: 5", f"cv_folds: {folds}")
-    (project / "params.yaml").write_text(text)
-    env_path = f"{Path(sys.executable).parent}:{__import__('os').environ['PATH']}"
+    project = make_scratch_project(
+        workdir / "project", {"tune.n_trials": n_trials, "tune.cv_folds": folds}
+    )
 
     def sh(*args: str) -> float:
-        started = time.perf_counter()
-        subprocess.run(args, cwd=project, check=True, capture_output=True, env={"PATH": env_path})
-        return time.perf_counter() - started
+        return run(project, *args)
 
-    sh("git", "init", "-q")
-    sh(sys.executable, "-m", "dvc", "init", "-q")
     sh(sys.executable, "-m", "dvc", "repro", "prepare")
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     wall = sh(sys.executable, "-m", "dvc", "repro", "tune")

@@ -91,7 +91,8 @@ def main() -> None:
                 stop=stop,
             )
             progress = _run(runner, client, parent_run_id)
-            write_study_file(study, progress.trials, paths.STUDY_DB)
+            with lock():  # a second tune process on the study writes the same file
+                write_study_file(study, progress.trials, paths.STUDY_DB)
         finally:
             close_storage(storage)
     finally:

@@ -154,7 +154,8 @@ def _advisory_lock(engine: sqlalchemy.Engine) -> Iterator[None]:
 def write_study_file(study: optuna.Study, trials: list[FrozenTrial], path: Path) -> None:
     """Replace `path` with a SQLite study holding `trials`: the stage's DVC output, the run's
     first trials taken from a store that may hold more. Written beside it and renamed, so a
-    reader never sees half a file."""
+    reader never sees half a file. Call it under `study_lock`: two tune processes sharing the
+    study write it one after the other."""
     for stale in path.parent.glob(path.name + ".partial*"):  # left by a killed copy
         stale.unlink()
     partial = path.with_name(f"{path.name}.partial-{os.getpid()}")
