@@ -1,213 +1,368 @@
-"""Side-by-side benchmark: a plain Optuna loop against this pipeline's tune stage.
+"""Fastest to a good model: this pipeline's tune stage against the strongest simple peers.
 
-    python benchmarks/bench_tune.py --trials 100 --repeats 3
+    python benchmarks/bench_tune.py                        # 100 trials, sampler seeds 0-4
+    python benchmarks/bench_tune.py --trials 20 --seeds 0 1 --png anytime.png
 
-The plain loop is what one writes first: Optuna TPE, MedianPruner on the running mean after
-each CV fold, XGBoost's scikit-learn API with 1 thread per trial, 2 trials in parallel
-(`n_jobs=2`), no MLflow. The pipeline runs for real (`dvc repro` in a scratch copy of this
-repository, MLflow on) with the same data, search space, folds and trial count. Both are
-judged the same way: refit the best params on the training split, RMSE on the test split.
-Not part of the test suite: timings on shared machines are noisy, so compare within one run,
-and repeat: the plain loop's trials depend on thread timing (`n_jobs=2`), so its work varies
-from run to run. "boosting rounds" (summed over trials and folds) is the work each side did,
-independent of the machine's speed.
+Three systems search the same space with the same data, folds, TPE and MedianPruner settings
+(params.yaml), 2 trials at a time, once per sampler seed, interleaved (seed by seed), so that a
+slow spell of a shared machine hits all of them:
+
+* pipeline: the real tune stage (`python stages/tune.py` in a scratch copy of this repository,
+  MLflow on), timed from the moment the process starts;
+* xgb.cv + callback: the way optuna-examples tunes XGBoost - `xgb.cv` with all folds advancing
+  together and a pruning callback reporting every round, `n_jobs=2`, one thread per fit;
+* plain loop: what one writes first - XGBoost's scikit-learn API fold by fold, the running
+  mean reported after each fold, `n_jobs=2`, one thread per fit.
+
+Every system minimises the same objective, the mean k-fold MSE after exactly n_estimators
+rounds (for xgb.cv, mean RMSE² + std² of the folds' RMSE, which is their mean MSE). Reported:
+best-so-far CV MSE against wall time (anytime performance), the time each run takes to reach
+the target - the best peer's median final CV MSE -, the test RMSE after refitting the best
+params on the whole training split, medians and spread over the seeds, and the pipeline's
+driver cost per trial. A PNG of the best-so-far curves (median and min-max band per system)
+is written to --png. Timings on a shared machine are noisy: compare within one run.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
-import resource
 import sys
 import tempfile
 import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import median
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "stages"))
 
+import matplotlib  # noqa: E402
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import optuna  # noqa: E402
+import pandas as pd  # noqa: E402
 import xgboost as xgb  # noqa: E402
-from scratch_project import make_scratch_project, run  # noqa: E402
+from scratch_project import dvc, make_scratch_project, run, set_params  # noqa: E402
 from sklearn.model_selection import KFold  # noqa: E402
 
-from hpo.config import load_params  # noqa: E402
-from hpo.data import FEATURES, TARGET, derive_features, read_raw, split  # noqa: E402
+from hpo.config import Params, load_params  # noqa: E402
+from hpo.data import read_split  # noqa: E402
 from hpo.metrics import mse  # noqa: E402
 from hpo.model import train_final  # noqa: E402
+from hpo.search import make_pruner  # noqa: E402
 from hpo.xgb_params import distributions  # noqa: E402
 
-
-def plain_loop(n_trials: int, folds: int, seed: int, x, y) -> dict:
-    params = load_params(REPO / "params.yaml")
-    space = distributions(params.tune.search_space)
-    splitter = KFold(n_splits=folds, shuffle=True, random_state=seed)
-    fold_indices = list(splitter.split(x))
-
-    def objective(trial: optuna.Trial) -> float:
-        tuned = {name: _suggest(trial, name, dist) for name, dist in space.items()}
-        scores = []
-        for step, (train_idx, valid_idx) in enumerate(fold_indices):
-            model = xgb.XGBRegressor(**tuned, n_jobs=1, random_state=seed)
-            model.fit(x.iloc[train_idx], y.iloc[train_idx])
-            scores.append(mse(y.iloc[valid_idx], model.predict(x.iloc[valid_idx])))
-            trial.report(float(np.mean(scores)), step)
-            if trial.should_prune():
-                raise optuna.TrialPruned()
-        return float(np.mean(scores))
-
-    study = optuna.create_study(
-        sampler=optuna.samplers.TPESampler(seed=seed), pruner=optuna.pruners.MedianPruner()
-    )
-    wall, cpu = time.perf_counter(), time.process_time()
-    study.optimize(objective, n_trials=n_trials, n_jobs=2)
-    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    states = [t.state for t in study.trials]
-    folds_trained = {  # a pruned trial stopped after the fold it reported last
-        t.number: folds
-        if t.state == optuna.trial.TrialState.COMPLETE
-        else len(t.intermediate_values)
-        for t in study.trials
-    }
-    return {
-        "wall_s": wall,
-        "boosting_rounds": sum(
-            t.params["n_estimators"] * folds_trained[t.number] for t in study.trials
-        ),
-        "cpu_cores": cpu / wall,
-        "complete": states.count(optuna.trial.TrialState.COMPLETE),
-        "pruned": states.count(optuna.trial.TrialState.PRUNED),
-        "best_cv_mse": study.best_value,
-        "best_params": study.best_params,
-    }
+PIPELINE, XGB_CV, PLAIN = "pipeline", "xgb.cv + callback", "plain loop"
+SYSTEMS = (PIPELINE, XGB_CV, PLAIN)
+PEERS = (XGB_CV, PLAIN)
 
 
-def _suggest(trial: optuna.Trial, name: str, dist: optuna.distributions.BaseDistribution):
-    if isinstance(dist, optuna.distributions.IntDistribution):
-        return trial.suggest_int(name, dist.low, dist.high, log=dist.log)
-    return trial.suggest_float(name, dist.low, dist.high, log=dist.log)
+@dataclass
+class Run:
+    """One system's run for one seed."""
+
+    system: str
+    seed: int
+    wall_s: float
+    finished: list[tuple[float, float | None]]  # (seconds from start, CV MSE or None) per trial
+    best_params: dict
+    boosting_rounds: int  # summed over trials and folds: the work, whatever the machine
+    driver_ms_per_trial: float | None = None  # the pipeline's main-thread CPU per trial
+    test_rmse: float = 0.0
+    curve: list[tuple[float, float]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        best = float("inf")
+        for seconds, value in sorted(self.finished):
+            if value is not None and value < best:
+                best = value
+                self.curve.append((seconds, best))
+
+    @property
+    def best_cv_mse(self) -> float:
+        return self.curve[-1][1]
+
+    def time_to(self, target: float) -> float | None:
+        return next((seconds for seconds, best in self.curve if best <= target), None)
 
 
-def pipeline_tune(n_trials: int, folds: int, workdir: Path) -> dict:
-    """The real tune stage, through dvc, in a scratch git+DVC copy of the repository."""
-    project = make_scratch_project(
-        workdir / "project", {"tune.n_trials": n_trials, "tune.cv_folds": folds}
-    )
+def _elapsed(trials: list[optuna.trial.FrozenTrial], start: datetime.datetime) -> list:
+    return [
+        ((t.datetime_complete - start).total_seconds(), t.value)
+        for t in trials
+        if t.state.is_finished() and t.datetime_complete is not None
+    ]
 
-    def sh(*args: str) -> float:
-        return run(project, *args)
 
-    sh(sys.executable, "-m", "dvc", "repro", "prepare")
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    wall = sh(sys.executable, "-m", "dvc", "repro", "tune")
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    sh(sys.executable, "-m", "dvc", "repro")
-    noop = sh(sys.executable, "-m", "dvc", "repro")
+# --- the systems ----------------------------------------------------------------------------
+
+
+def pipeline(project: Path, params: Params, seed: int) -> Run:
+    """The tune stage from an empty study store, in the prepared scratch project."""
+    for stale in ("optuna_store.db", "optuna_study.db", "mlflow.db"):
+        (project / "outputs" / stale).unlink(missing_ok=True)
+    run(project, "git", "checkout", "-q", "--", "params.yaml")
+    set_params(project, {"tune.sampler.seed": seed})
+    start = datetime.datetime.now()
+    wall = run(project, sys.executable, "stages/tune.py")
     summary = json.loads((project / "outputs/tune_summary.json").read_text())
     study = optuna.load_study(
         study_name=summary["study_name"],
         storage=f"sqlite:///{project / 'outputs/optuna_study.db'}",
     )
-    return {
-        "wall_s": wall,
-        "boosting_rounds": sum(_rounds_per_fold(t) * folds for t in study.trials),
-        "cpu_cores": cpu / wall,
-        "complete": summary["n_trials"]["complete"],
-        "pruned": summary["n_trials"]["pruned"],
-        "best_cv_mse": summary["best_cv_mse"],
-        "best_params": summary["best_params"],
-        "optimization_s": summary["optimization_time_seconds"],
-        "main_thread_busy_share": summary["main_thread_seconds"] / wall,
-        "main_thread_cpu_share": summary["main_thread_cpu_seconds"] / cpu,
-        "noop_repro_s": noop,
-    }
+    trials = study.get_trials()
+    folds = params.tune.cv_folds
+    return Run(
+        PIPELINE,
+        seed,
+        wall,
+        _elapsed(trials, start),
+        summary["best_params"],
+        sum(_rounds_per_fold(t) * folds for t in trials),
+        1000 * summary["main_thread_cpu_seconds"] / len(trials),
+    )
 
 
 def _rounds_per_fold(trial: optuna.trial.FrozenTrial) -> int:
-    """Rounds each fold of a pipeline trial was boosted: all folds advance together."""
+    """Rounds each fold of a trial was boosted, for the systems whose folds advance together."""
     if trial.state == optuna.trial.TrialState.COMPLETE:
         return trial.params["n_estimators"]
     return max(trial.intermediate_values, default=0)
 
 
-def test_rmse(best_params: dict, train, test) -> float:
-    params = load_params(REPO / "params.yaml")
-    booster = train_final(params.model, best_params, train[FEATURES], train[TARGET])
-    return mse(test[TARGET], booster.inplace_predict(test[FEATURES])) ** 0.5
+def _study(params: Params, seed: int) -> optuna.Study:
+    """A study with the pipeline's sampler and pruner settings, seeded once (Optuna's way)."""
+    sampler = params.tune.sampler
+    return optuna.create_study(
+        sampler=optuna.samplers.TPESampler(
+            seed=seed,
+            n_startup_trials=sampler.n_startup_trials,
+            multivariate=sampler.multivariate,
+            constant_liar=sampler.constant_liar,
+        ),
+        pruner=make_pruner(params.tune.pruner),
+    )
+
+
+def _suggest(trial: optuna.Trial, params: Params) -> dict:
+    suggested = {}
+    for name, dist in distributions(params.tune.search_space).items():
+        if isinstance(dist, optuna.distributions.IntDistribution):
+            suggested[name] = trial.suggest_int(name, dist.low, dist.high, log=dist.log)
+        else:
+            suggested[name] = trial.suggest_float(name, dist.low, dist.high, log=dist.log)
+    return suggested
+
+
+def _optimize(
+    system: str,
+    params: Params,
+    seed: int,
+    objective: Callable[[optuna.Trial], float],
+    rounds: Callable[[optuna.trial.FrozenTrial], int],
+) -> Run:
+    study = _study(params, seed)
+    start = datetime.datetime.now()
+    wall = time.perf_counter()
+    study.optimize(objective, n_trials=params.tune.n_trials, n_jobs=2)
+    wall = time.perf_counter() - wall
+    trials = study.get_trials()
+    best = study.best_params
+    return Run(system, seed, wall, _elapsed(trials, start), best, sum(map(rounds, trials)))
+
+
+class _PruneEveryRound(xgb.callback.TrainingCallback):
+    """optuna-integration's XGBoostPruningCallback, reporting the folds' mean MSE."""
+
+    def __init__(self, trial: optuna.Trial) -> None:
+        self._trial = trial
+
+    def after_iteration(self, model: object, epoch: int, evals_log: dict) -> bool:
+        mean, std = evals_log["test"]["rmse"][-1]
+        self._trial.report(mean**2 + std**2, epoch + 1)
+        if self._trial.should_prune():
+            raise optuna.TrialPruned(f"pruned at round {epoch + 1}")
+        return False
+
+
+def xgb_cv_peer(params: Params, seed: int, x: pd.DataFrame, y: pd.Series) -> Run:
+    dtrain = xgb.DMatrix(x, label=y)
+    folds = params.tune.cv_folds
+
+    def objective(trial: optuna.Trial) -> float:
+        tuned = _suggest(trial, params)
+        booster = {
+            "objective": "reg:squarederror",
+            "eval_metric": "rmse",
+            "tree_method": params.model.tree_method,
+            "max_bin": params.model.max_bin,
+            "nthread": 1,
+            "seed": params.model.seed,
+            **{k: v for k, v in tuned.items() if k != "n_estimators"},
+        }
+        history = xgb.cv(
+            booster,
+            dtrain,
+            num_boost_round=tuned["n_estimators"],
+            nfold=folds,
+            seed=params.tune.cv_seed,
+            callbacks=[_PruneEveryRound(trial)],
+        )
+        mean, std = history["test-rmse-mean"].iloc[-1], history["test-rmse-std"].iloc[-1]
+        return float(mean**2 + std**2)
+
+    def rounds(trial: optuna.trial.FrozenTrial) -> int:
+        return _rounds_per_fold(trial) * folds
+
+    return _optimize(XGB_CV, params, seed, objective, rounds)
+
+
+def plain_peer(params: Params, seed: int, x: pd.DataFrame, y: pd.Series) -> Run:
+    folds = params.tune.cv_folds
+    splits = list(KFold(folds, shuffle=True, random_state=params.tune.cv_seed).split(x))
+
+    def objective(trial: optuna.Trial) -> float:
+        tuned = _suggest(trial, params)
+        scores = []
+        for step, (fit_rows, check_rows) in enumerate(splits):
+            model = xgb.XGBRegressor(**tuned, n_jobs=1, random_state=params.model.seed)
+            model.fit(x.iloc[fit_rows], y.iloc[fit_rows])
+            scores.append(mse(y.iloc[check_rows], model.predict(x.iloc[check_rows])))
+            trial.report(float(np.mean(scores)), step)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+        return float(np.mean(scores))
+
+    def rounds(trial: optuna.trial.FrozenTrial) -> int:
+        trained = folds if trial.state.name == "COMPLETE" else len(trial.intermediate_values)
+        return trial.params["n_estimators"] * trained
+
+    return _optimize(PLAIN, params, seed, objective, rounds)
+
+
+# --- the report -----------------------------------------------------------------------------
+
+
+def test_rmse(params: Params, best_params: dict, train, test) -> float:
+    booster = train_final(params.model, best_params, train[0], train[1])
+    return mse(test[1], booster.inplace_predict(test[0])) ** 0.5
+
+
+def _spread(values: list[float], digits: int) -> str:
+    return f"{median(values):.{digits}f} [{min(values):.{digits}f}-{max(values):.{digits}f}]"
+
+
+def report(runs: list[Run]) -> float:
+    """Print the per-run table and the medians; return the target CV MSE."""
+    by_system = {s: [r for r in runs if r.system == s] for s in SYSTEMS}
+    by_system = {s: rs for s, rs in by_system.items() if rs}
+    finals = {s: median(r.best_cv_mse for r in rs) for s, rs in by_system.items()}
+    best_peer = min((s for s in PEERS if s in finals), key=finals.get)
+    target = finals[best_peer]
+    print(f"\ntarget: {best_peer}'s median final CV MSE, {target:.5f}\n")
+    print(f"{'system':<20}{'seed':>5}{'wall s':>9}{'to target s':>13}{'rounds':>9}", end="")
+    print(f"{'best CV MSE':>13}{'test RMSE':>11}{'driver ms/trial':>17}")
+    for r in runs:
+        reached = r.time_to(target)
+        driver = "" if r.driver_ms_per_trial is None else f"{r.driver_ms_per_trial:.1f}"
+        print(
+            f"{r.system:<20}{r.seed:>5}{r.wall_s:>9.1f}"
+            f"{'-' if reached is None else f'{reached:.1f}':>13}{r.boosting_rounds:>9}"
+            f"{r.best_cv_mse:>13.5f}{r.test_rmse:>11.4f}{driver:>17}"
+        )
+    print("\nmedian [min-max] over seeds")
+    peer_time = median(_time_or_wall(r, target) for r in by_system[best_peer])
+    for system, rs in by_system.items():
+        to_target = [_time_or_wall(r, target) for r in rs]
+        reached = sum(r.time_to(target) is not None for r in rs)
+        print(
+            f"{system:<20} wall {_spread([r.wall_s for r in rs], 1)} s; to target "
+            f"{_spread(to_target, 1)} s ({reached}/{len(rs)} reached; "
+            f"{median(to_target) / peer_time:.2f} of {best_peer}); "
+            f"best CV MSE {_spread([r.best_cv_mse for r in rs], 5)}; "
+            f"test RMSE {_spread([r.test_rmse for r in rs], 4)}"
+        )
+    return target
+
+
+def _time_or_wall(r: Run, target: float) -> float:
+    """Time to the target; a run that never reached it counts with its whole wall time."""
+    reached = r.time_to(target)
+    return r.wall_s if reached is None else reached
+
+
+def plot(runs: list[Run], target: float, path: Path) -> None:
+    """Best-so-far CV MSE against wall time: the median and min-max band of each system."""
+    figure, axes = plt.subplots(figsize=(8, 5), dpi=120)
+    end = max(r.wall_s for r in runs)
+    grid = np.linspace(0, end, 400)
+    for system in SYSTEMS:
+        rs = [r for r in runs if r.system == system]
+        if not rs:
+            continue
+        curves = np.array([_step(r.curve, grid) for r in rs])
+        with warnings.catch_warnings():  # before a system's first complete trial: no value
+            warnings.simplefilter("ignore", RuntimeWarning)
+            low, mid, high = (f(curves, axis=0) for f in (np.nanmin, np.nanmedian, np.nanmax))
+        line = axes.plot(grid, mid, label=f"{system} (median)")[0]
+        axes.fill_between(
+            grid, low, high, alpha=0.2, color=line.get_color(),
+            label=f"{system} (min-max over {len(rs)} seeds)",
+        )  # fmt: skip
+    axes.axhline(target, color="black", linestyle=":", label=f"target {target:.4f}")
+    finals = [r.best_cv_mse for r in runs]
+    axes.set_ylim(min(finals) * 0.98, max(finals) * 1.25)
+    axes.set_xlabel("wall time (s)")
+    axes.set_ylabel("best CV MSE so far")
+    axes.set_title("Best-so-far CV MSE against wall time")
+    axes.legend(fontsize=8)
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+
+
+def _step(curve: list[tuple[float, float]], grid: np.ndarray) -> np.ndarray:
+    values = np.full(grid.shape, np.nan)
+    for seconds, best in curve:
+        values[grid >= seconds] = best
+    return values
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=100)
-    parser.add_argument("--folds", type=int, default=5)
-    parser.add_argument("--repeats", type=int, default=1, help="pairs of runs; medians shown")
-    parser.add_argument("--skip-plain", action="store_true", help="only time the pipeline")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--png", type=Path, default=Path("bench_tune.png"))
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    params = load_params(REPO / "params.yaml")
-    train, test = split(
-        derive_features(read_raw(REPO / "data/raw/cal_housing.data.gz")),
-        params.prepare.test_size,
-        params.prepare.split_seed,
-    )
-    runs: list[dict[str, dict]] = []
-    for _ in range(args.repeats):  # interleaved, so that a slow spell hits both sides
-        pair = {}
-        with tempfile.TemporaryDirectory() as workdir:
-            pair[PIPELINE] = pipeline_tune(args.trials, args.folds, Path(workdir))
-        if not args.skip_plain:
-            pair[PLAIN] = plain_loop(
-                args.trials, args.folds, params.tune.cv_seed, train[FEATURES], train[TARGET]
-            )
-        for row in pair.values():
-            row["test_rmse"] = test_rmse(row["best_params"], train, test)
-        runs.append(pair)
-    _print_report(runs, args)
-
-
-PIPELINE, PLAIN = "pipeline tune", "plain Optuna loop"
-
-
-def _print_report(runs: list[dict[str, dict]], args: argparse.Namespace) -> None:
-    print(f"\n{args.trials} trials, {args.folds}-fold CV, 2 parallel trials\n")
-    header = f"{'':<24}{'wall s':>9}{'ratio':>8}{'CPU cores':>11}{'rounds':>9}{'complete':>10}"
-    print(header + f"{'pruned':>8}{'best CV MSE':>13}{'test RMSE':>11}")
-    for index, pair in enumerate(runs, start=1):
-        reference = pair.get(PLAIN, pair[PIPELINE])["wall_s"]
-        for name, row in pair.items():
-            print(
-                f"{name + f' #{index}':<24}{row['wall_s']:>9.1f}{row['wall_s'] / reference:>8.2f}"
-                f"{row['cpu_cores']:>11.2f}{row['boosting_rounds']:>9}{row['complete']:>10}"
-                f"{row['pruned']:>8}{row['best_cv_mse']:>13.5f}{row['test_rmse']:>11.4f}"
-            )
-    tunes = [pair[PIPELINE] for pair in runs]
-    if PLAIN in runs[0]:
-        ratios = [pair[PIPELINE]["wall_s"] / pair[PLAIN]["wall_s"] for pair in runs]
-        loop_ratios = [pair[PIPELINE]["optimization_s"] / pair[PLAIN]["wall_s"] for pair in runs]
-        work = [pair[PIPELINE]["boosting_rounds"] / pair[PLAIN]["boosting_rounds"] for pair in runs]
-        print(
-            f"\nmedian ratio pipeline / plain: wall {median(ratios):.2f}, optimisation loop alone "
-            f"(without starting Python, dvc and MLflow) {median(loop_ratios):.2f}, "
-            f"boosting rounds {median(work):.2f}"
-        )
-    busy = median(t["main_thread_busy_share"] for t in tunes)
-    cpu_share = median(t["main_thread_cpu_share"] for t in tunes)
-    print(
-        f"pipeline (medians): main thread (sampler, study storage, MLflow) busy for {busy:.1%} "
-        f"of tune's wall time, waiting for a core included; its CPU time is {cpu_share:.1%} of "
-        f"tune's CPU time; `dvc repro` with nothing to do took "
-        f"{median(t['noop_repro_s'] for t in tunes):.2f} s"
-    )
-    # The OS keeps one peak per process (and one over all finished children), not per run.
-    stages_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    line = f"peak RSS over all runs: largest pipeline stage {stages_mb:.0f} MB"
-    if PLAIN in runs[0]:
-        own_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        line += f"; this process, which ran the plain loop, {own_mb:.0f} MB"
-    print(line)
+    runs: list[Run] = []
+    with tempfile.TemporaryDirectory(prefix="bench-tune-") as scratch:
+        project = make_scratch_project(Path(scratch) / "p", {"tune.n_trials": args.trials})
+        dvc(project, "repro", "prepare")
+        params = load_params(project / "params.yaml")
+        train = read_split(project / "data/prepared/train.csv")
+        test = read_split(project / "data/prepared/test.csv")
+        for seed in args.seeds:
+            for system in SYSTEMS:
+                if system == PIPELINE:
+                    result = pipeline(project, params, seed)
+                elif system == XGB_CV:
+                    result = xgb_cv_peer(params, seed, *train)
+                else:
+                    result = plain_peer(params, seed, *train)
+                result.test_rmse = test_rmse(params, result.best_params, train, test)
+                runs.append(result)
+                print(f"seed {seed} {system}: {result.wall_s:.1f} s", flush=True)
+    target = report(runs)
+    plot(runs, target, args.png)
+    print(f"\nbest-so-far curves: {args.png}")
 
 
 if __name__ == "__main__":
