@@ -16,7 +16,7 @@ from hpo import search
 from hpo.config import load_params
 from hpo.data import FEATURES, TARGET, derive_features, read_raw
 from hpo.errors import PipelineError
-from hpo.evaluation import TrainingData, TrialOutcome, TrialTask
+from hpo.evaluation import TrainingData, TrialOutcome, TrialTask, evaluate_trial
 from hpo.executors import LocalExecutor
 from hpo.tuning import (
     CLOCK_ATTR,
@@ -27,7 +27,7 @@ from hpo.tuning import (
     injected_faults,
     summarize,
 )
-from hpo.xgb_params import distributions
+from hpo.xgb_params import booster_params, distributions
 
 PARAMS = load_params(REPO / "params.yaml")
 
@@ -320,3 +320,28 @@ def test_a_told_trial_whose_record_fails_is_recorded_once_by_the_next_run(small_
     make_runner(small_data, n_trials=4, study=runner.study, recorder=recorder).run()
     assert [number for number, _ in recorder.recorded].count(2) == 1
     assert runner.study.trials[2].datetime_complete == told.datetime_complete
+
+
+def test_a_trial_that_trained_every_round_is_complete_even_if_worse_than_the_median(
+    small_data,
+) -> None:
+    x, y = small_data
+    pruner = PARAMS.tune.pruner.model_copy(
+        update={"n_startup_trials": 1, "n_warmup_steps": 0, "interval_steps": 10}
+    )
+    # Earlier trials were far worse at round 10 and far better at round 20, the last.
+    snapshot = tuple((0.0, {10: 100.0, 20: 0.0}) for _ in range(3))
+    params = {"n_estimators": 20, "max_depth": 3, "learning_rate": 0.1, "subsample": 1.0,
+              "colsample_bytree": 1.0, "min_child_weight": 1.0, "gamma": 0.0}  # fmt: skip
+    task = TrialTask(
+        number=3,
+        params=params,
+        booster_params=booster_params(PARAMS.model, params),
+        n_rounds=20,
+        report_interval=10,
+        pruner=pruner,
+        snapshot=snapshot,
+    )
+    outcome = evaluate_trial(task, TrainingData(x, y, 2, 0, PARAMS.model.max_bin), 1)
+    assert outcome.state == TrialState.COMPLETE
+    assert sorted(outcome.reported) == [10, 20]

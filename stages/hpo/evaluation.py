@@ -184,9 +184,11 @@ class TrialEvaluation:
         pruned = False
         if step % self.task.report_interval == 0:
             self.reported[step] = value
-            probe = self._probe or self._open_probe()
-            probe.report(value, step)
-            pruned = probe.should_prune()
+            # A trial that trained every round is finished: pruning it would discard its result.
+            if not self._cv.is_last_checkpoint:
+                probe = self._probe or self._open_probe()
+                probe.report(value, step)
+                pruned = probe.should_prune()
         if not (pruned or self._cv.is_last_checkpoint):
             self._cv.next_checkpoint()
             return None
