@@ -53,9 +53,14 @@ def test_metrics_diff_between_reproduced_runs_is_empty(
     first, second = twin_runs
     project = shutil.copytree(first, tmp_path / "a", symlinks=True)
     commit(project, "reference run")
-    shutil.copy2(second / "outputs/metrics.json", project / "outputs/metrics.json")
-    assert "test_rmse" in dvc(project, "metrics", "show", "--json").stdout  # metrics are there
+    metrics_file = project / "outputs/metrics.json"
+    shutil.copy2(second / "outputs/metrics.json", metrics_file)
     assert dvc(project, "metrics", "diff", "--json").stdout.strip() in ("{}", "")
+    # The same command does see a difference, when there is one.
+    changed = json.loads(metrics_file.read_text())
+    changed["test_rmse"] += 1e-6
+    metrics_file.write_text(json.dumps(changed))
+    assert "test_rmse" in dvc(project, "metrics", "diff", "--json").stdout
 
 
 @pytest.fixture(scope="module")
@@ -151,3 +156,21 @@ def test_experiments_grow_and_cut_the_study_without_recomputing_it(
     assert (project / "outputs/model.ubj").read_bytes() == committed_model
     assert _finished_at(project) == grown, "no trial ran after the 8-trial experiment"
     assert len(_trial_runs(project, results)) == len(grown)
+
+
+def test_only_code_that_shapes_trials_renames_the_study(
+    twin_runs: tuple[Path, Path], tmp_path: Path
+) -> None:
+    project = shutil.copytree(twin_runs[1], tmp_path / "p", symlinks=True)
+    name = json.loads((project / "outputs/tune_summary.json").read_text())["study_name"]
+    finished_at = _finished_at(project)
+    for module in ("stages/hpo/trial_logging.py", "stages/tune.py"):
+        (project / module).write_text((project / module).read_text() + "\n# an edit\n")
+    assert "tune" in _ran_stages(dvc(project, "repro").stdout)
+    assert json.loads((project / "outputs/tune_summary.json").read_text())["study_name"] == name
+    assert _finished_at(project) == finished_at, "the finished study was resumed, not rerun"
+
+    cv = project / "stages/hpo/cv.py"
+    cv.write_text(cv.read_text() + "\n# an edit\n")
+    dvc(project, "repro", "tune")
+    assert json.loads((project / "outputs/tune_summary.json").read_text())["study_name"] != name

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib
 import json
 import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -102,18 +102,23 @@ def study_name(identity: dict[str, Any]) -> str:
     return "xgb-cv-" + hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
 
-def code_fingerprint() -> str:
-    """sha256 over the source of the running stage script and every loaded hpo module.
+# The modules whose code decides what a trial is: its evaluation and CV, the sampler and
+# pruner, the search space, and the protocol that fixes each trial's history. Logging, storage,
+# executors and the stage script are left out: editing them must not start a new study.
+TRIAL_CODE = ("hpo.cv", "hpo.evaluation", "hpo.protocol_view", "hpo.search", "hpo.tuning",
+              "hpo.xgb_params")  # fmt: skip
 
-    Part of the study's identity: after an edit to the objective, `dvc repro` must run new
-    trials, not hand back the trials of the old code from the persisted study.
+
+def code_fingerprint() -> str:
+    """sha256 over the source of the modules in TRIAL_CODE: part of the study's identity.
+
+    After an edit to the objective, `dvc repro` must run new trials, not hand back the trials
+    of the old code from the study store; after any other edit it resumes the finished study.
     """
     digest = hashlib.sha256()
-    names = ["__main__", *sorted(n for n in sys.modules if n == "hpo" or n.startswith("hpo."))]
-    for name in names:
-        source = getattr(sys.modules[name], "__file__", None)
-        if source:
-            digest.update(name.encode() + b"\0" + Path(source).read_bytes())
+    for name in TRIAL_CODE:
+        source = Path(importlib.import_module(name).__file__)
+        digest.update(name.encode() + b"\0" + source.read_bytes())
     return digest.hexdigest()
 
 
