@@ -22,7 +22,6 @@ from hpo.evaluation import TrainingData, TrialTask
 from hpo.executors import open_executor
 from hpo.study_store import (
     close_storage,
-    code_fingerprint,
     load_or_create,
     open_study_storage,
     study_lock,
@@ -30,7 +29,14 @@ from hpo.study_store import (
     write_study_file,
 )
 from hpo.trial_logging import StudyRecorder
-from hpo.tuning import Progress, StudyRunner, TuningInterruptedError, injected_faults, summarize
+from hpo.tuning import (
+    Progress,
+    StudyRunner,
+    TuningInterruptedError,
+    code_fingerprint,
+    injected_faults,
+    summarize,
+)
 from hpo.xgb_params import distributions
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import socket
+import threading
 from functools import partial
 
 import optuna
@@ -16,8 +17,9 @@ from hpo import search
 from hpo.config import load_params
 from hpo.data import FEATURES, TARGET, derive_features, read_raw
 from hpo.errors import PipelineError
-from hpo.evaluation import TrainingData, TrialOutcome, TrialTask, evaluate_trial
+from hpo.evaluation import FoldPool, TrainingData, TrialOutcome, TrialTask, evaluate_trial
 from hpo.executors import LocalExecutor
+from hpo.scheduler import FoldScheduler
 from hpo.tuning import (
     CLOCK_ATTR,
     OWNER_ATTR,
@@ -345,3 +347,32 @@ def test_a_trial_that_trained_every_round_is_complete_even_if_worse_than_the_med
     outcome = evaluate_trial(task, TrainingData(x, y, 2, 0, PARAMS.model.max_bin), 1)
     assert outcome.state == TrialState.COMPLETE
     assert sorted(outcome.reported) == [10, 20]
+
+
+def test_running_trials_never_share_fold_matrices(small_data) -> None:
+    x, y = small_data
+    lock, held, shared = threading.Lock(), set(), []
+
+    class WatchedPool(FoldPool):
+        def take(self) -> list:
+            folds = super().take()
+            with lock:
+                if id(folds) in held:
+                    shared.append(id(folds))
+                held.add(id(folds))
+            return folds
+
+        def give_back(self, folds: list) -> None:
+            with lock:
+                held.remove(id(folds))
+            super().give_back(folds)
+
+    pool = WatchedPool(TrainingData(x, y, 2, 0, PARAMS.model.max_bin))
+    runner = make_runner(small_data, n_trials=8, executor=FoldScheduler(2, pool, 1))
+    runner.run()
+    assert shared == []
+    assert held == set(), "every trial gave its folds back"
+    assert 2 <= pool.built <= runner.parallel_trials + runner.lookahead
+    reference = make_runner(small_data, n_trials=8)
+    reference.run()
+    assert _records(runner.study) == _records(reference.study)

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import importlib
 import threading
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -28,6 +30,20 @@ from hpo.config import ModelParams, PrunerParams, TuneParams
 from hpo.cv import CVResult, CVTrial, Fold, make_folds
 from hpo.search import make_pruner
 from hpo.xgb_params import N_ROUNDS, booster_params
+
+# The modules whose code runs a trial's evaluation (on a local thread or a Dask worker).
+EVALUATION_CODE = ("hpo.config", "hpo.cv", "hpo.evaluation", "hpo.metrics", "hpo.search",
+                   "hpo.xgb_params")  # fmt: skip
+
+
+def source_digest(modules: tuple[str, ...]) -> str:
+    """sha256 over the named modules' source files."""
+    digest = hashlib.sha256()
+    for name in modules:
+        source = Path(importlib.import_module(name).__file__)
+        digest.update(name.encode() + b"\0" + source.read_bytes())
+    return digest.hexdigest()
+
 
 # A completed trial as its pruner sees it: (objective value, {step: intermediate value}).
 PrunerEvidence = tuple[float, dict[int, float]]
@@ -237,19 +253,46 @@ class TrainingData:
         object.__setattr__(self, "key", digest.hexdigest())
 
 
-_FOLDS_CACHE: dict[str, list[Fold]] = {}
-_FOLDS_LOCK = threading.Lock()
+class FoldPool:
+    """Fold matrices for the trials running at once: each running trial holds a set of its own.
+
+    XGBoost does not promise that two boosters may train on one DMatrix at the same time (its
+    maintainers: "XGBoost is not thread safe"; a DMatrix builds some of its formats lazily,
+    on first use), so no two trials share a set, and within a trial each fold is advanced by
+    one thread at a time. A set is built when no free one is left and is reused afterwards:
+    as many sets as trials ever ran at once, each a few hundred kB for this data.
+    """
+
+    def __init__(self, data: TrainingData) -> None:
+        self.data = data
+        self._free: list[list[Fold]] = []
+        self._lock = threading.Lock()
+        self.built = 0
+
+    def take(self) -> list[Fold]:
+        with self._lock:
+            if self._free:
+                return self._free.pop()
+            self.built += 1
+        data = self.data
+        return make_folds(data.x, data.y, data.n_folds, data.seed, data.max_bin)
+
+    def give_back(self, folds: list[Fold]) -> None:
+        with self._lock:
+            self._free.append(folds)
 
 
-def folds_for(data: TrainingData) -> list[Fold]:
-    """The quantised fold matrices of `data`, built once per process and reused by its trials."""
-    with _FOLDS_LOCK:
-        if data.key not in _FOLDS_CACHE:
-            _FOLDS_CACHE.clear()  # one training split at a time
-            _FOLDS_CACHE[data.key] = make_folds(
-                data.x, data.y, data.n_folds, data.seed, data.max_bin
-            )
-        return _FOLDS_CACHE[data.key]
+_POOLS: dict[str, FoldPool] = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def fold_pool(data: TrainingData) -> FoldPool:
+    """This process's fold pool for `data` (one training split at a time)."""
+    with _POOLS_LOCK:
+        if data.key not in _POOLS:
+            _POOLS.clear()
+            _POOLS[data.key] = FoldPool(data)
+        return _POOLS[data.key]
 
 
 def evaluate_trial(task: TrialTask, data: TrainingData, nthread: int) -> TrialOutcome:
@@ -259,19 +302,24 @@ def evaluate_trial(task: TrialTask, data: TrainingData, nthread: int) -> TrialOu
     records it and goes on.
     """
     started = time.time()
+    pool = fold_pool(data)
+    folds = pool.take()
     try:
-        evaluation = TrialEvaluation(task, folds_for(data), nthread, started)
-    except Exception as exc:  # e.g. XGBoost rejects a booster param
-        return TrialOutcome.failed(task, exc, started=started)
-    try:
-        while True:
-            for fold_index in range(len(evaluation.folds)):
-                evaluation.advance(fold_index)
-            outcome = evaluation.at_checkpoint()
-            if outcome is not None:
-                return outcome
-    except Exception as exc:
-        return evaluation.failed(exc)
+        try:
+            evaluation = TrialEvaluation(task, folds, nthread, started)
+        except Exception as exc:  # e.g. XGBoost rejects a booster param
+            return TrialOutcome.failed(task, exc, started=started)
+        try:
+            while True:
+                for fold_index in range(len(folds)):
+                    evaluation.advance(fold_index)
+                outcome = evaluation.at_checkpoint()
+                if outcome is not None:
+                    return outcome
+        except Exception as exc:
+            return evaluation.failed(exc)
+    finally:
+        pool.give_back(folds)
 
 
 def _timestamp(moment: datetime.datetime | None) -> float:

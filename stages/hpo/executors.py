@@ -15,16 +15,22 @@ import functools
 import hashlib
 import logging
 import os
-import sys
 from concurrent.futures import CancelledError, Future
-from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 import optuna
 
 from hpo.backends import DASK_VAR
 from hpo.errors import PipelineError
-from hpo.evaluation import TrainingData, TrialOutcome, TrialTask, evaluate_trial, folds_for
+from hpo.evaluation import (
+    EVALUATION_CODE,
+    TrainingData,
+    TrialOutcome,
+    TrialTask,
+    evaluate_trial,
+    fold_pool,
+    source_digest,
+)
 from hpo.scheduler import FoldScheduler
 from hpo.xgb_params import available_cores, threads_per_fit
 
@@ -33,15 +39,6 @@ if TYPE_CHECKING:
 
 # Seconds to reach the scheduler before giving up with one line.
 CONNECT_TIMEOUT_S = 15
-# Modules whose code decides a trial's result: a worker must run the driver's exact copy.
-_TRIAL_MODULES = (
-    "hpo.config",
-    "hpo.cv",
-    "hpo.evaluation",
-    "hpo.metrics",
-    "hpo.search",
-    "hpo.xgb_params",
-)
 
 
 class TrialExecutor(Protocol):
@@ -63,7 +60,7 @@ class LocalExecutor:
 
     def __init__(self, data: TrainingData, parallel_trials: int) -> None:
         self._scheduler = FoldScheduler(
-            parallel_trials, folds_for(data), threads_per_fit(parallel_trials)
+            parallel_trials, fold_pool(data), threads_per_fit(parallel_trials)
         )
         self.tags = {"hpo.executor": "local-threads", "hpo.workers": str(parallel_trials)}
 
@@ -203,12 +200,9 @@ def trial_code_digest() -> str:
     import sklearn
     import xgboost
 
-    import hpo.evaluation  # noqa: F401 - make sure every trial module is loaded
-
     digest = hashlib.sha256(f"{xgboost.__version__} {optuna.__version__}".encode())
     digest.update(sklearn.__version__.encode())
-    for name in _TRIAL_MODULES:
-        digest.update(Path(sys.modules[name].__file__ or "").read_bytes())
+    digest.update(source_digest(EVALUATION_CODE).encode())
     return digest.hexdigest()
 
 

@@ -9,7 +9,9 @@ lets no new trial be asked; `benchmarks/bench_executors.py` measures the two sid
 
 Results do not depend on which thread ran what: each booster is advanced by one thread at a
 time with a fixed thread count, samples rows and columns from (seed, round) rather than from
-the thread's generator, and each trial prunes against its own fixed snapshot.
+the thread's generator, and each trial prunes against its own fixed snapshot. Each trial
+trains on fold matrices of its own, taken from a `FoldPool` and given back once none of its
+fold tasks runs any more.
 """
 
 from __future__ import annotations
@@ -20,8 +22,7 @@ import threading
 from concurrent.futures import Future
 from dataclasses import dataclass
 
-from hpo.cv import Fold
-from hpo.evaluation import TrialEvaluation, TrialOutcome, TrialTask
+from hpo.evaluation import FoldPool, TrialEvaluation, TrialOutcome, TrialTask
 
 
 @dataclass
@@ -29,13 +30,16 @@ class _Job:
     evaluation: TrialEvaluation
     future: Future[TrialOutcome]
     folds_to_go: int = 0
+    running: int = 0  # fold tasks being advanced right now
+    released: bool = False  # its folds are back in the pool
 
 
 class FoldScheduler:
     """A `concurrent.futures`-style executor of trial tasks over `n_threads` threads."""
 
-    def __init__(self, n_threads: int, folds: list[Fold], nthread_per_fit: int) -> None:
-        self._folds = folds
+    def __init__(self, n_threads: int, pool: FoldPool, nthread_per_fit: int) -> None:
+        self._pool = pool
+        self._n_folds = pool.data.n_folds
         self._nthread = nthread_per_fit
         # (trial number, fold, tie-breaker, job): the oldest trial's tasks come first
         self._tasks: queue.PriorityQueue[tuple[int, int, int, _Job | None]] = queue.PriorityQueue()
@@ -51,9 +55,11 @@ class FoldScheduler:
 
     def submit(self, task: TrialTask) -> Future[TrialOutcome]:
         future: Future[TrialOutcome] = Future()
+        folds = self._pool.take()
         try:
-            evaluation = TrialEvaluation(task, self._folds, self._nthread)
+            evaluation = TrialEvaluation(task, folds, self._nthread)
         except Exception as exc:  # e.g. XGBoost rejects a booster param: the trial fails
+            self._pool.give_back(folds)
             future.set_result(TrialOutcome.failed(task, exc))
             return future
         self._queue_checkpoint(_Job(evaluation, future))
@@ -69,9 +75,9 @@ class FoldScheduler:
             thread.join()
 
     def _queue_checkpoint(self, job: _Job) -> None:
-        job.folds_to_go = len(self._folds)
+        job.folds_to_go = self._n_folds
         number = job.evaluation.task.number
-        for fold_index in range(len(self._folds)):
+        for fold_index in range(self._n_folds):
             self._tasks.put((number, fold_index, next(self._order), job))
 
     def _work(self) -> None:
@@ -79,27 +85,41 @@ class FoldScheduler:
             _, fold_index, _, job = self._tasks.get()
             if job is None:
                 return
-            if job.future.done():
-                continue  # another fold of this trial already failed it
-            if self._cancel.is_set():
-                self._finish(job, InterruptedError("tuning was interrupted"))
-                continue
+            with self._lock:
+                if job.future.done():
+                    continue  # another fold of this trial already failed it
+                job.running += 1
             try:
-                job.evaluation.advance(fold_index)
+                self._advance(job, fold_index)
+            finally:
                 with self._lock:
-                    job.folds_to_go -= 1
-                    last_fold = job.folds_to_go == 0
-                if last_fold:
-                    outcome = job.evaluation.at_checkpoint()
-                    if outcome is None:
-                        self._queue_checkpoint(job)
-                    else:
-                        self._finish(job, outcome)
-            except Exception as exc:  # a failing trial is recorded, the study goes on
-                self._finish(job, job.evaluation.failed(exc))
-            except BaseException as exc:  # never leave a future unresolved: the loop waits
-                self._finish(job, exc)
-                raise
+                    job.running -= 1
+                    release = job.future.done() and job.running == 0 and not job.released
+                    job.released |= release
+                if release:
+                    self._pool.give_back(job.evaluation.folds)
+
+    def _advance(self, job: _Job, fold_index: int) -> None:
+        """Boost one fold to the checkpoint; the last fold there reports and queues the next."""
+        if self._cancel.is_set():
+            self._finish(job, InterruptedError("tuning was interrupted"))
+            return
+        try:
+            job.evaluation.advance(fold_index)
+            with self._lock:
+                job.folds_to_go -= 1
+                last_fold = job.folds_to_go == 0
+            if last_fold:
+                outcome = job.evaluation.at_checkpoint()
+                if outcome is None:
+                    self._queue_checkpoint(job)
+                else:
+                    self._finish(job, outcome)
+        except Exception as exc:  # a failing trial is recorded, the study goes on
+            self._finish(job, job.evaluation.failed(exc))
+        except BaseException as exc:  # never leave a future unresolved: the loop waits
+            self._finish(job, exc)
+            raise
 
     def _finish(self, job: _Job, outcome: TrialOutcome | BaseException) -> None:
         """Resolve the trial's future once, whichever of its fold tasks gets here first."""

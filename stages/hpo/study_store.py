@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib
 import json
 import os
 from collections.abc import Iterator
@@ -100,26 +99,6 @@ def study_name(identity: dict[str, Any]) -> str:
     """
     canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"))
     return "xgb-cv-" + hashlib.sha256(canonical.encode()).hexdigest()[:12]
-
-
-# The modules whose code decides what a trial is: its evaluation and CV, the sampler and
-# pruner, the search space, and the protocol that fixes each trial's history. Logging, storage,
-# executors and the stage script are left out: editing them must not start a new study.
-TRIAL_CODE = ("hpo.cv", "hpo.evaluation", "hpo.protocol_view", "hpo.search", "hpo.tuning",
-              "hpo.xgb_params")  # fmt: skip
-
-
-def code_fingerprint() -> str:
-    """sha256 over the source of the modules in TRIAL_CODE: part of the study's identity.
-
-    After an edit to the objective, `dvc repro` must run new trials, not hand back the trials
-    of the old code from the study store; after any other edit it resumes the finished study.
-    """
-    digest = hashlib.sha256()
-    for name in TRIAL_CODE:
-        source = Path(importlib.import_module(name).__file__)
-        digest.update(name.encode() + b"\0" + source.read_bytes())
-    return digest.hexdigest()
 
 
 def load_or_create(storage: RDBStorage, name: str) -> optuna.Study:

@@ -48,7 +48,7 @@ from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo.errors import PipelineError
-from hpo.evaluation import TrialOutcome, TrialTask
+from hpo.evaluation import EVALUATION_CODE, TrialOutcome, TrialTask, source_digest
 from hpo.executors import TrialExecutor
 from hpo.protocol_view import ProtocolView, SamplerFactory
 
@@ -67,6 +67,21 @@ CLOCK_ATTR = "tune_clock"
 # Seconds between checks while waiting for workers, for another process's trials or for a
 # stop request.
 POLL_S = 0.5
+
+
+# The code that decides what a trial is: its evaluation (the objective, the CV, the sampler
+# and pruner, the search space) and the protocol that fixes each trial's history. Logging,
+# storage, executors and the stage script are left out: editing them must not start a new study.
+TRIAL_CODE = (*EVALUATION_CODE, "hpo.protocol_view", "hpo.tuning")
+
+
+def code_fingerprint() -> str:
+    """sha256 over the source of the modules in TRIAL_CODE: part of the study's identity.
+
+    After an edit to the objective, `dvc repro` must run new trials, not hand back the trials
+    of the old code from the study store; after any other edit it resumes the finished study.
+    """
+    return source_digest(TRIAL_CODE)
 
 
 class TuningInterruptedError(Exception):
