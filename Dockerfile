@@ -22,11 +22,12 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /app
 
 # Dependencies first, pinned exactly as the README's setup, so that a code change reuses
-# this layer. The runtime dependencies and the `cluster` extra (dask worker/scheduler,
-# psycopg); the test tools stay out of the image.
+# this layer. The runtime dependencies, the `cluster` extra (dask worker/scheduler, psycopg)
+# and dumb-init, the init process the entrypoint runs commands under; the test tools stay out
+# of the image.
 COPY pyproject.toml constraints.txt ./
 RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies'] + p['optional-dependencies']['cluster']))" > /tmp/requirements.txt \
-    && pip install -c constraints.txt -r /tmp/requirements.txt \
+    && pip install -c constraints.txt -r /tmp/requirements.txt dumb-init==1.2.5.post1 \
     && rm /tmp/requirements.txt
 
 COPY dvc.yaml params.yaml ./
