@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import sqlite3
 from pathlib import Path
 
 import optuna
@@ -10,6 +12,7 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from hpo import tracking
+from hpo.errors import PipelineError
 from hpo.evaluation import TrialOutcome
 from hpo.trial_logging import StudyRecorder
 
@@ -76,3 +79,29 @@ def test_child_runs_carry_the_provenance_tags(tmp_path: Path, study: optuna.Stud
         assert run.data.tags.items() >= TAGS.items()
         assert run.data.tags["optuna.state"] == TrialState.COMPLETE.name
         assert run.info.status == "FINISHED"
+
+
+def test_the_artifact_root_stays_relative_wherever_the_project_is(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Guards the one write into MLflow's own table: fails if its schema or resolution moves."""
+    monkeypatch.chdir(tmp_path)
+    client, experiment_id = tracking.connect(Path("outputs/mlflow.db"), Path("outputs/mlruns"))
+    assert client.get_experiment(experiment_id).artifact_location == "outputs/mlruns"
+    run = client.create_run(experiment_id)
+    client.log_text(run.info.run_id, "hello", "note.txt")
+    assert run.info.artifact_uri.startswith("outputs/mlruns/")
+    moved = shutil.copytree(tmp_path / "outputs", tmp_path / "elsewhere" / "outputs")
+    monkeypatch.chdir(moved.parent)
+    client = MlflowClient(f"sqlite:///{moved / 'mlflow.db'}")
+    assert client.download_artifacts(run.info.run_id, "note.txt", str(tmp_path))
+    assert (tmp_path / "note.txt").read_text() == "hello"
+
+
+def test_an_unknown_store_schema_stops_with_one_line(tmp_path: Path) -> None:
+    db = tmp_path / "mlflow.db"
+    tracking.connect(db, tmp_path / "mlruns")
+    with sqlite3.connect(db) as connection:
+        connection.execute("ALTER TABLE experiments RENAME COLUMN artifact_location TO root")
+    with pytest.raises(PipelineError, match="store schema is not the one"):
+        tracking._make_artifact_location_relative(db, "0", tmp_path / "mlruns")

@@ -101,15 +101,29 @@ def _connect_remote(uri: str) -> tuple[MlflowClient, str]:
 def _make_artifact_location_relative(db: Path, experiment_id: str, artifacts: Path) -> None:
     """Store the experiment's artifact root as the relative path `outputs/mlruns`.
 
-    MLflow's API always records an absolute path, so a store written in a container at
-    /app/outputs would point nowhere on the host. Runs and logged models inherit the
-    experiment's root, and MLflow resolves a relative root against the working directory:
-    the project root for every stage and for `mlflow ui` as the README starts it.
+    MLflow's API always records an absolute path (`SqlAlchemyStore.create_experiment` passes
+    every local location through `resolve_uri_if_local`, and no setting turns that off), so a
+    store written in a container at /app/outputs would point nowhere on the host, and a clone
+    moved elsewhere would lose its artifacts. Runs and logged models inherit the experiment's
+    root, and MLflow resolves a relative root against the working directory: the project root
+    for every stage and for `mlflow ui` as the README starts it. This one UPDATE of MLflow's
+    own table is the only write outside its API; tests/test_tracking.py fails if MLflow's
+    schema or resolution changes under it.
     """
-    with contextlib.closing(sqlite3.connect(db)) as connection, connection:
-        connection.execute(
-            "UPDATE experiments SET artifact_location = ? WHERE experiment_id = ?",
-            (artifacts.as_posix(), int(experiment_id)),
+    try:
+        with contextlib.closing(sqlite3.connect(db)) as connection, connection:
+            updated = connection.execute(
+                "UPDATE experiments SET artifact_location = ? WHERE experiment_id = ?",
+                (artifacts.as_posix(), int(experiment_id)),
+            ).rowcount
+    except sqlite3.Error as exc:
+        updated, reason = 0, str(exc)
+    else:
+        reason = "no such experiment row"
+    if updated != 1:
+        raise PipelineError(
+            f"{db}: cannot make the artifact root relative ({reason}); this MLflow version's "
+            "store schema is not the one the pipeline knows"
         )
 
 
