@@ -8,7 +8,7 @@ import xgboost as xgb
 from hpo import paths, tracking
 from hpo.config import load_params
 from hpo.data import read_split
-from hpo.errors import run_stage
+from hpo.errors import REBUILD, file_error, run_stage
 from hpo.metrics import regression_metrics
 from hpo.model import train_baseline
 
@@ -21,7 +21,10 @@ def main() -> None:
     x_test, y_test = read_split(paths.TEST_CSV)
     client, _ = tracking.connect()  # a bad MLFLOW_TRACKING_URI stops us before any write
 
-    booster = xgb.Booster(model_file=paths.MODEL)
+    try:
+        booster = xgb.Booster(model_file=paths.MODEL)
+    except (OSError, xgb.core.XGBoostError) as exc:
+        raise file_error(paths.MODEL, exc, REBUILD) from None
     predicted = booster.inplace_predict(x_test)
     tuned = regression_metrics(y_test, predicted)
     baseline = regression_metrics(

@@ -4,7 +4,7 @@ import optuna
 
 from hpo import paths
 from hpo.config import load_params
-from hpo.errors import PipelineError, run_stage
+from hpo.errors import REBUILD, PipelineError, file_error, run_stage
 from hpo.plots import (
     history_table,
     importance_evaluator,
@@ -19,10 +19,15 @@ def main() -> None:
     params = load_params().plot
     study_name = paths.read_json(paths.TUNE_SUMMARY)["study_name"]
     if not paths.STUDY_DB.exists():
-        raise PipelineError(f"{paths.STUDY_DB}: not found; run the tune stage first (dvc repro)")
+        raise file_error(paths.STUDY_DB, FileNotFoundError(), REBUILD)
     storage = open_storage(paths.STUDY_DB)
     try:
-        study = optuna.load_study(study_name=study_name, storage=storage)
+        try:
+            study = optuna.load_study(study_name=study_name, storage=storage)
+        except KeyError:  # an empty file opens as a new, empty storage
+            raise PipelineError(
+                f"{paths.STUDY_DB}: holds no study {study_name}; {REBUILD}"
+            ) from None
         paths.PLOT_DATA.mkdir(parents=True, exist_ok=True)
         history_table(study).to_csv(paths.HISTORY_CSV, index=False)
         evaluator = importance_evaluator(params.importance_evaluator, params.importance_seed)

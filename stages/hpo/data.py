@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
-from hpo.errors import PipelineError
+from hpo.errors import REBUILD, PipelineError, file_error
 
 RAW_DATA = Path("data/raw/cal_housing.data.gz")
 # sha256 of the decompressed bytes (the gzip header carries a timestamp), see data/README.md
@@ -112,9 +112,14 @@ def read_split(path: Path) -> tuple[pd.DataFrame, pd.Series]:
     """Features and target of a prepared split, as written by the prepare stage."""
     try:
         frame = pd.read_csv(path)
-    except FileNotFoundError:
-        raise PipelineError(f"{path}: not found; run the prepare stage first (dvc repro)") from None
+    except (OSError, ValueError) as exc:  # ValueError: pandas' empty and parser errors
+        raise file_error(path, exc, REBUILD) from None
     missing = [c for c in [*FEATURES, TARGET] if c not in frame.columns]
     if missing:
-        raise PipelineError(f"{path}: missing columns {', '.join(missing)}; rerun prepare")
+        raise PipelineError(f"{path}: missing columns {', '.join(missing)}; {REBUILD}")
+    columns = frame[[*FEATURES, TARGET]]
+    if not all(pd.api.types.is_numeric_dtype(t) for t in columns.dtypes) or columns.isna().any(
+        axis=None
+    ):
+        raise PipelineError(f"{path}: non-numeric or missing values (damaged?); {REBUILD}")
     return frame[FEATURES], frame[TARGET]

@@ -4,6 +4,14 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from pathlib import Path
+
+# What to do about a damaged file, by kind: an earlier stage's output, or a store that only
+# this pipeline appends to (not a DVC output: nothing can restore it).
+REBUILD = "`dvc repro` rebuilds it (`dvc checkout` restores the version DVC last cached)"
+MOVE_STORE_ASIDE = (
+    "move it aside (its history stays in the moved file) and rerun: a new one is started"
+)
 
 
 class PipelineError(Exception):
@@ -12,6 +20,24 @@ class PipelineError(Exception):
     def __init__(self, message: str, exit_code: int = 2) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+def file_error(path: Path | str, exc: BaseException, remedy: str) -> PipelineError:
+    """One line for a file a stage cannot use: which, what is wrong with it, what to do."""
+    return PipelineError(f"{path}: {_what_is_wrong(exc)}; {remedy}")
+
+
+def _what_is_wrong(exc: BaseException) -> str:
+    if isinstance(exc, FileNotFoundError):
+        return "not found"
+    if isinstance(exc, IsADirectoryError):
+        return "is a folder, not a file"
+    if isinstance(exc, PermissionError):
+        return "permission denied"
+    lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    # XGBoost appends a native stack trace; SQLAlchemy a link and the SQL.
+    first = " ".join(lines[0].split(" Stack trace:")[0].split()) if lines else ""
+    return first or type(exc).__name__
 
 
 def run_stage(main: Callable[[], None]) -> None:
@@ -24,3 +50,10 @@ def run_stage(main: Callable[[], None]) -> None:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         raise SystemExit(130) from None
+    except OSError as exc:
+        if exc.filename is None:
+            raise
+        # Writing an output into a read-only folder, a full disk, a folder in a file's place.
+        reason = (exc.strerror or str(exc)).lower()
+        print(f"error: {exc.filename}: {reason}", file=sys.stderr)
+        raise SystemExit(2) from None

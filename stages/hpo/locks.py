@@ -1,7 +1,10 @@
-"""File locks between the processes of one host (tune processes sharing a study or a store)."""
+"""SQLite files shared by the processes of one host (tune processes sharing a study or a store):
+the lock around their creation, and the check that they are intact before use."""
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 from pathlib import Path
 
 from filelock import FileLock
@@ -15,3 +18,18 @@ def process_lock(database: Path) -> FileLock:
     """
     database.parent.mkdir(parents=True, exist_ok=True)
     return FileLock(database.with_name(database.name + ".lock"))
+
+
+def check_intact(database: Path) -> None:
+    """Raise sqlite3.DatabaseError if an existing database file is damaged (e.g. truncated).
+
+    SQLite opens a damaged file without complaint and fails only when a query reaches a bad
+    page, in the middle of the work; `quick_check` reads every page once, in milliseconds here.
+    """
+    if not database.is_file() or database.stat().st_size == 0:
+        return  # missing or empty: SQLite starts a new database
+    uri = f"file:{database}?mode=ro"
+    with contextlib.closing(sqlite3.connect(uri, uri=True)) as connection:
+        result = connection.execute("PRAGMA quick_check").fetchone()[0]
+    if result != "ok":
+        raise sqlite3.DatabaseError(f"damaged (SQLite quick_check: {result})")

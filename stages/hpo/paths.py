@@ -4,7 +4,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from hpo.errors import PipelineError
+from hpo.errors import REBUILD, file_error
 
 PREPARED = Path("data/prepared")
 TRAIN_CSV = PREPARED / "train.csv"
@@ -32,10 +32,8 @@ MLFLOW_ARTIFACTS = OUTPUTS / "mlruns"
 
 
 def read_json(path: Path) -> Any:
-    """A JSON output of an earlier stage; a clear error when that stage has not run."""
+    """A JSON output of an earlier stage; one line when it is missing or damaged."""
     try:
         return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise PipelineError(
-            f"{path}: not found; run the earlier stages first (dvc repro)"
-        ) from None
+    except (OSError, ValueError) as exc:  # ValueError: not JSON, or not text
+        raise file_error(path, exc, REBUILD) from None

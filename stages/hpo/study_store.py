@@ -11,19 +11,21 @@ import contextlib
 import hashlib
 import json
 import os
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import optuna
 import sqlalchemy
+from optuna.exceptions import StorageInternalError
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial
 from sqlalchemy.engine import URL
 
 from hpo.backends import STORAGE_VAR, redact, scrub
-from hpo.errors import PipelineError
-from hpo.locks import process_lock
+from hpo.errors import MOVE_STORE_ASIDE, REBUILD, PipelineError, file_error
+from hpo.locks import check_intact, process_lock
 
 # Seconds a writer waits for SQLite's lock before "database is locked"; a second tune process
 # on the same study waits its turn instead of failing.
@@ -37,7 +39,7 @@ _ADVISORY_LOCK_KEY = int.from_bytes(hashlib.sha256(b"optuna-mlflow-pipeline").di
 def open_study_storage(url: URL | None, default: Path) -> RDBStorage:
     """The storage named by OPTUNA_STORAGE, or the SQLite file `default`; one line if unusable."""
     if url is None:
-        return open_storage(default)
+        return open_storage(default, MOVE_STORE_ASIDE)
     if url.get_backend_name() == "sqlite":
         try:
             return open_storage(Path(url.database))
@@ -63,15 +65,21 @@ def open_study_storage(url: URL | None, default: Path) -> RDBStorage:
         raise PipelineError(f"{STORAGE_VAR}: cannot open {redact(str(url))}: {reason}") from None
 
 
-def open_storage(path: Path) -> RDBStorage:
+def open_storage(path: Path, remedy: str = REBUILD) -> RDBStorage:
     """RDB storage on a SQLite file in WAL mode (readers never block the writer).
 
     Opened under the file's process lock: two processes creating the tables at once fail.
+    A file that cannot be used (damaged, a folder, read-only, locked too long) gives one line
+    naming it, with `remedy`.
     """
-    with process_lock(path):
-        storage = RDBStorage(
-            f"sqlite:///{path}", engine_kwargs={"connect_args": {"timeout": LOCK_TIMEOUT_S}}
-        )
+    try:
+        check_intact(path)
+        with process_lock(path):
+            storage = RDBStorage(
+                f"sqlite:///{path}", engine_kwargs={"connect_args": {"timeout": LOCK_TIMEOUT_S}}
+            )
+    except (OSError, sqlite3.Error, sqlalchemy.exc.SQLAlchemyError, StorageInternalError) as exc:
+        raise file_error(path, exc, remedy) from None
     sqlalchemy.event.listen(storage.engine, "connect", _sqlite_pragmas)
     storage.engine.dispose()  # drop connections opened before the listener existed
     return storage

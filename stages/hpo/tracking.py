@@ -19,6 +19,7 @@ from typing import Any
 
 import optuna
 import requests
+import sqlalchemy
 from mlflow.entities import LifecycleStage, Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import (
@@ -29,8 +30,8 @@ from mlflow.protos.databricks_pb2 import (
 from mlflow.tracking import MlflowClient
 
 from hpo.backends import TRACKING_VAR, redact, scrub, tracking_uri_from_environment
-from hpo.errors import PipelineError
-from hpo.locks import process_lock
+from hpo.errors import MOVE_STORE_ASIDE, PipelineError, file_error
+from hpo.locks import check_intact, process_lock
 from hpo.paths import MLFLOW_ARTIFACTS, MLFLOW_DB
 
 EXPERIMENT = "xgboost-california-housing"
@@ -52,20 +53,24 @@ def connect(db: Path = MLFLOW_DB, artifacts: Path = MLFLOW_ARTIFACTS) -> tuple[M
     remote = tracking_uri_from_environment()
     if remote is not None:
         return _connect_remote(remote)
-    # A second tune process may start at the same time: the store is created under a lock.
-    with process_lock(db):
-        with contextlib.closing(sqlite3.connect(db)) as connection:
-            # Persistent in the file: commits append to a log instead of rewriting pages, and
-            # `mlflow ui` can read while a stage writes.
-            connection.execute("PRAGMA journal_mode=WAL")
-        client = MlflowClient(tracking_uri=tracking_uri(db))
-        experiment = client.get_experiment_by_name(EXPERIMENT)
-        if experiment is not None:
-            return client, experiment.experiment_id
-        artifacts.mkdir(parents=True, exist_ok=True)
-        experiment_id = client.create_experiment(EXPERIMENT)
-        _make_artifact_location_relative(db, experiment_id, artifacts)
-        return client, experiment_id
+    try:
+        # A second tune process may start at the same time: the store is created under a lock.
+        check_intact(db)
+        with process_lock(db):
+            with contextlib.closing(sqlite3.connect(db)) as connection:
+                # Persistent in the file: commits append to a log instead of rewriting pages,
+                # and `mlflow ui` can read while a stage writes.
+                connection.execute("PRAGMA journal_mode=WAL")
+            client = MlflowClient(tracking_uri=tracking_uri(db))
+            experiment = client.get_experiment_by_name(EXPERIMENT)
+            if experiment is not None:
+                return client, experiment.experiment_id
+            artifacts.mkdir(parents=True, exist_ok=True)
+            experiment_id = client.create_experiment(EXPERIMENT)
+            _make_artifact_location_relative(db, experiment_id, artifacts)
+            return client, experiment_id
+    except (OSError, sqlite3.Error, MlflowException, sqlalchemy.exc.SQLAlchemyError) as exc:
+        raise file_error(db, exc, MOVE_STORE_ASIDE) from None
 
 
 def _connect_remote(uri: str) -> tuple[MlflowClient, str]:

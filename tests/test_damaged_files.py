@@ -1,0 +1,97 @@
+"""Every file a stage reads, in any state a disk can leave it, gives one line and loses nothing.
+
+Each case copies the finished tiny run, damages one file and runs the stage that reads it:
+exit code 2, one `error:` line naming the file and what to do, no traceback, and every other
+file of the project byte for byte as it was.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from conftest import run_stage_script
+
+
+def _missing(path: Path) -> None:
+    path.unlink()
+
+
+def _empty(path: Path) -> None:
+    path.write_bytes(b"")
+
+
+def _garbage(path: Path) -> None:
+    path.write_bytes(b"\x00\xff not what was here \x13\x37" * 64)
+
+
+def _truncated(path: Path) -> None:
+    content = path.read_bytes()
+    path.write_bytes(content[: len(content) // 2])
+
+
+def _folder(path: Path) -> None:
+    path.unlink()
+    path.mkdir()
+
+
+DAMAGE: dict[str, Callable[[Path], None]] = {
+    "missing": _missing,
+    "empty": _empty,
+    "garbage": _garbage,
+    "truncated": _truncated,
+    "a folder": _folder,
+}
+# (stage, file it reads, damage that must stop it). A store that is missing or empty is
+# not damaged: the stage starts a new one.
+STORES = ("garbage", "truncated", "a folder")
+OUTPUTS = tuple(DAMAGE)
+CASES = [
+    ("tune", "data/prepared/train.csv", OUTPUTS),
+    ("tune", "outputs/optuna_store.db", STORES),
+    ("tune", "outputs/mlflow.db", STORES),
+    ("train_best", "outputs/tune_summary.json", OUTPUTS),
+    ("evaluate", "outputs/model.ubj", OUTPUTS),
+    ("evaluate", "outputs/model_info.json", OUTPUTS),
+    ("evaluate", "data/prepared/test.csv", OUTPUTS),
+    ("plot", "outputs/optuna_study.db", OUTPUTS),
+]
+PARAMS = [
+    pytest.param(stage, name, damage, id=f"{stage}-{name.split('/')[-1]}-{damage}")
+    for stage, name, damages in CASES
+    for damage in damages
+]
+
+
+def _fingerprints(project: Path, skip: Path) -> dict[str, str]:
+    """sha256 of every file but the damaged one and SQLite's and the lock's side files."""
+    found = {}
+    for path in project.rglob("*"):
+        side_file = path.name.endswith(("-wal", "-shm", ".lock")) or ".dvc/tmp" in str(path)
+        if path.is_file() and skip not in (path, *path.parents) and not side_file:
+            found[str(path.relative_to(project))] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return found
+
+
+@pytest.mark.parametrize(("stage", "name", "damage"), PARAMS)
+def test_a_damaged_file_stops_its_stage_with_one_line(
+    tiny_run: Path, tmp_path: Path, stage: str, name: str, damage: str
+) -> None:
+    project = shutil.copytree(tiny_run, tmp_path / "p", symlinks=True)
+    target = project / name
+    DAMAGE[damage](target)
+    before = _fingerprints(project, target)
+
+    done = run_stage_script(project, stage)
+
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, done.stderr
+    assert name in errors[0] or os.path.basename(name) in errors[0]
+    assert any(hint in errors[0] for hint in ("dvc repro", "move it aside")), errors[0]
+    assert _fingerprints(project, target) == before, "the failed stage changed another file"
