@@ -97,7 +97,14 @@ def main() -> None:
                 stop=stop,
             )
             progress = _run(runner, client, parent_run_id)
-            with lock():  # a second tune process on the study writes the same file
+            if not progress.last_session:
+                print(
+                    "another tune process is still running this study: the last one to "
+                    "finish writes the outputs and closes the MLflow study run",
+                    file=sys.stderr,
+                )
+                return
+            with lock():  # not while a process that starts now reads the study
                 write_study_file(study, progress.trials, paths.STUDY_DB)
         finally:
             close_storage(storage)

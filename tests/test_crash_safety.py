@@ -184,6 +184,12 @@ def test_two_tune_processes_share_one_study(
         assert "database is locked" not in stderr
     # One protocol between them: neither asked a trial twice nor took the other's for dead.
     assert _records(_study(project, storage)) == undisturbed
+    # The first to finish leaves the outputs and the MLflow study run to the other.
+    left = ["another tune process is still running" in stderr for _, stderr in outputs]
+    assert sorted(left) == [False, True]
+    assert trial_records(project) == undisturbed
+    parents = [r for r in _mlflow_runs(project) if "optuna.study_name" in r.data.tags]
+    assert [p.info.status for p in parents] == ["FINISHED"]
 
 
 def _records(study: optuna.Study) -> list[tuple]:

@@ -64,6 +64,9 @@ PENDING_ATTR = "pending_outcome"
 # CPU time (what it takes away from the fits). A study of N trials took the clock of its
 # last trial, however long the study has grown since.
 CLOCK_ATTR = "tune_clock"
+# Study user attribute: the tune processes running the study now, so that the last one to
+# finish, and only that one, writes the stage's outputs and closes the MLflow study run.
+SESSIONS_ATTR = "tune_sessions"
 # Seconds between checks while waiting for workers, for another process's trials or for a
 # stop request.
 POLL_S = 0.5
@@ -125,6 +128,7 @@ class Progress:
     failed: int = 0
     best_number: int | None = None
     told_this_session: int = 0
+    last_session: bool = True  # no other tune process was running the study at the end
     main_thread_seconds: float = 0.0
     main_thread_cpu_seconds: float = 0.0
 
@@ -229,6 +233,7 @@ class StudyRunner:
     def run(self) -> Progress:
         """Walk the protocol until n_trials trials are COMPLETE or PRUNED; return that prefix."""
         with self.ask_lock():
+            self._set_sessions([*self._other_sessions(), _this_process()])
             self._record_missing()
             stored = self.study.get_trials(deepcopy=False)
         self._finished = {t.number: t for t in stored if t.state.is_finished()}
@@ -271,8 +276,14 @@ class StudyRunner:
         except BaseException:
             self.executor.shutdown(cancel=True)
             self._keep_after_interrupt(in_flight, progress)
+            with contextlib.suppress(Exception), self.ask_lock():
+                self._set_sessions(self._other_sessions())
             raise
         self.executor.shutdown()
+        with self.ask_lock():
+            others = self._other_sessions()
+            self._set_sessions(others)
+        progress.last_session = not others
         if progress.finished < self.n_trials:
             self.log(
                 f"warning: only {progress.finished} of {self.n_trials} trials finished; "
@@ -436,6 +447,15 @@ class StudyRunner:
                 if not slot.saved:
                     with contextlib.suppress(Exception):
                         slot.trial.set_user_attr(PENDING_ATTR, future.result().to_json())
+
+    def _other_sessions(self) -> list[dict[str, Any]]:
+        """The other live tune processes running this study (stopped ones are dropped)."""
+        me = _this_process()
+        sessions = self.study.user_attrs.get(SESSIONS_ATTR, [])
+        return [s for s in sessions if s != me and _is_alive(s)]
+
+    def _set_sessions(self, sessions: list[dict[str, Any]]) -> None:
+        self.study.set_user_attr(SESSIONS_ATTR, sessions)
 
     def _record_missing(self) -> None:
         """Record finished trials whose record was lost (killed between tell and record)."""
