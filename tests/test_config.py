@@ -101,6 +101,23 @@ CASES = [
     ),
     pytest.param(_set(f"{SS}.subsample.high", 1.5), SS, "subsample must lie in", id="subsample>1"),
     pytest.param(_set(f"{SS}.gamma.low", float("nan")), f"{SS}.gamma.low", "finite", id="nan"),
+    # Values the schema once accepted and a library rejected later, one per key.
+    pytest.param(_set("model.tree_method", "approx"), "model.tree_method", "hist", id="approx"),
+    pytest.param(_set("model.tree_method", "exact"), "model.tree_method", "hist", id="exact"),
+    pytest.param(_set("model.max_bin", 2**31), "model.max_bin", "less than", id="max-bin"),
+    pytest.param(_set("model.seed", -1), "model.seed", "greater than", id="model-seed"),
+    pytest.param(_set("prepare.split_seed", 2**32), "prepare.split_seed", "less", id="split-seed"),
+    pytest.param(_set("tune.cv_seed", -1), "tune.cv_seed", "greater than", id="cv-seed"),
+    pytest.param(_set("tune.sampler.seed", 2**31), "tune.sampler.seed", "less", id="tpe-seed"),
+    pytest.param(
+        _set("plot.importance_seed", -5), "plot.importance_seed", "greater", id="imp-seed"
+    ),
+    pytest.param(_set(f"{SS}.gamma.low", -0.1), SS, "gamma.low must be at least 0", id="gamma<0"),
+    pytest.param(_set(f"{SS}.min_child_weight.low", -1.0), SS, "min_child_weight.low", id="mcw<0"),
+    pytest.param(_set(f"{SS}.max_depth.low", -1), SS, "max_depth.low", id="depth<0"),
+    pytest.param(
+        _set("prepare.test_size", 0.99985), None, "leaves 3 training rows", id="no-rows-for-folds"
+    ),
     pytest.param("- prepare\n- tune\n", None, "expected a mapping of sections", id="yaml-list"),
     pytest.param("tune: [1, 2\nplot: {}\n", None, "not valid YAML", id="bad-yaml"),
     pytest.param("", None, "expected a mapping of sections", id="empty-file"),

@@ -6,8 +6,9 @@ where an integer belongs) and impossible ranges are rejected with the key path t
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -15,6 +16,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from hpo.errors import PipelineError
 
 PARAMS_FILE = Path("params.yaml")
+# Rows of the shipped raw file (its checksum is verified): what the split and the folds divide.
+RAW_ROWS = 20640
+# Seeds go to NumPy, scikit-learn and Optuna, which take 0 <= seed < 2**32. The sampler of
+# trial k is seeded with seed + k: its seed leaves room for 2**31 trials.
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
 
 
 class _Strict(BaseModel):
@@ -52,18 +58,19 @@ def _check_range(low: float, high: float, log: bool) -> None:
 
 class PrepareParams(_Strict):
     test_size: float = Field(gt=0, lt=1)
-    split_seed: int
+    split_seed: Seed
 
 
 class ModelParams(_Strict):
-    seed: int
-    tree_method: Literal["hist", "approx", "exact"]
-    max_bin: int = Field(ge=2)
+    seed: Seed
+    # The folds are quantised once (QuantileDMatrix), which only `hist` can train on.
+    tree_method: Literal["hist"]
+    max_bin: int = Field(ge=2, le=2**31 - 1)
 
 
 class SamplerParams(_Strict):
     name: Literal["tpe"]
-    seed: int
+    seed: int = Field(ge=0, le=2**31 - 1)
     n_startup_trials: int = Field(ge=0)
     multivariate: bool
     constant_liar: bool
@@ -89,6 +96,9 @@ class SearchSpace(_Strict):
     def _check_xgboost_domains(self) -> SearchSpace:
         if self.n_estimators.low < 1:
             raise ValueError("n_estimators.low must be at least 1")
+        for name in ("max_depth", "min_child_weight", "gamma"):
+            if getattr(self, name).low < 0:
+                raise ValueError(f"{name}.low must be at least 0, got {getattr(self, name).low}")
         for name in ("subsample", "colsample_bytree"):
             bounds: FloatRange = getattr(self, name)
             if bounds.low <= 0 or bounds.high > 1:
@@ -101,7 +111,7 @@ class TuneParams(_Strict):
     parallel_trials: int = Field(ge=1)
     lookahead: int = Field(ge=0)
     cv_folds: int = Field(ge=2)
-    cv_seed: int
+    cv_seed: Seed
     sampler: SamplerParams
     pruner: PrunerParams
     search_space: SearchSpace
@@ -109,7 +119,7 @@ class TuneParams(_Strict):
 
 class PlotParams(_Strict):
     importance_evaluator: Literal["fanova", "ped_anova", "mean_decrease_impurity"]
-    importance_seed: int
+    importance_seed: Seed
 
 
 class Params(_Strict):
@@ -117,6 +127,17 @@ class Params(_Strict):
     model: ModelParams
     tune: TuneParams
     plot: PlotParams
+
+    @model_validator(mode="after")
+    def _check_split_leaves_rows_for_the_folds(self) -> Params:
+        test_rows = math.ceil(RAW_ROWS * self.prepare.test_size)  # as scikit-learn rounds
+        train_rows = RAW_ROWS - test_rows
+        if train_rows < self.tune.cv_folds:
+            raise ValueError(
+                f"prepare.test_size {self.prepare.test_size} leaves {train_rows} training rows "
+                f"for tune.cv_folds = {self.tune.cv_folds} folds"
+            )
+        return self
 
 
 def load_params(path: Path = PARAMS_FILE) -> Params:
@@ -150,7 +171,8 @@ def _describe(exc: ValidationError) -> str:
         message = f"{message}, got {error['input']!r}"
     more = len(exc.errors()) - 1
     suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
-    return f"{key_path or '<top level>'}: {message}{suffix}"
+    # A check across sections (no key path) names its keys in its message.
+    return f"{key_path}: {message}{suffix}" if key_path else f"{message}{suffix}"
 
 
 def _one_line(text: str) -> str:
