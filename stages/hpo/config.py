@@ -6,6 +6,7 @@ where an integer belongs) and impossible ranges are rejected with the key path t
 
 from __future__ import annotations
 
+import difflib
 import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -162,7 +163,7 @@ def _describe(exc: ValidationError) -> str:
     key_path = ".".join(str(part) for part in error["loc"])
     message = error["msg"].removeprefix("Value error, ")
     if error["type"] == "extra_forbidden":
-        message = "unknown key (typo?)"
+        message = _unknown_key(error["loc"])
     elif error["type"] == "missing":
         message = "missing key"
     elif error["type"] == "int_type" and isinstance(error.get("input"), float):
@@ -177,3 +178,12 @@ def _describe(exc: ValidationError) -> str:
 
 def _one_line(text: str) -> str:
     return " ".join(text.split())
+
+
+def _unknown_key(loc: tuple[str | int, ...]) -> str:
+    """'unknown key', with the closest known key of that section when there is one."""
+    section: type[BaseModel] = Params
+    for part in loc[:-1]:
+        section = section.model_fields[str(part)].annotation
+    close = difflib.get_close_matches(str(loc[-1]), list(section.model_fields), n=1)
+    return f"unknown key; did you mean {close[0]!r}?" if close else "unknown key (typo?)"
