@@ -186,4 +186,4 @@ def _unknown_key(loc: tuple[str | int, ...]) -> str:
     for part in loc[:-1]:
         section = section.model_fields[str(part)].annotation
     close = difflib.get_close_matches(str(loc[-1]), list(section.model_fields), n=1)
-    return f"unknown key; did you mean {close[0]!r}?" if close else "unknown key (typo?)"
+    return f"unknown key (did you mean {close[0]}?)" if close else "unknown key (typo?)"
