@@ -68,7 +68,10 @@ CASES = [
     pytest.param(_delete("tune"), "tune", "missing key", id="missing-section"),
     pytest.param(_delete("tune.cv_folds"), "tune.cv_folds", "missing key", id="missing-key"),
     pytest.param(
-        _add("tune.n_trails", 100), "tune.n_trails", "unknown key (did you mean n_trials?)", id="typo-key"
+        _add("tune.n_trails", 100),
+        "tune.n_trails",
+        "unknown key (did you mean n_trials?)",
+        id="typo-key",
     ),
     pytest.param(
         _add(f"{SS}.max_dept", {"low": 1, "high": 2}),
