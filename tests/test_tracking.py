@@ -105,3 +105,13 @@ def test_an_unknown_store_schema_stops_with_one_line(tmp_path: Path) -> None:
         connection.execute("ALTER TABLE experiments RENAME COLUMN artifact_location TO root")
     with pytest.raises(PipelineError, match="store schema is not the one"):
         tracking._make_artifact_location_relative(db, "0", tmp_path / "mlruns")
+
+
+def test_the_experiment_opens_on_its_training_runs_in_new_and_old_stores(tmp_path: Path) -> None:
+    client, experiment_id = _store(tmp_path)
+    kind = client.get_experiment(experiment_id).tags["mlflow.experimentKind"]
+    assert kind == "custom_model_development"
+    client.delete_experiment_tag(experiment_id, "mlflow.experimentKind")  # a store made before
+    client, experiment_id = _store(tmp_path)
+    kind = client.get_experiment(experiment_id).tags["mlflow.experimentKind"]
+    assert kind == "custom_model_development"

@@ -20,7 +20,7 @@ from typing import Any
 import optuna
 import requests
 import sqlalchemy
-from mlflow.entities import LifecycleStage, Metric, Param, RunTag
+from mlflow.entities import Experiment, LifecycleStage, Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import (
     RESOURCE_ALREADY_EXISTS,
@@ -37,6 +37,7 @@ from hpo.paths import MLFLOW_ARTIFACTS, MLFLOW_DB
 EXPERIMENT = "xgboost-california-housing"
 REGISTERED_MODEL = "xgboost-california-housing"
 STUDY_RUN_ID_ATTR = "mlflow_parent_run_id"
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 
 
 def tracking_uri(db: Path = MLFLOW_DB) -> str:
@@ -63,12 +64,13 @@ def connect(db: Path = MLFLOW_DB, artifacts: Path = MLFLOW_ARTIFACTS) -> tuple[M
                 connection.execute("PRAGMA journal_mode=WAL")
             client = MlflowClient(tracking_uri=tracking_uri(db))
             experiment = client.get_experiment_by_name(EXPERIMENT)
-            if experiment is not None:
-                return client, experiment.experiment_id
-            artifacts.mkdir(parents=True, exist_ok=True)
-            experiment_id = client.create_experiment(EXPERIMENT)
-            _make_artifact_location_relative(db, experiment_id, artifacts)
-            return client, experiment_id
+            if experiment is None:
+                artifacts.mkdir(parents=True, exist_ok=True)
+                experiment_id = client.create_experiment(EXPERIMENT)
+                _make_artifact_location_relative(db, experiment_id, artifacts)
+                experiment = client.get_experiment(experiment_id)
+            _open_on_training_runs(client, experiment)
+            return client, experiment.experiment_id
     except (OSError, sqlite3.Error, MlflowException, sqlalchemy.exc.SQLAlchemyError) as exc:
         raise file_error(db, exc, MOVE_STORE_ASIDE) from None
 
@@ -92,15 +94,26 @@ def _connect_remote(uri: str) -> tuple[MlflowClient, str]:
         experiment = client.get_experiment_by_name(EXPERIMENT)
         if experiment is None:
             try:
-                return client, client.create_experiment(EXPERIMENT)
+                client.create_experiment(EXPERIMENT)
             except MlflowException as error:  # another driver created it just now
                 if error.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
                     raise
-                experiment = client.get_experiment_by_name(EXPERIMENT)
+            experiment = client.get_experiment_by_name(EXPERIMENT)
+        _open_on_training_runs(client, experiment)
         return client, experiment.experiment_id
     except (MlflowException, requests.RequestException) as exc:
         reason = scrub(" ".join(str(exc).split()), uri)[:300]
         raise PipelineError(f"{TRACKING_VAR}: {redact(uri)} refused: {reason}") from None
+
+
+def _open_on_training_runs(client: MlflowClient, experiment: Experiment) -> None:
+    """Mark the experiment as model training, for new and existing stores alike.
+
+    MLflow 3's UI opens an experiment by its kind (the tag `mlflow.experimentKind`): without
+    it, on the GenAI overview (traces, token usage); with this kind, on the runs table.
+    """
+    if experiment.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
 
 
 def _make_artifact_location_relative(db: Path, experiment_id: str, artifacts: Path) -> None:
