@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import pandas as pd
 import requests
 import sqlalchemy
 from mlflow.entities import Experiment, LifecycleStage, Metric, Param, RunTag
@@ -169,18 +170,8 @@ def _git_commit() -> str | None:
 
 def log_params_flat(client: MlflowClient, run_id: str, params: dict[str, Any]) -> None:
     """Log nested params as dotted keys (tune.search_space.max_depth.low = 3)."""
-    flat = _flatten(params)
+    flat = pd.json_normalize(params, sep=".").iloc[0]
     client.log_batch(run_id, params=[Param(k, str(v)) for k, v in flat.items()])
-
-
-def _flatten(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in params.items():
-        if isinstance(value, dict):
-            flat |= _flatten(value, f"{prefix}{key}.")
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def open_study_run(
