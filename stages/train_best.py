@@ -23,6 +23,7 @@ def main() -> None:
         x_train,
         {"model": params.model.model_dump(), "best_params": summary["best_params"]},
         study_run_id=summary["mlflow_parent_run_id"],
+        study_name=summary["study_name"],
     )
     paths.MODEL_INFO.write_text(json.dumps(model_info, indent=2) + "\n")
     print(

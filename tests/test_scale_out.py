@@ -145,7 +145,7 @@ def test_cli_cluster_postgres_and_mlflow_server_give_the_same_results(
     runs = client.search_runs([experiment.experiment_id], max_results=1000)
     (parent,) = [r for r in runs if "optuna.study_name" in r.data.tags]
     trial_runs = [r for r in runs if "optuna.trial_number" in r.data.tags]
-    (final,) = [r for r in runs if r.info.run_name == "final-model"]
+    (final,) = [r for r in runs if r.info.run_name.startswith("final-model ")]
     assert parent.info.status == "FINISHED"
     assert parent.data.metrics["best_cv_mse"] == summary["best_cv_mse"]
     assert len(trial_runs) == N_TRIALS

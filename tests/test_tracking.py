@@ -7,7 +7,9 @@ import sqlite3
 from pathlib import Path
 
 import optuna
+import pandas as pd
 import pytest
+import xgboost as xgb
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
@@ -115,3 +117,21 @@ def test_the_experiment_opens_on_its_training_runs_in_new_and_old_stores(tmp_pat
     client, experiment_id = _store(tmp_path)
     kind = client.get_experiment(experiment_id).tags["mlflow.experimentKind"]
     assert kind == "custom_model_development"
+
+
+def test_the_same_model_is_registered_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # the artifact root is relative to the project root
+    client, experiment_id = tracking.connect(Path("outputs/mlflow.db"), Path("outputs/mlruns"))
+    x = pd.DataFrame({"a": [0.0, 1.0, 2.0, 3.0], "b": [1.0, 0.0, 1.0, 0.0]})
+    y = [0.0, 1.0, 2.0, 3.0]
+
+    def refit(rounds: int) -> dict:
+        booster = xgb.train({"seed": 0}, xgb.DMatrix(x, y), num_boost_round=rounds)
+        return tracking.log_final_model(client, experiment_id, booster, x, {"a": 1}, "r", "s")
+
+    first, again, other = refit(2), refit(2), refit(3)
+    assert again == first  # the same bytes: the same run and version
+    assert other["registered_model_version"] == first["registered_model_version"] + 1
+    version = client.get_model_version("xgboost-california-housing", "2")
+    assert "study s" in version.description
+    assert client.get_run(other["mlflow_run_id"]).info.run_name == "final-model s"

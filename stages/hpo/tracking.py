@@ -38,6 +38,8 @@ from hpo.paths import MLFLOW_ARTIFACTS, MLFLOW_DB
 EXPERIMENT = "xgboost-california-housing"
 REGISTERED_MODEL = "xgboost-california-housing"
 STUDY_RUN_ID_ATTR = "mlflow_parent_run_id"
+# Model version tag: sha256 of the model's bytes, so that the same model is registered once.
+MODEL_DIGEST_TAG = "model_sha256"
 EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 
 
@@ -228,6 +230,8 @@ def close_study_run(client: MlflowClient, run_id: str, summary: dict[str, Any]) 
     }
     log_metrics(client, run_id, values)
     client.log_dict(run_id, summary, "tune_summary.json")
+    # The name says what the run holds now: a grown or cut study changes its trial count.
+    client.update_run(run_id, name=f"{summary['study_name']} ({summary['trial_budget']} trials)")
     client.set_terminated(run_id, "FINISHED")
 
 
@@ -238,19 +242,32 @@ def log_final_model(
     x_example: Any,
     params: dict[str, Any],
     study_run_id: str,
+    study_name: str,
 ) -> dict[str, Any]:
-    """Log the refit model with signature and input example, registered in the model registry."""
+    """Log the refit model with signature and input example, registered in the model registry.
+
+    A model whose bytes are already registered (train_best rerun on the same study) is not
+    logged again: its existing run and version are returned.
+    """
     import mlflow
     import mlflow.xgboost
     from mlflow.models import infer_signature
 
+    digest = hashlib.sha256(booster.save_raw(raw_format="ubj")).hexdigest()
+    known = client.search_model_versions(
+        f"name = '{REGISTERED_MODEL}' and tags.{MODEL_DIGEST_TAG} = '{digest}'"
+    )
+    if known:
+        version = min(known, key=lambda v: int(v.version))
+        return _model_info(version.run_id, version.source, version.version)
+    tags = provenance_tags(params)
     run = client.create_run(
         experiment_id,
-        run_name="final-model",
+        run_name=f"final-model {study_name}",
         tags={
             "study_parent_run_id": study_run_id,
             "hpo.executor": "local-process",  # the refit runs in the stage's own process
-            **provenance_tags(params),
+            **tags,
         },
     )
     run_id = run.info.run_id
@@ -266,11 +283,23 @@ def log_final_model(
             registered_model_name=REGISTERED_MODEL,
             model_format="ubj",
         )
+    version = str(info.registered_model_version)
+    client.set_model_version_tag(REGISTERED_MODEL, version, MODEL_DIGEST_TAG, digest)
+    client.update_model_version(
+        REGISTERED_MODEL,
+        version,
+        description=f"Refit on the best params of study {study_name} "
+        f"(params_hash {tags['params_hash']}, model sha256 {digest[:12]})",
+    )
+    return _model_info(run_id, info.model_uri, version)
+
+
+def _model_info(run_id: str, model_uri: str, version: str | int) -> dict[str, Any]:
     return {
         "mlflow_run_id": run_id,
-        "model_uri": info.model_uri,
+        "model_uri": model_uri,
         "registered_model": REGISTERED_MODEL,
-        "registered_model_version": int(info.registered_model_version),
+        "registered_model_version": int(version),
     }
 
 
