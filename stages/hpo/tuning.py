@@ -40,10 +40,10 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
 import optuna
+import psutil
 from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, TrialState
 
@@ -467,16 +467,8 @@ class StudyRunner:
 
 
 def _this_process() -> dict[str, Any]:
-    return {"host": socket.gethostname(), "pid": os.getpid(), "started": _start_time(os.getpid())}
-
-
-def _start_time(pid: int) -> str | None:
-    """The process's start time in clock ticks since boot (Linux), to tell a reused pid apart."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat.rsplit(")", 1)[1].split()[19]  # field 22; the name in (...) may hold spaces
+    me = psutil.Process()
+    return {"host": socket.gethostname(), "pid": me.pid, "started": me.create_time()}
 
 
 def _is_alive(owner: dict[str, Any] | None) -> bool:
@@ -484,6 +476,8 @@ def _is_alive(owner: dict[str, Any] | None) -> bool:
 
     A container restarted with the same hostname often gets the same pid again: the start
     time (and our own pid, which cannot own a trial of an earlier run) tells them apart.
+    Another host's process cannot be seen from here, so it counts as gone (see the README on
+    drivers on several hosts).
     """
     if not owner or owner.get("host") != socket.gethostname():
         return False
@@ -491,12 +485,11 @@ def _is_alive(owner: dict[str, Any] | None) -> bool:
     if pid == os.getpid():
         return False
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return owner.get("started") in (None, psutil.Process(pid).create_time())
+    except psutil.NoSuchProcess:
         return False
-    except PermissionError:
-        pass
-    return owner.get("started") is None or owner.get("started") == _start_time(pid)
+    except psutil.AccessDenied:  # another user's process: it exists
+        return True
 
 
 def summarize(study_name: str, progress: Progress) -> dict[str, Any]:
