@@ -114,7 +114,8 @@ def main() -> None:
         **summarize(study.study_name, progress),
         "mlflow_parent_run_id": parent_run_id,
     }
-    tracking.close_study_run(client, parent_run_id, summary)
+    finished_at = max(t.datetime_complete for t in progress.trials).timestamp()
+    tracking.close_study_run(client, parent_run_id, summary, finished_at)
     paths.TUNE_SUMMARY.write_text(json.dumps(summary, indent=2) + "\n")
 
 

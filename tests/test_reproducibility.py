@@ -149,6 +149,11 @@ def test_experiments_grow_and_cut_the_study_without_recomputing_it(
     cut = trial_records(project)
     finished = [i for i, record in enumerate(committed) if record[1] in ("COMPLETE", "PRUNED")]
     assert cut == committed[: finished[2] + 1]  # the first trials holding 3 finished ones
+    # The study run ends when its last trial did, not when the cut study was last opened.
+    last_told = max(_finished_at(project)[n] for n in range(len(cut)))
+    study_run = client.get_run(results["mlflow"]["study_run_id"])
+    assert study_run.info.end_time == int(last_told.timestamp() * 1000)
+    assert study_run.info.run_name.endswith("(3 trials)")
 
     run(project, "git", "checkout", "--", "params.yaml", "dvc.lock")
     dvc(project, "repro")

@@ -216,8 +216,12 @@ def _run_exists(client: MlflowClient, run_id: str) -> bool:
     return run.info.lifecycle_stage == LifecycleStage.ACTIVE
 
 
-def close_study_run(client: MlflowClient, run_id: str, summary: dict[str, Any]) -> None:
-    """Log the study's outcome on its parent run and mark it finished."""
+def close_study_run(
+    client: MlflowClient, run_id: str, summary: dict[str, Any], finished_at: float
+) -> None:
+    """Log the study's outcome on its parent run and mark it finished at `finished_at` (the
+    epoch seconds its last trial was told: a study resumed, cut or returned to later keeps the
+    end time, and so the duration, of the trials it holds)."""
     counts = summary["n_trials"]
     values = {
         "best_cv_mse": summary["best_cv_mse"],
@@ -232,7 +236,7 @@ def close_study_run(client: MlflowClient, run_id: str, summary: dict[str, Any]) 
     client.log_dict(run_id, summary, "tune_summary.json")
     # The name says what the run holds now: a grown or cut study changes its trial count.
     client.update_run(run_id, name=f"{summary['study_name']} ({summary['trial_budget']} trials)")
-    client.set_terminated(run_id, "FINISHED")
+    client.set_terminated(run_id, "FINISHED", end_time=int(finished_at * 1000))
 
 
 def log_final_model(
