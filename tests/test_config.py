@@ -216,3 +216,11 @@ def test_malformed_params_stop_the_prepare_stage(
     assert line.startswith(prefix), line
     assert problem in line
     assert not (directory / "data" / "prepared").exists()
+
+
+def test_a_stage_run_outside_the_project_says_where_it_looked(tmp_path: Path) -> None:
+    result = run_stage_script(tmp_path, "prepare")
+    assert result.returncode == 2
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(f"error: {tmp_path / 'params.yaml'}: not found")
+    assert "stages run from the project root" in line

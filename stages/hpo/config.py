@@ -146,7 +146,10 @@ def load_params(path: Path = PARAMS_FILE) -> Params:
     try:
         raw: Any = yaml.safe_load(path.read_text())
     except FileNotFoundError:
-        raise PipelineError(f"{path}: file not found") from None
+        raise PipelineError(
+            f"{path.absolute()}: not found; stages run from the project root (the folder of "
+            "dvc.yaml and params.yaml), e.g. `dvc repro` or `python stages/tune.py` there"
+        ) from None
     except yaml.YAMLError as exc:
         raise PipelineError(f"{path}: not valid YAML ({_one_line(str(exc))})") from None
     if not isinstance(raw, dict):
