@@ -81,20 +81,19 @@ def test_scrub_removes_the_password_from_a_third_party_message() -> None:
     assert scrub("nothing secret", None) == "nothing secret"
 
 
-def test_the_default_study_store_named_explicitly_is_the_default(
-    monkeypatch: pytest.MonkeyPatch, tmp_path
-) -> None:
+@pytest.fixture
+def in_a_project(monkeypatch: pytest.MonkeyPatch, tmp_path) -> pytest.MonkeyPatch:
     monkeypatch.chdir(tmp_path)
     (tmp_path / "outputs").mkdir()
-    monkeypatch.setenv(STORAGE_VAR, "sqlite:///outputs/optuna_store.db")
+    return monkeypatch
+
+
+def test_the_default_study_store_named_explicitly_is_the_default(in_a_project) -> None:
+    in_a_project.setenv(STORAGE_VAR, "sqlite:///outputs/optuna_store.db")
     assert from_environment().study_storage is None
 
 
-def test_the_stage_output_cannot_be_the_study_store(
-    monkeypatch: pytest.MonkeyPatch, tmp_path
-) -> None:
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "outputs").mkdir()
-    monkeypatch.setenv(STORAGE_VAR, "sqlite:///outputs/optuna_study.db")
+def test_the_stage_output_cannot_be_the_study_store(in_a_project) -> None:
+    in_a_project.setenv(STORAGE_VAR, "sqlite:///outputs/optuna_study.db")
     with pytest.raises(PipelineError, match="tune stage's output, rewritten by every run"):
         from_environment()

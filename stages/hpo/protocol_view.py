@@ -24,6 +24,28 @@ from optuna.trial import FrozenTrial, TrialState
 SamplerFactory = Callable[[int], optuna.samplers.BaseSampler]
 
 
+def running_trial(
+    params: dict[str, Any],
+    distributions: dict[str, BaseDistribution],
+    user_attrs: dict[str, Any] | None = None,
+) -> FrozenTrial:
+    """A running trial with these params, to create in a storage in one write (its number and
+    id are the storage's to give)."""
+    return FrozenTrial(
+        number=-1,
+        state=TrialState.RUNNING,
+        value=None,
+        datetime_start=datetime.datetime.now(),
+        datetime_complete=None,
+        params=params,
+        distributions=distributions,
+        user_attrs=user_attrs or {},
+        system_attrs={},
+        intermediate_values={},
+        trial_id=-1,
+    )
+
+
 class ProtocolView:
     """Trial k's view of the study: trials 0..k-window finished, k-window+1..k-1 running.
 
@@ -56,19 +78,7 @@ class ProtocolView:
 
     def add_running(self, trial: FrozenTrial) -> None:
         """Add an existing trial (asked by an earlier run or another process) as running."""
-        template = FrozenTrial(
-            number=-1,
-            state=TrialState.RUNNING,
-            value=None,
-            datetime_start=datetime.datetime.now(),
-            datetime_complete=None,
-            params=trial.params,
-            distributions=trial.distributions,
-            user_attrs={},
-            system_attrs={},
-            intermediate_values={},
-            trial_id=-1,
-        )
+        template = running_trial(trial.params, trial.distributions)
         self._storage.create_new_trial(self._study_id, template_trial=template)
         self.n_trials += 1
 

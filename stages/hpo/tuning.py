@@ -31,7 +31,6 @@ twice. No library offers this: Optuna's samplers read the live storage, and its
 from __future__ import annotations
 
 import contextlib
-import datetime
 import os
 import socket
 import threading
@@ -50,7 +49,7 @@ from optuna.trial import FrozenTrial, TrialState
 from hpo.errors import PipelineError
 from hpo.evaluation import EVALUATION_CODE, TrialOutcome, TrialTask, source_digest
 from hpo.executors import TrialExecutor
-from hpo.protocol_view import ProtocolView, SamplerFactory
+from hpo.protocol_view import ProtocolView, SamplerFactory, running_trial
 
 # (trial number, sampled params, completed trials for its pruner) -> the task to evaluate
 TaskFactory = Callable[[int, dict[str, Any], list[FrozenTrial]], TrialTask]
@@ -326,19 +325,8 @@ class StudyRunner:
 
     def _create_trial(self, params: dict[str, Any]) -> optuna.Trial:
         """A running trial with the given params, owned by this process, in one write."""
-        template = FrozenTrial(
-            number=-1,
-            state=TrialState.RUNNING,
-            value=None,
-            datetime_start=datetime.datetime.now(),
-            datetime_complete=None,
-            params=params,
-            distributions={name: self.distributions[name] for name in params},
-            user_attrs={OWNER_ATTR: _this_process()},
-            system_attrs={},
-            intermediate_values={},
-            trial_id=-1,
-        )
+        distributions = {name: self.distributions[name] for name in params}
+        template = running_trial(params, distributions, {OWNER_ATTR: _this_process()})
         storage = self.study._storage  # Optuna has no public accessor for it
         trial_id = storage.create_new_trial(self.study._study_id, template_trial=template)
         return optuna.Trial(self.study, trial_id)
