@@ -55,7 +55,7 @@ from hpo.config import Params, load_params  # noqa: E402
 from hpo.data import read_split  # noqa: E402
 from hpo.metrics import mse  # noqa: E402
 from hpo.model import train_final  # noqa: E402
-from hpo.search import make_pruner  # noqa: E402
+from hpo.search import make_pruner, make_sampler  # noqa: E402
 from hpo.xgb_params import distributions  # noqa: E402
 
 PIPELINE, XGB_CV, PLAIN = "pipeline", "xgb.cv + callback", "plain loop"
@@ -138,15 +138,9 @@ def _rounds_per_fold(trial: optuna.trial.FrozenTrial) -> int:
 
 def _study(params: Params, seed: int) -> optuna.Study:
     """A study with the pipeline's sampler and pruner settings, seeded once (Optuna's way)."""
-    sampler = params.tune.sampler
+    seeded = params.tune.sampler.model_copy(update={"seed": seed})
     return optuna.create_study(
-        sampler=optuna.samplers.TPESampler(
-            seed=seed,
-            n_startup_trials=sampler.n_startup_trials,
-            multivariate=sampler.multivariate,
-            constant_liar=sampler.constant_liar,
-        ),
-        pruner=make_pruner(params.tune.pruner),
+        sampler=make_sampler(seeded, trial_number=0), pruner=make_pruner(params.tune.pruner)
     )
 
 

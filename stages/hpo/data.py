@@ -118,8 +118,7 @@ def read_split(path: Path) -> tuple[pd.DataFrame, pd.Series]:
     if missing:
         raise PipelineError(f"{path}: missing columns {', '.join(missing)}; {REBUILD}")
     columns = frame[[*FEATURES, TARGET]]
-    if not all(pd.api.types.is_numeric_dtype(t) for t in columns.dtypes) or columns.isna().any(
-        axis=None
-    ):
+    numeric = all(pd.api.types.is_numeric_dtype(dtype) for dtype in columns.dtypes)
+    if not numeric or columns.isna().any(axis=None):
         raise PipelineError(f"{path}: non-numeric or missing values (damaged?); {REBUILD}")
     return frame[FEATURES], frame[TARGET]

@@ -44,6 +44,7 @@ from typing import Any, Protocol
 import optuna
 import psutil
 from optuna.distributions import BaseDistribution
+from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo.errors import PipelineError
@@ -309,11 +310,15 @@ class StudyRunner:
             return _Slot(number)
         return self._take_over(stored, view)
 
+    @property
+    def _storage(self) -> BaseStorage:
+        return self.study._storage  # Optuna has no public accessor for it
+
     def _stored_trial(self, number: int) -> FrozenTrial | None:
         """Trial `number` as the storage has it now (finished trials never change)."""
         if number in self._finished:
             return self._finished[number]
-        storage = self.study._storage  # Optuna has no public accessor for it
+        storage = self._storage
         try:
             trial_id = storage.get_trial_id_from_study_id_trial_number(self.study._study_id, number)
         except KeyError:
@@ -327,8 +332,7 @@ class StudyRunner:
         """A running trial with the given params, owned by this process, in one write."""
         distributions = {name: self.distributions[name] for name in params}
         template = running_trial(params, distributions, {OWNER_ATTR: _this_process()})
-        storage = self.study._storage  # Optuna has no public accessor for it
-        trial_id = storage.create_new_trial(self.study._study_id, template_trial=template)
+        trial_id = self._storage.create_new_trial(self.study._study_id, template_trial=template)
         return optuna.Trial(self.study, trial_id)
 
     def _take_over(self, stored: FrozenTrial, view: ProtocolView) -> _Slot:
