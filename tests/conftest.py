@@ -29,6 +29,8 @@ PROJECT_FILES = [
     ".dvcignore",
     ".gitignore",
 ]
+# The plots page's custom Vega templates and HTML template, copied after `dvc init` makes .dvc/.
+DVC_DIR_FILES = ["plots", "plots_page.html"]
 
 # A few seconds per trial instead of minutes: small rounds, 2 folds, a handful of trials.
 TINY_PARAMS: dict[str, Any] = {
@@ -121,6 +123,13 @@ def make_project(destination: Path, overrides: dict[str, Any] | None = None) -> 
     run(destination, "git", "config", "user.name", "CI")
     dvc(destination, "init", "-q")
     dvc(destination, "config", "core.analytics", "false")
+    for name in DVC_DIR_FILES:
+        source, target = REPO / ".dvc" / name, destination / ".dvc" / name
+        if source.is_dir():
+            shutil.copytree(source, target)
+        else:
+            shutil.copy2(source, target)
+    dvc(destination, "config", "plots.html_template", "plots_page.html")
     commit(destination, "project under test")
     return destination
 

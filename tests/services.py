@@ -385,6 +385,39 @@ def mlflow_server(
             stop_process(process)
 
 
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+@contextlib.contextmanager
+def web_ui(
+    args: list[str],
+    what: str,
+    cwd: Path,
+    log_dir: Path,
+    ready_path: str = "/",
+    env: Mapping[str, str] | None = None,
+    deadline_s: float = 90.0,
+) -> Iterator[str]:
+    """A browser-facing server (`mlflow ui`, `optuna-dashboard`) started as `args` plus
+    `--host 127.0.0.1 --port PORT` in `cwd`; yields its base URL once `ready_path` answers 200.
+    Its log is `log_dir/<first word of what>-PORT.log`."""
+    port = free_port()
+    url = f"http://{HOST}:{port}"
+    log_path = Path(log_dir) / f"{what.split()[0]}-{port}.log"
+    with open(log_path, "wb") as log:
+        process = _spawn([*args, "--host", HOST, "--port", str(port)], log, cwd, _venv_env(env))
+        try:
+            _wait_until(lambda: _answers(url + ready_path), what, deadline_s, process, log_path)
+            yield url
+        finally:
+            stop_process(process)
+
+
 # ---------------------------------------------------------------------------------------- Dask
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
@@ -13,6 +14,7 @@ import numpy as np
 import optuna
 import pandas as pd
 import pytest
+import yaml
 from conftest import TINY_PARAMS, dvc
 from matplotlib import image
 from mlflow.tracking import MlflowClient
@@ -168,16 +170,34 @@ def test_dvc_plots_and_metrics_read_the_outputs(tiny_run: Path) -> None:
     rendered = json.loads(dvc(tiny_run, "plots", "show", "--json").stdout)
     assert not rendered.get("errors")
     plots = rendered["data"]
-    for title in (
-        "Optimisation history",
-        "Predicted vs actual (test split)",
-        "Parameter importance",
-    ):
+    declared = yaml.safe_load((tiny_run / "dvc.yaml").read_text())["plots"]
+    vega_titles = [title for plot in declared if isinstance(plot, dict) for title in plot]
+    assert len(vega_titles) == 3
+    for title in vega_titles:
         (plot,) = plots[title]
         assert plot["type"] == "vega"
+        spec = {k: v for k, v in plot["content"].items() if k != "data"}
         assert plot["content"]["data"]["values"], f"{title}: no data points"
+        axis_titles = {axis["title"] for axis in _encodings(spec, ("x", "y")) if axis.get("title")}
+        assert len(axis_titles) == 2, f"{title}: axis titles {axis_titles}"
+        assert not axis_titles & {"x", "y", "trial", "importance", "param"}, axis_titles
+    (importance,) = plots["Parameter importance"]
+    assert next(_encodings(importance["content"], ("y",)))["sort"] == "-x"  # largest on top
     for image_plot in ("outputs/optimization_history.png", "outputs/param_importance.png"):
         assert plots[image_plot], f"{image_plot}: not rendered"
+
+
+def _encodings(spec: object, channels: tuple[str, ...]) -> Iterator[dict]:
+    """Every encoding of the given channels anywhere in a Vega-Lite spec (layers included)."""
+    if isinstance(spec, dict):
+        for key, value in spec.items():
+            if key == "encoding" and isinstance(value, dict):
+                yield from (value[c] for c in channels if isinstance(value.get(c), dict))
+            else:
+                yield from _encodings(value, channels)
+    elif isinstance(spec, list):
+        for item in spec:
+            yield from _encodings(item, channels)
 
 
 def test_second_repro_does_nothing(tiny_run: Path) -> None:
