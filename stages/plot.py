@@ -6,11 +6,12 @@ from hpo import paths
 from hpo.config import load_params
 from hpo.errors import REBUILD, PipelineError, file_error, run_stage
 from hpo.plots import (
+    history_figure,
     history_table,
     importance_evaluator,
+    importance_figure,
     importance_table,
-    save_history_png,
-    save_importance_png,
+    save_png,
 )
 from hpo.study_store import close_storage, open_storage
 
@@ -33,8 +34,8 @@ def main() -> None:
         evaluator = importance_evaluator(params.importance_evaluator, params.importance_seed)
         importances = importance_table(study, evaluator)
         importances.to_csv(paths.IMPORTANCE_CSV, index=False)
-        save_history_png(study, paths.HISTORY_PNG)
-        save_importance_png(importances, params.importance_evaluator, paths.IMPORTANCE_PNG)
+        save_png(history_figure(study), paths.HISTORY_PNG)
+        save_png(importance_figure(importances, params.importance_evaluator), paths.IMPORTANCE_PNG)
     finally:
         close_storage(storage)
     print(f"wrote {paths.HISTORY_PNG} and {paths.IMPORTANCE_PNG}")

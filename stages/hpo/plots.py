@@ -1,16 +1,16 @@
-"""Figures and plot data from the finished study."""
+"""Figures and plot data from the finished study.
+
+The figures are plain `matplotlib.figure.Figure` objects, not pyplot's: no backend is chosen or
+needed (the stage runs headless, the notebook shows the same figures inline) and nothing stays
+registered with pyplot after a figure is saved."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # stages run headless; set before pyplot is imported
-
-import matplotlib.pyplot as plt
 import optuna
 import pandas as pd
+from matplotlib.figure import Figure
 from matplotlib.ticker import FormatStrFormatter
 from optuna.importance import (
     BaseImportanceEvaluator,
@@ -51,7 +51,7 @@ def importance_table(study: optuna.Study, evaluator: BaseImportanceEvaluator) ->
     return pd.DataFrame({"param": list(importances), "importance": list(importances.values())})
 
 
-def save_history_png(study: optuna.Study, path: Path) -> None:
+def history_figure(study: optuna.Study) -> Figure:
     """Every trial at its CV MSE (a pruned one at the last value it reported), the best so
     far, on a log axis clipped above so that the region the search converges to is visible."""
     trials = study.get_trials(deepcopy=False)
@@ -60,7 +60,8 @@ def save_history_png(study: optuna.Study, path: Path) -> None:
     values = [t.value for t in complete]
     pruned_at = [t.intermediate_values[max(t.intermediate_values)] for t in pruned]
     best = pd.Series(values, index=[t.number for t in complete]).cummin()
-    figure, axes = plt.subplots(figsize=(8, 4.5))
+    figure = Figure(figsize=(8, 4.5))
+    axes = figure.subplots()
     axes.scatter([t.number for t in pruned], pruned_at, marker="x", s=18, color="tab:gray",
                  label=f"pruned ({len(pruned)}), at its last check")  # fmt: skip
     axes.scatter(best.index, values, s=18, color="tab:blue", label=f"complete ({len(values)})")
@@ -80,22 +81,24 @@ def save_history_png(study: optuna.Study, path: Path) -> None:
     )
     axes.grid(alpha=0.3, which="both")
     axes.legend(fontsize=8, loc="upper right", framealpha=0.9)
-    _save(figure, path)
+    figure.tight_layout()
+    return figure
 
 
-def save_importance_png(table: pd.DataFrame, evaluator_name: str, path: Path) -> None:
+def importance_figure(table: pd.DataFrame, evaluator_name: str) -> Figure:
     """Horizontal bars, most important on top (drawn from the table, not recomputed)."""
     ordered = table.sort_values("importance")
-    figure, axes = plt.subplots(figsize=(7, 4))
+    figure = Figure(figsize=(7, 4))
+    axes = figure.subplots()
     bars = axes.barh(ordered["param"], ordered["importance"], color="tab:blue")
     axes.bar_label(bars, fmt="%.2f", padding=3, fontsize=8)
     axes.set_xlim(0, ordered["importance"].max() * 1.15)
     axes.set_xlabel(f"importance ({evaluator_name}; sums to 1)")
     axes.set_title("Which hyperparameters mattered for the CV MSE")
-    _save(figure, path)
-
-
-def _save(figure: plt.Figure, path: Path) -> None:
     figure.tight_layout()
+    return figure
+
+
+def save_png(figure: Figure, path: Path) -> None:
+    """Write without the Matplotlib version in the metadata, so the bytes depend on the data."""
     figure.savefig(path, dpi=110, metadata={"Software": None})
-    plt.close(figure)
