@@ -224,3 +224,19 @@ def test_a_stage_run_outside_the_project_says_where_it_looked(tmp_path: Path) ->
     (line,) = result.stderr.splitlines()
     assert line.startswith(f"error: {tmp_path / 'params.yaml'}: not found")
     assert "stages run from the project root" in line
+
+
+def test_every_problem_gets_its_own_line(tmp_path: Path) -> None:
+    def three_mistakes(params: dict[str, Any]) -> None:
+        params["tune"]["n_trails"] = 5
+        _set("tune.cv_folds", 1)(params)
+        _set("model.seed", -1)(params)
+
+    _write_params(tmp_path, three_mistakes)
+    result = _run_prepare(tmp_path)
+    assert result.returncode == 2
+    assert sorted(result.stderr.splitlines()) == [
+        "error: params.yaml: model.seed: Input should be greater than or equal to 0, got -1",
+        "error: params.yaml: tune.cv_folds: Input should be greater than or equal to 2, got 1",
+        "error: params.yaml: tune.n_trails: unknown key (did you mean n_trials?)",
+    ]

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import ErrorDetails
 
 from hpo.errors import PipelineError
 
@@ -142,7 +143,7 @@ class Params(_Strict):
 
 
 def load_params(path: Path = PARAMS_FILE) -> Params:
-    """Read and validate the whole params file; raise PipelineError naming the first bad key."""
+    """Read and validate the whole params file; raise PipelineError naming every bad key."""
     try:
         raw: Any = yaml.safe_load(path.read_text())
     except FileNotFoundError:
@@ -157,12 +158,12 @@ def load_params(path: Path = PARAMS_FILE) -> Params:
     try:
         return Params.model_validate(raw)
     except ValidationError as exc:
-        raise PipelineError(f"{path}: {_describe(exc)}") from None
+        problems = [f"{path}: {_describe(error)}" for error in exc.errors()]
+        raise PipelineError("\n".join(problems)) from None
 
 
-def _describe(exc: ValidationError) -> str:
-    """The first validation error as 'key.path: problem (got value)'."""
-    error = exc.errors()[0]
+def _describe(error: ErrorDetails) -> str:
+    """One validation error as 'key.path: problem, got value'."""
     key_path = ".".join(str(part) for part in error["loc"])
     message = error["msg"].removeprefix("Value error, ")
     if error["type"] == "extra_forbidden":
@@ -173,10 +174,8 @@ def _describe(exc: ValidationError) -> str:
         message = f"must be an integer (no decimal point), got {error['input']!r}"
     elif "input" in error and not isinstance(error["input"], dict):
         message = f"{message}, got {error['input']!r}"
-    more = len(exc.errors()) - 1
-    suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
     # A check across sections (no key path) names its keys in its message.
-    return f"{key_path}: {message}{suffix}" if key_path else f"{message}{suffix}"
+    return f"{key_path}: {message}" if key_path else message
 
 
 def _one_line(text: str) -> str:

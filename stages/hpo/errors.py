@@ -41,11 +41,13 @@ def _what_is_wrong(exc: BaseException) -> str:
 
 
 def run_stage(main: Callable[[], None]) -> None:
-    """Run a stage's main; report a PipelineError as one line on stderr and exit non-zero."""
+    """Run a stage's main; report a PipelineError on stderr, one line per problem, and exit
+    non-zero."""
     try:
         main()
     except PipelineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        for problem in str(exc).splitlines():
+            print(f"error: {problem}", file=sys.stderr)
         raise SystemExit(exc.exit_code) from None
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
