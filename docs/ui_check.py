@@ -48,6 +48,8 @@ sys.path.insert(0, str(REPO / "tests"))
 from conftest import make_project, subprocess_env  # noqa: E402
 from services import ServiceUnavailableError, web_ui  # noqa: E402
 
+from hpo.study_store import OBJECTIVE_NAME  # noqa: E402
+
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 # Without the networking flags Chromium keeps calling Google's hosts, which this network refuses.
 CHROMIUM_FLAGS = (
@@ -188,6 +190,7 @@ class Screens:
                 raise CheckFailedError(f"{url}: serves {len(trials)} of {expected} trials")
             self.browser.get(f"{url}/dashboard/studies/{study_id}")
             wait_for_text(self.browser, self.study, "History", "Hyperparameter Importance")
+            wait_for_text(self.browser, OBJECTIVE_NAME)  # the objective's axis, named
             self.screenshot("optuna_dashboard")
         print(f"ok  optuna-dashboard: {self.study} with {len(trials)} trials")
 
@@ -298,7 +301,6 @@ def write_docs_screenshots(shots: Path, project: Path) -> None:
         "mlflow_runs": shots / "mlflow_runs.png",
         "optimization_history": project / "outputs/optimization_history.png",
         "optuna_dashboard": shots / "optuna_dashboard.png",
-        "dvc_plots": shots / "dvc_plots.png",
     }
     for name, source in sources.items():
         image = Image.open(source).convert("RGB")
