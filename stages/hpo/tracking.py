@@ -112,8 +112,10 @@ def _connect_remote(uri: str) -> tuple[MlflowClient, str]:
 def _open_on_training_runs(client: MlflowClient, experiment: Experiment) -> None:
     """Mark the experiment as model training, for new and existing stores alike.
 
-    MLflow 3's UI opens an experiment by its kind (the tag `mlflow.experimentKind`): without
-    it, on the GenAI overview (traces, token usage); with this kind, on the runs table.
+    MLflow 3's UI reads this tag (`mlflow.experimentKind`) to open an experiment on its runs
+    table rather than on the GenAI overview, unless its GenAI / Model training switch is on;
+    in 3.17 the switch is always on and a per-browser setting decides, which the README's link
+    sets with `?workflowType=machine_learning` (docs/ui_check.py checks that view).
     """
     if experiment.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
         client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
