@@ -14,11 +14,19 @@ import os
 import runpy
 import shutil
 import signal
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import optuna
 import pytest
-from conftest import REPO
+from conftest import REPO, TINY_PARAMS, write_params
+
+from hpo import study_store
+from hpo.errors import CLOSE_THE_HOLDER
+
+N_TRIALS = TINY_PARAMS["tune"]["n_trials"]
 
 
 def _missing(path: Path) -> None:
@@ -119,3 +127,49 @@ def test_a_damaged_file_stops_its_stage_with_one_line(
     assert name in errors[0] or os.path.basename(name) in errors[0]
     assert any(hint in errors[0] for hint in ("dvc repro", "move it aside")), errors[0]
     assert _fingerprints(project, target) == before, "the failed stage changed another file"
+
+
+# Holds a write lock on a SQLite file until killed, as a database browser or a stuck writer can.
+LOCKER = (
+    "import sqlite3, sys, time; db = sqlite3.connect(sys.argv[1], isolation_level=None); "
+    "db.execute('BEGIN EXCLUSIVE'); print('locked', flush=True); time.sleep(600)"
+)
+
+
+@pytest.mark.parametrize("name", ["outputs/optuna_store.db", "outputs/mlflow.db"])
+def test_a_store_locked_by_another_process_stops_tune_with_one_line(
+    tiny_run: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    name: str,
+) -> None:
+    project = shutil.copytree(tiny_run, tmp_path / "p", symlinks=True)
+    write_params(project, {"tune": {"n_trials": N_TRIALS + 1}})  # one new trial to store
+    study_before = _trial_states(project)
+    monkeypatch.chdir(project)
+    monkeypatch.setattr(study_store, "LOCK_TIMEOUT_S", 1)  # MLflow's own wait is 20 s
+    locker = subprocess.Popen(
+        [sys.executable, "-c", LOCKER, str(project / name)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert locker.stdout is not None
+        assert locker.stdout.readline() == "locked\n"
+        exit_code = _run_stage("tune")
+    finally:
+        locker.kill()
+        locker.wait()
+
+    stderr = capsys.readouterr().err
+    assert exit_code == 2, stderr
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: {name}: locked by another process; {CLOSE_THE_HOLDER}"], stderr
+    assert "Traceback" not in stderr
+    assert _trial_states(project)[: len(study_before)] == study_before  # nothing lost
+
+
+def _trial_states(project: Path) -> list[tuple[int, str]]:
+    storage = f"sqlite:///{project / 'outputs/optuna_store.db'}"
+    (summary,) = optuna.get_all_study_summaries(storage)
+    study = optuna.load_study(study_name=summary.study_name, storage=storage)
+    return [(t.number, t.state.name) for t in study.trials]

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 # What to do about a damaged file, by kind: an earlier stage's output, or a store that only
@@ -11,6 +12,11 @@ from pathlib import Path
 REBUILD = "`dvc repro` rebuilds it (`dvc checkout` restores the version DVC last cached)"
 MOVE_STORE_ASIDE = (
     "move it aside (its history stays in the moved file) and rerun: a new one is started"
+)
+# A SQLite store that another process kept locked for longer than a stage waits.
+CLOSE_THE_HOLDER = (
+    "close what holds it (a database browser, a notebook writing to it, a stage run outside "
+    "`dvc repro`) and rerun `dvc repro`: finished trials are kept"
 )
 
 
@@ -24,6 +30,8 @@ class PipelineError(Exception):
 
 def file_error(path: Path | str, exc: BaseException, remedy: str) -> PipelineError:
     """One line for a file a stage cannot use: which, what is wrong with it, what to do."""
+    if _is_locked(exc):
+        return PipelineError(f"{path}: locked by another process; {CLOSE_THE_HOLDER}")
     return PipelineError(f"{path}: {_what_is_wrong(exc)}; {remedy}")
 
 
@@ -59,3 +67,41 @@ def run_stage(main: Callable[[], None]) -> None:
         reason = (exc.strerror or str(exc)).lower()
         print(f"error: {exc.filename}: {reason}", file=sys.stderr)
         raise SystemExit(2) from None
+    except Exception as exc:
+        store = _locked_store(exc)
+        if store is None:
+            raise
+        print(f"error: {store}: locked by another process; {CLOSE_THE_HOLDER}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _locked_store(exc: BaseException) -> str | None:
+    """The SQLite store a "database is locked" failure came from, or None for other failures.
+
+    SQLite gives up after its busy timeout (Optuna's store: study_store.LOCK_TIMEOUT_S;
+    MLflow's: 20 s) and the error reaches here wrapped by SQLAlchemy, Optuna or MLflow; which
+    library wrapped it tells which store it was.
+    """
+    if not _is_locked(exc):
+        return None
+    from hpo import paths  # paths imports this module
+
+    if any(type(e).__module__.startswith("mlflow") for e in _causes(exc)):
+        return str(paths.MLFLOW_DB)
+    return (
+        "the study store (OPTUNA_STORAGE)"
+        if os.environ.get("OPTUNA_STORAGE")
+        else str(paths.STUDY_STORE)
+    )
+
+
+def _is_locked(exc: BaseException) -> bool:
+    return any("database is locked" in str(e) for e in _causes(exc))
+
+
+def _causes(exc: BaseException | None) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import sqlite3
 import subprocess
@@ -41,6 +42,11 @@ STUDY_RUN_ID_ATTR = "mlflow_parent_run_id"
 # Model version tag: sha256 of the model's bytes, so that the same model is registered once.
 MODEL_DIGEST_TAG = "model_sha256"
 EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+
+# MLflow logs each database error of its SQL store with a traceback, then raises it; the stage
+# reports what it raises in one line (a locked store, errors.run_stage), so the log only adds
+# a traceback to that line.
+logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 
 
 def tracking_uri(db: Path = MLFLOW_DB) -> str:
