@@ -133,6 +133,9 @@ class Screens:
         client = mlflow.MlflowClient(f"sqlite:///{self.project / 'outputs/mlflow.db'}")
         experiment = client.search_experiments(filter_string="name != 'Default'")[0]
         study_run = f"{self.study} ({self.summary['trial_budget']} trials)"
+        # The registered model's run: an earlier study's when this one refit the same bytes.
+        results = json.loads((self.project / "outputs/results.json").read_text())
+        model_run = client.get_run(results["mlflow"]["model_run_id"]).info.run_name
         best = f"trial-{self.summary['best_trial_number']:03d}"
         [best_run] = client.search_runs(
             [experiment.experiment_id],
@@ -146,7 +149,7 @@ class Screens:
         with web_ui(args, "mlflow ui", self.project, self.shots, "/health", env) as url:
             experiment_page = f"{url}/#/experiments/{experiment.experiment_id}"
             self.browser.get(f"{experiment_page}?{MODEL_TRAINING_VIEW}")
-            wait_for_text(self.browser, "Run Name", study_run, f"final-model {self.study}")
+            wait_for_text(self.browser, "Run Name", study_run, model_run)
             if "Token Usage" in page_text(self.browser):
                 raise CheckFailedError(f"{experiment_page}: opened on the GenAI overview")
             self._close_assistant()
