@@ -49,6 +49,7 @@ from conftest import make_project, subprocess_env  # noqa: E402
 from services import ServiceUnavailableError, web_ui  # noqa: E402
 
 from hpo.study_store import OBJECTIVE_NAME  # noqa: E402
+from hpo.tracking import EXPERIMENT  # noqa: E402
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 # Without the networking flags Chromium keeps calling Google's hosts, which this network refuses.
@@ -131,7 +132,7 @@ class Screens:
 
     def mlflow_ui(self) -> None:
         client = mlflow.MlflowClient(f"sqlite:///{self.project / 'outputs/mlflow.db'}")
-        experiment = client.search_experiments(filter_string="name != 'Default'")[0]
+        experiment = client.get_experiment_by_name(EXPERIMENT)
         study_run = f"{self.study} ({self.summary['trial_budget']} trials)"
         # The registered model's run: an earlier study's when this one refit the same bytes.
         results = json.loads((self.project / "outputs/results.json").read_text())
