@@ -339,52 +339,6 @@ def _stop_postgres(bin_dir: Path, data: Path, cwd: Path) -> None:
 # -------------------------------------------------------------------------------------- MLflow
 
 
-def _health_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-            return response.status == 200 and response.read().strip() == b"OK"
-    except (urllib.error.URLError, OSError):
-        return False
-
-
-@contextlib.contextmanager
-def mlflow_server(
-    backend_store_uri: str,
-    artifacts_dir: Path,
-    log_dir: Path | None = None,
-    deadline_s: float = 90.0,
-) -> Iterator[str]:
-    """`mlflow server` with proxied artifacts (`--serve-artifacts`); yields its base URL.
-
-    One worker process and no job runner keep it light. It runs in `log_dir` (default: the parent of
-    `artifacts_dir`), where it writes `mlflow-server-PORT.log`, so nothing lands in the repo.
-    """
-    artifacts_dir = Path(artifacts_dir)
-    artifacts_dir.mkdir(parents=True, exist_ok=True)
-    log_dir = Path(log_dir) if log_dir is not None else artifacts_dir.parent
-    port = free_port()
-    url = f"http://{HOST}:{port}"
-    log_path = log_dir / f"mlflow-server-{port}.log"
-    args = [
-        sys.executable, "-m", "mlflow", "server",
-        "--serve-artifacts", "--artifacts-destination", str(artifacts_dir),
-        "--host", HOST, "--port", str(port), "--workers", "1",
-    ]  # fmt: skip
-    env = _venv_env({
-        # Through the environment, not argv: a command line (and its password) is public in ps.
-        "MLFLOW_BACKEND_STORE_URI": backend_store_uri,
-        # No job runner: it starts 7 huey consumers (~500 MB) for GenAI jobs this project lacks.
-        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
-    })  # fmt: skip
-    with open(log_path, "wb") as log:
-        process = _spawn(args, log, cwd=log_dir, env=env)
-        try:
-            _wait_until(lambda: _health_ok(url), "mlflow server", deadline_s, process, log_path)
-            yield url
-        finally:
-            stop_process(process)
-
-
 def _answers(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=2) as response:
@@ -403,7 +357,7 @@ def web_ui(
     env: Mapping[str, str] | None = None,
     deadline_s: float = 90.0,
 ) -> Iterator[str]:
-    """A browser-facing server (`mlflow ui`, `optuna-dashboard`) started as `args` plus
+    """An HTTP server (`mlflow server`, `mlflow ui`, `optuna-dashboard`) started as `args` plus
     `--host 127.0.0.1 --port PORT` in `cwd`; yields its base URL once `ready_path` answers 200.
     Its log is `log_dir/<first word of what>-PORT.log`."""
     port = free_port()
@@ -416,6 +370,35 @@ def web_ui(
             yield url
         finally:
             stop_process(process)
+
+
+@contextlib.contextmanager
+def mlflow_server(
+    backend_store_uri: str,
+    artifacts_dir: Path,
+    log_dir: Path | None = None,
+    deadline_s: float = 90.0,
+) -> Iterator[str]:
+    """`mlflow server` with proxied artifacts (`--serve-artifacts`); yields its base URL.
+
+    One worker process and no job runner keep it light. It runs in `log_dir` (default: the parent of
+    `artifacts_dir`), where it writes `mlflow-PORT.log`, so nothing lands in the repo.
+    """
+    artifacts_dir = Path(artifacts_dir)
+    artifacts_dir.mkdir(parents=True, exist_ok=True)
+    log_dir = Path(log_dir) if log_dir is not None else artifacts_dir.parent
+    args = [
+        sys.executable, "-m", "mlflow", "server",
+        "--serve-artifacts", "--artifacts-destination", str(artifacts_dir), "--workers", "1",
+    ]  # fmt: skip
+    env = {
+        # Through the environment, not argv: a command line (and its password) is public in ps.
+        "MLFLOW_BACKEND_STORE_URI": backend_store_uri,
+        # No job runner: it starts 7 huey consumers (~500 MB) for GenAI jobs this project lacks.
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+    }
+    with web_ui(args, "mlflow server", log_dir, log_dir, "/health", env, deadline_s) as url:
+        yield url
 
 
 # ---------------------------------------------------------------------------------------- Dask

@@ -71,7 +71,7 @@ def run_stage(main: Callable[[], None]) -> None:
         store = _locked_store(exc)
         if store is None:
             raise
-        print(f"error: {store}: locked by another process; {CLOSE_THE_HOLDER}", file=sys.stderr)
+        print(f"error: {file_error(store, exc, CLOSE_THE_HOLDER)}", file=sys.stderr)
         raise SystemExit(2) from None
 
 
