@@ -2,6 +2,7 @@
 
     python benchmarks/bench_tune.py                        # 100 trials, sampler seeds 0-4
     python benchmarks/bench_tune.py --trials 20 --seeds 0 1 --png anytime.png
+    python benchmarks/bench_tune.py --systems pipeline --set tune.pruner.n_warmup_steps=40
 
 Three systems search the same space with the same data, folds, TPE and MedianPruner settings
 (params.yaml), 2 trials at a time, once per sampler seed, interleaved (seed by seed), so that a
@@ -12,7 +13,9 @@ slow spell of a shared machine hits all of them:
 * xgb.cv + callback: the way optuna-examples tunes XGBoost - `xgb.cv` with all folds advancing
   together and a pruning callback reporting every round, `n_jobs=2`, one thread per fit;
 * plain loop: what one writes first - XGBoost's scikit-learn API fold by fold, the running
-  mean reported after each fold, `n_jobs=2`, one thread per fit.
+  mean reported after each fold and pruned there by the median rule, `n_jobs=2`, one thread
+  per fit. Its pruner counts folds, not rounds, so the warm-up and interval of params.yaml
+  (in rounds) become "from the first fold, every fold": a fold is at least 50 rounds.
 
 Every system minimises the same objective, the mean k-fold MSE after exactly n_estimators
 rounds (for xgb.cv, mean RMSE² + std² of the folds' RMSE, which is their mean MSE). Reported:
@@ -48,6 +51,8 @@ import numpy as np  # noqa: E402
 import optuna  # noqa: E402
 import pandas as pd  # noqa: E402
 import xgboost as xgb  # noqa: E402
+import yaml  # noqa: E402
+from optuna.pruners import BasePruner, MedianPruner, NopPruner  # noqa: E402
 from scratch_project import dvc, make_scratch_project, run, set_params  # noqa: E402
 from sklearn.model_selection import KFold  # noqa: E402
 
@@ -136,12 +141,18 @@ def _rounds_per_fold(trial: optuna.trial.FrozenTrial) -> int:
     return max(trial.intermediate_values, default=0)
 
 
-def _study(params: Params, seed: int) -> optuna.Study:
-    """A study with the pipeline's sampler and pruner settings, seeded once (Optuna's way)."""
+def _study(params: Params, seed: int, pruner: BasePruner) -> optuna.Study:
+    """A study with the pipeline's sampler settings, seeded once (Optuna's way)."""
     seeded = params.tune.sampler.model_copy(update={"seed": seed})
-    return optuna.create_study(
-        sampler=make_sampler(seeded, trial_number=0), pruner=make_pruner(params.tune.pruner)
-    )
+    return optuna.create_study(sampler=make_sampler(seeded, trial_number=0), pruner=pruner)
+
+
+def _fold_pruner(params: Params) -> BasePruner:
+    """The median rule at fold steps: every fold from the first, after the same startup trials."""
+    pruning = params.tune.pruner
+    if pruning.name == "none":
+        return NopPruner()
+    return MedianPruner(n_startup_trials=pruning.n_startup_trials, n_warmup_steps=0)
 
 
 def _suggest(trial: optuna.Trial, params: Params) -> dict:
@@ -160,8 +171,9 @@ def _optimize(
     seed: int,
     objective: Callable[[optuna.Trial], float],
     rounds: Callable[[optuna.trial.FrozenTrial], int],
+    pruner: BasePruner,
 ) -> Run:
-    study = _study(params, seed)
+    study = _study(params, seed, pruner)
     start = datetime.datetime.now()
     wall = time.perf_counter()
     study.optimize(objective, n_trials=params.tune.n_trials, n_jobs=2)
@@ -214,7 +226,7 @@ def xgb_cv_peer(params: Params, seed: int, x: pd.DataFrame, y: pd.Series) -> Run
     def rounds(trial: optuna.trial.FrozenTrial) -> int:
         return _rounds_per_fold(trial) * folds
 
-    return _optimize(XGB_CV, params, seed, objective, rounds)
+    return _optimize(XGB_CV, params, seed, objective, rounds, make_pruner(params.tune.pruner))
 
 
 def plain_peer(params: Params, seed: int, x: pd.DataFrame, y: pd.Series) -> Run:
@@ -237,7 +249,7 @@ def plain_peer(params: Params, seed: int, x: pd.DataFrame, y: pd.Series) -> Run:
         trained = folds if trial.state.name == "COMPLETE" else len(trial.intermediate_values)
         return trial.params["n_estimators"] * trained
 
-    return _optimize(PLAIN, params, seed, objective, rounds)
+    return _optimize(PLAIN, params, seed, objective, rounds, _fold_pruner(params))
 
 
 # --- the report -----------------------------------------------------------------------------
@@ -252,14 +264,23 @@ def _spread(values: list[float], digits: int) -> str:
     return f"{median(values):.{digits}f} [{min(values):.{digits}f}-{max(values):.{digits}f}]"
 
 
-def report(runs: list[Run]) -> float:
-    """Print the per-run table and the medians; return the target CV MSE."""
+def report(runs: list[Run], target: float | None) -> float:
+    """Print the per-run table and the medians; return the target CV MSE.
+
+    Without a given target, it is the best peer's median final CV MSE, and times are also
+    given as a ratio of that peer's median time to it.
+    """
     by_system = {s: [r for r in runs if r.system == s] for s in SYSTEMS}
     by_system = {s: rs for s, rs in by_system.items() if rs}
     finals = {s: median(r.best_cv_mse for r in rs) for s, rs in by_system.items()}
-    best_peer = min((s for s in PEERS if s in finals), key=finals.get)
-    target = finals[best_peer]
-    print(f"\ntarget: {best_peer}'s median final CV MSE, {target:.5f}\n")
+    best_peer = min((s for s in PEERS if s in finals), key=finals.get, default=None)
+    if target is None:
+        if best_peer is None:
+            raise SystemExit("error: no peer ran; give --target to compare against")
+        target = finals[best_peer]
+        print(f"\ntarget: {best_peer}'s median final CV MSE, {target:.5f}\n")
+    else:
+        print(f"\ntarget: {target:.5f} (given)\n")
     print(f"{'system':<20}{'seed':>5}{'wall s':>9}{'to target s':>13}{'rounds':>9}", end="")
     print(f"{'best CV MSE':>13}{'test RMSE':>11}{'driver ms/trial':>17}")
     for r in runs:
@@ -270,15 +291,15 @@ def report(runs: list[Run]) -> float:
             f"{'-' if reached is None else f'{reached:.1f}':>13}{r.boosting_rounds:>9}"
             f"{r.best_cv_mse:>13.5f}{r.test_rmse:>11.4f}{driver:>17}"
         )
-    print("\nmedian [min-max] over seeds")
-    peer_time = median(_time_or_wall(r, target) for r in by_system[best_peer])
+    print("\nmedian [min-max] over seeds (a run that never reaches the target counts its wall)")
+    peer_time = best_peer and median(_time_or_wall(r, target) for r in by_system[best_peer])
     for system, rs in by_system.items():
         to_target = [_time_or_wall(r, target) for r in rs]
         reached = sum(r.time_to(target) is not None for r in rs)
+        ratio = f"; {median(to_target) / peer_time:.2f} of {best_peer}" if peer_time else ""
         print(
             f"{system:<20} wall {_spread([r.wall_s for r in rs], 1)} s; to target "
-            f"{_spread(to_target, 1)} s ({reached}/{len(rs)} reached; "
-            f"{median(to_target) / peer_time:.2f} of {best_peer}); "
+            f"{_spread(to_target, 1)} s ({reached}/{len(rs)} reached{ratio}); "
             f"best CV MSE {_spread([r.best_cv_mse for r in rs], 5)}; "
             f"test RMSE {_spread([r.test_rmse for r in rs], 4)}"
         )
@@ -329,22 +350,36 @@ def _step(curve: list[tuple[float, float]], grid: np.ndarray) -> np.ndarray:
     return values
 
 
+def _override(text: str) -> tuple[str, object]:
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE")
+    return key, yaml.safe_load(value)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=100)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--png", type=Path, default=Path("bench_tune.png"))
+    parser.add_argument("--systems", nargs="+", choices=SYSTEMS, default=list(SYSTEMS))
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        type=_override, help="a params.yaml value for every system, e.g. tune.cv_folds=3",
+    )  # fmt: skip
+    parser.add_argument("--target", type=float, help="CV MSE to time (default: best peer's median)")
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     runs: list[Run] = []
+    overrides = {"tune.n_trials": args.trials, **dict(args.overrides)}
     with tempfile.TemporaryDirectory(prefix="bench-tune-") as scratch:
-        project = make_scratch_project(Path(scratch) / "p", {"tune.n_trials": args.trials})
+        project = make_scratch_project(Path(scratch) / "p", overrides)
         dvc(project, "repro", "prepare")
         params = load_params(project / "params.yaml")
         train = read_split(project / "data/prepared/train.csv")
         test = read_split(project / "data/prepared/test.csv")
         for seed in args.seeds:
-            for system in SYSTEMS:
+            for system in args.systems:
                 if system == PIPELINE:
                     result = pipeline(project, params, seed)
                 elif system == XGB_CV:
@@ -354,7 +389,7 @@ def main() -> None:
                 result.test_rmse = test_rmse(params, result.best_params, train, test)
                 runs.append(result)
                 print(f"seed {seed} {system}: {result.wall_s:.1f} s", flush=True)
-    target = report(runs)
+    target = report(runs, args.target)
     plot(runs, target, args.png)
     print(f"\nbest-so-far curves: {args.png}")
 
