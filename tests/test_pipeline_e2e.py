@@ -14,6 +14,7 @@ import numpy as np
 import optuna
 import pandas as pd
 import pytest
+import xgboost as xgb
 import yaml
 from conftest import TINY_PARAMS, dvc
 from matplotlib import image
@@ -151,6 +152,11 @@ def test_registered_model_loads_and_predicts(
     predicted = np.asarray(model.predict(test[FEATURES]))
     expected = pd.read_csv(tiny_run / "outputs/plots/test_predictions.csv")["predicted"]
     np.testing.assert_allclose(predicted, expected, rtol=1e-6)
+    # What `mlflow models serve` installs: the pinned packages the model was trained with.
+    requirements = mlflow.pyfunc.get_model_dependencies(f"models:/{name}/{version}")
+    pinned = Path(requirements).read_text().split()
+    assert f"xgboost=={xgb.__version__}" in pinned
+    assert f"mlflow=={mlflow.__version__}" in pinned
     model_run = _client(tiny_run).get_run(results["mlflow"]["model_run_id"])
     assert model_run.data.metrics["test_rmse"] == pytest.approx(results["test_rmse"])
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import optuna
@@ -21,11 +22,12 @@ def _ran_stages(output: str) -> set[str]:
 
 @pytest.fixture(scope="module")
 def twin_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """Two independent runs of the same params, each in its own fresh project."""
+    """Two independent runs of the same params, each in its own fresh project, at the same time
+    (so each also runs on a machine the other keeps busy)."""
     root = tmp_path_factory.mktemp("twins")
     projects = (make_project(root / "a", PARALLEL), make_project(root / "b", PARALLEL))
-    for project in projects:
-        dvc(project, "repro")
+    with ThreadPoolExecutor(len(projects)) as pool:
+        list(pool.map(lambda project: dvc(project, "repro"), projects))
     return projects
 
 

@@ -247,6 +247,20 @@ def close_study_run(
     client.set_terminated(run_id, "FINISHED", end_time=int(finished_at * 1000))
 
 
+def serving_requirements() -> list[str]:
+    """What serving the model needs, pinned to the versions that trained it.
+
+    Given explicitly because MLflow would otherwise infer them by loading the model in a new
+    interpreter, which takes about 5 s of every train_best run.
+    """
+    import mlflow
+    import numpy
+    import scipy
+    import xgboost
+
+    return [f"{m.__name__}=={m.__version__}" for m in (mlflow, xgboost, numpy, pd, scipy)]
+
+
 def log_final_model(
     client: MlflowClient,
     experiment_id: str,
@@ -294,6 +308,7 @@ def log_final_model(
             input_example=example,
             registered_model_name=REGISTERED_MODEL,
             model_format="ubj",
+            pip_requirements=serving_requirements(),
         )
     version = str(info.registered_model_version)
     client.set_model_version_tag(REGISTERED_MODEL, version, MODEL_DIGEST_TAG, digest)
