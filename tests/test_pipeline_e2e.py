@@ -155,8 +155,9 @@ def test_registered_model_loads_and_predicts(
     # What `mlflow models serve` installs: the pinned packages the model was trained with.
     requirements = mlflow.pyfunc.get_model_dependencies(f"models:/{name}/{version}")
     pinned = Path(requirements).read_text().split()
-    assert f"xgboost=={xgb.__version__}" in pinned
+    assert f"xgboost-cpu=={xgb.__version__}" in pinned
     assert f"mlflow=={mlflow.__version__}" in pinned
+    assert not [p for p in pinned if p.startswith("xgboost==")], "the CUDA build of XGBoost"
     model_run = _client(tiny_run).get_run(results["mlflow"]["model_run_id"])
     assert model_run.data.metrics["test_rmse"] == pytest.approx(results["test_rmse"])
 

@@ -28,7 +28,6 @@ from services import PostgresServer, dask_cluster, free_port
 SCALE = {
     "tune": {
         "n_trials": 8,
-        "pruner": {"n_warmup_steps": 20},  # checks from round 20, whatever params.yaml ships
         "search_space": {
             "n_estimators": {"low": 60, "high": 160},
             "max_depth": {"low": 5, "high": 8},

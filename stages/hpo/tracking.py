@@ -15,6 +15,7 @@ import os
 import sqlite3
 import subprocess
 import time
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -247,18 +248,18 @@ def close_study_run(
     client.set_terminated(run_id, "FINISHED", end_time=int(finished_at * 1000))
 
 
+# The packages a served model imports, by the distribution names pyproject.toml installs
+# (xgboost-cpu: the plain `xgboost` wheel would pull in CUDA libraries).
+SERVING_DISTRIBUTIONS = ("mlflow", "xgboost-cpu", "numpy", "pandas", "scipy")
+
+
 def serving_requirements() -> list[str]:
     """What serving the model needs, pinned to the versions that trained it.
 
     Given explicitly because MLflow would otherwise infer them by loading the model in a new
     interpreter, which takes about 5 s of every train_best run.
     """
-    import mlflow
-    import numpy
-    import scipy
-    import xgboost
-
-    return [f"{m.__name__}=={m.__version__}" for m in (mlflow, xgboost, numpy, pd, scipy)]
+    return [f"{name}=={version(name)}" for name in SERVING_DISTRIBUTIONS]
 
 
 def log_final_model(
