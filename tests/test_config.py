@@ -4,10 +4,11 @@ with one 'error: params.yaml: key.path: problem' line, exit code 2 and no output
 from __future__ import annotations
 
 import copy
+import json
 import os
 import subprocess
+import sys
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -150,11 +151,35 @@ def _run_prepare(directory: Path) -> subprocess.CompletedProcess[str]:
     return run_stage_script(directory, "prepare")
 
 
+# prepare's main under run_stage, as `python stages/prepare.py` runs it, once per directory in
+# one interpreter: the imports take seconds, a case milliseconds. Anything that escapes
+# run_stage is printed as the traceback a real run would show.
+PREPARE_IN_EACH = """
+import contextlib, io, json, os, sys, traceback
+from hpo.errors import run_stage
+import prepare
+results = {}
+for directory in sys.argv[1:]:
+    os.chdir(directory)
+    stderr, code = io.StringIO(), 0
+    with contextlib.redirect_stderr(stderr):
+        try:
+            run_stage(prepare.main)
+        except SystemExit as exc:
+            code = exc.code
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+    results[directory] = [code, stderr.getvalue()]
+print(json.dumps(results))
+"""
+
+
 @pytest.fixture(scope="module")
 def stage_runs(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> dict[str, tuple[Path, subprocess.CompletedProcess[str]]]:
-    """Run prepare once per selected case, a few at a time (each run spends ~2 s importing)."""
+    """Run prepare once per selected case, every case in one interpreter."""
     selected = {
         item.callspec.id
         for item in request.session.items
@@ -174,10 +199,19 @@ def stage_runs(
         (directory / "data" / "raw").mkdir(parents=True)
         (directory / "data" / "raw" / RAW_DATA.name).symlink_to(RAW_DATA)
         directories[param.id] = directory
-    workers = min(len(directories), (os.cpu_count() or 1) + 1)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = dict(zip(directories, pool.map(_run_prepare, directories.values()), strict=True))
-    return {case_id: (directories[case_id], results[case_id]) for case_id in directories}
+    if not directories:
+        return {}
+    args = [sys.executable, "-c", PREPARE_IN_EACH, *map(str, directories.values())]
+    done = subprocess.run(
+        args, env={**os.environ, "PYTHONPATH": str(REPO / "stages")}, capture_output=True,
+        text=True, timeout=300, check=True,
+    )  # fmt: skip
+    results = json.loads(done.stdout.splitlines()[-1])
+    runs = {}
+    for case_id, directory in directories.items():
+        code, stderr = results[str(directory)]
+        runs[case_id] = (directory, subprocess.CompletedProcess(args, code, "", stderr))
+    return runs
 
 
 def test_shipped_params_load_with_the_search_space_of_params_yaml() -> None:
