@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -14,7 +13,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import REPO, run_stage_script
+from conftest import REPO, run, run_stage_script
 
 from hpo.config import IntRange, load_params
 
@@ -202,10 +201,7 @@ def stage_runs(
     if not directories:
         return {}
     args = [sys.executable, "-c", PREPARE_IN_EACH, *map(str, directories.values())]
-    done = subprocess.run(
-        args, env={**os.environ, "PYTHONPATH": str(REPO / "stages")}, capture_output=True,
-        text=True, timeout=300, check=True,
-    )  # fmt: skip
+    done = run(REPO, *args, env={"PYTHONPATH": str(REPO / "stages")}, timeout=300)
     results = json.loads(done.stdout.splitlines()[-1])
     runs = {}
     for case_id, directory in directories.items():
