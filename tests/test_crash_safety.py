@@ -138,14 +138,14 @@ def test_sigkill_mid_tune_keeps_finished_trials_and_resumes(
     }
     assert len(before) >= 3
 
-    dvc(project, "repro", env=storage.env)
+    dvc(project, "repro", "tune", env=storage.env)
 
     after = {t.number: (t.value, t.datetime_complete) for t in _study(project, storage).trials}
     for number, record in before.items():
         assert after[number] == record, f"trial {number} was recomputed"
     _assert_undisturbed(project, undisturbed, storage)
-    results = json.loads((project / "outputs/results.json").read_text())
-    assert results["trials"]["complete"] + results["trials"]["pruned"] == N_TRIALS
+    counts = json.loads((project / "outputs/tune_summary.json").read_text())["n_trials"]
+    assert counts["complete"] + counts["pruned"] == N_TRIALS
 
 
 def test_sigint_stops_cleanly_and_the_next_repro_resumes(
@@ -166,7 +166,7 @@ def test_sigint_stops_cleanly_and_the_next_repro_resumes(
     parents = [r for r in _mlflow_runs(project) if "optuna.study_name" in r.data.tags]
     assert [p.info.status for p in parents] == ["KILLED"]
 
-    dvc(project, "repro")
+    dvc(project, "repro", "tune")
     _assert_undisturbed(project, undisturbed)
 
 
