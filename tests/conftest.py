@@ -10,7 +10,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -151,7 +150,15 @@ def commit(project: Path, message: str) -> None:
     run(project, "git", "commit", "-qm", message, "--allow-empty")
 
 
-ProjectFactory = Callable[..., Path]
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under pytest-xdist's `--dist loadgroup`, a test file runs on one worker, so its module
+    fixtures (each a real run) are made once; the files reading `tiny_run` share one worker,
+    so that run is made once too."""
+    tiny_run_modules = {item.module.__name__ for item in items if "tiny_run" in item.fixturenames}
+    for item in items:
+        module = item.module.__name__
+        group = "tiny_run" if module in tiny_run_modules else module
+        item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture(scope="session")
