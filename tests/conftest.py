@@ -150,17 +150,6 @@ def commit(project: Path, message: str) -> None:
     run(project, "git", "commit", "-qm", message, "--allow-empty")
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Under pytest-xdist's `--dist loadgroup`, a test file runs on one worker, so its module
-    fixtures (each a real run) are made once; the files reading `tiny_run` share one worker,
-    so that run is made once too."""
-    tiny_run_modules = {item.module.__name__ for item in items if "tiny_run" in item.fixturenames}
-    for item in items:
-        module = item.module.__name__
-        group = "tiny_run" if module in tiny_run_modules else module
-        item.add_marker(pytest.mark.xdist_group(group))
-
-
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One full `dvc repro` of the tiny configuration, shared by the read-only checks."""
