@@ -146,10 +146,6 @@ def _write_params(directory: Path, case: str | Mutation) -> None:
     (directory / "params.yaml").write_text(text)
 
 
-def _run_prepare(directory: Path) -> subprocess.CompletedProcess[str]:
-    return run_stage_script(directory, "prepare")
-
-
 # prepare's main under run_stage, as `python stages/prepare.py` runs it, once per directory in
 # one interpreter: the imports take seconds, a case milliseconds. Anything that escapes
 # run_stage is printed as the traceback a real run would show.
@@ -263,7 +259,7 @@ def test_every_problem_gets_its_own_line(tmp_path: Path) -> None:
         _set("model.seed", -1)(params)
 
     _write_params(tmp_path, three_mistakes)
-    result = _run_prepare(tmp_path)
+    result = run_stage_script(tmp_path, "prepare")
     assert result.returncode == 2
     assert sorted(result.stderr.splitlines()) == [
         "error: params.yaml: model.seed: Input should be greater than or equal to 0, got -1",

@@ -6,7 +6,6 @@ import gzip
 import hashlib
 import re
 import shutil
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -100,10 +99,6 @@ def _plain_text(raw: bytes, target: Path) -> None:
 Damage = Callable[[bytes, Path], None]
 
 
-def _run_prepare(directory: Path) -> subprocess.CompletedProcess[str]:
-    return run_stage_script(directory, "prepare")
-
-
 @pytest.mark.parametrize(
     ("damage", "problem"),
     [
@@ -120,7 +115,7 @@ def test_damaged_raw_file_stops_prepare(
     (tmp_path / "data" / "raw").mkdir(parents=True)
     damage(raw_content, tmp_path / RAW_RELATIVE)
 
-    result = _run_prepare(tmp_path)
+    result = run_stage_script(tmp_path, "prepare")
 
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
@@ -150,7 +145,7 @@ def test_intact_copy_passes_the_same_harness(tmp_path: Path) -> None:
     (tmp_path / "data" / "raw").mkdir(parents=True)
     shutil.copy(RAW_DATA, tmp_path / RAW_RELATIVE)
 
-    result = _run_prepare(tmp_path)
+    result = run_stage_script(tmp_path, "prepare")
 
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "prepared 16512 training and 4128 test rows"
