@@ -16,6 +16,7 @@ from typing import Any
 import optuna
 import pytest
 import yaml
+from filelock import FileLock
 
 # Real PostgreSQL, MLflow server and Dask fixtures (tests/services.py).
 pytest_plugins = ["services"]
@@ -152,9 +153,17 @@ def commit(project: Path, message: str) -> None:
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One full `dvc repro` of the tiny configuration, shared by the read-only checks."""
-    project = make_project(tmp_path_factory.mktemp("tiny") / "project")
-    dvc(project, "repro")
+    """One full `dvc repro` of the tiny configuration, shared by the read-only checks of all
+    pytest-xdist workers: the first worker that needs it makes it, the others wait for it."""
+    shared = tmp_path_factory.getbasetemp()
+    if "PYTEST_XDIST_WORKER" in os.environ:
+        shared = shared.parent  # the run's base directory, above each worker's own
+    project = shared / "tiny-run" / "project"
+    with FileLock(shared / "tiny-run.lock"):
+        if not (project / "outputs/results.json").exists():
+            shutil.rmtree(project.parent, ignore_errors=True)  # what a failed attempt left
+            make_project(project)
+            dvc(project, "repro")
     return project
 
 
