@@ -152,19 +152,24 @@ def commit(project: Path, message: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One full `dvc repro` of the tiny configuration, shared by the read-only checks of all
-    pytest-xdist workers: the first worker that needs it makes it, the others wait for it."""
+def tiny_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One full `dvc repro` of the tiny configuration, shared by the read-only checks.
+
+    It runs once per test run, in whichever pytest-xdist worker needs it first (the other
+    waits on the lock). Each worker then gets its own copy: checks that run commands in it
+    (`dvc status`, opening its SQLite stores) never race with another worker copying it.
+    """
     shared = tmp_path_factory.getbasetemp()
-    if "PYTEST_XDIST_WORKER" in os.environ:
-        shared = shared.parent  # the run's base directory, above each worker's own
-    project = shared / "tiny-run" / "project"
+    if hasattr(request.config, "workerinput"):  # an xdist worker: its base is inside the run's
+        shared = shared.parent
+    built, done = shared / "tiny-run" / "project", shared / "tiny-run" / "done"
     with FileLock(shared / "tiny-run.lock"):
-        if not (project / "outputs/results.json").exists():
-            shutil.rmtree(project.parent, ignore_errors=True)  # what a failed attempt left
-            make_project(project)
-            dvc(project, "repro")
-    return project
+        if not done.exists():
+            shutil.rmtree(built.parent, ignore_errors=True)  # what a failed attempt left
+            make_project(built)
+            dvc(built, "repro")
+            done.touch()
+    return shutil.copytree(built, tmp_path_factory.mktemp("tiny") / "project", symlinks=True)
 
 
 def trial_records(project: Path) -> list[tuple]:
