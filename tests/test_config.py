@@ -122,6 +122,12 @@ CASES = [
     pytest.param(_set("tune.cv_seed", -1), "tune.cv_seed", "greater than", id="cv-seed"),
     pytest.param(_set("tune.sampler.seed", 2**31), "tune.sampler.seed", "less", id="tpe-seed"),
     pytest.param(
+        _set("tune.sampler.n_ei_candidates", 0),
+        "tune.sampler.n_ei_candidates",
+        "greater than or equal to 1",
+        id="ei-candidates-0",
+    ),
+    pytest.param(
         _set("plot.importance_seed", -5), "plot.importance_seed", "greater", id="imp-seed"
     ),
     pytest.param(_set(f"{SS}.gamma.low", -0.1), SS, "gamma.low must be at least 0", id="gamma<0"),

@@ -74,6 +74,7 @@ class SamplerParams(_Strict):
     name: Literal["tpe"]
     seed: int = Field(ge=0, le=2**31 - 1)
     n_startup_trials: int = Field(ge=0)
+    n_ei_candidates: int = Field(ge=1)
     multivariate: bool
     constant_liar: bool
 

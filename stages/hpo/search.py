@@ -23,6 +23,7 @@ def make_sampler(params: SamplerParams, trial_number: int) -> TPESampler:
         return TPESampler(
             seed=params.seed + trial_number,
             n_startup_trials=params.n_startup_trials,
+            n_ei_candidates=params.n_ei_candidates,
             multivariate=params.multivariate,
             constant_liar=params.constant_liar,
         )

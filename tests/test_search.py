@@ -1,0 +1,31 @@
+"""The sampler built from params.yaml: every TPE setting there reaches Optuna's sampler."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+from conftest import REPO
+
+from hpo.config import SamplerParams, load_params
+from hpo.search import make_sampler
+
+SAMPLER = load_params(REPO / "params.yaml").tune.sampler
+
+
+def _proposals(sampler_params: SamplerParams, n_trials: int = 30) -> list[float]:
+    """x proposed by the pipeline's per-trial samplers on a 1-d quadratic, in trial order."""
+    study = optuna.create_study()
+    for number in range(n_trials):
+        study.sampler = make_sampler(sampler_params, trial_number=number)
+        trial = study.ask()
+        x = trial.suggest_float("x", -5.0, 5.0)
+        study.tell(trial, (x - 1.0) ** 2)
+    return [t.params["x"] for t in study.trials]
+
+
+@pytest.mark.parametrize("key", ["n_ei_candidates", "n_startup_trials", "seed"])
+def test_each_sampler_setting_changes_the_proposals_and_none_is_random(key: str) -> None:
+    changed = SAMPLER.model_copy(update={key: getattr(SAMPLER, key) + 40})
+
+    assert _proposals(SAMPLER) == _proposals(SAMPLER)
+    assert _proposals(changed) != _proposals(SAMPLER)
