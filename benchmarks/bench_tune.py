@@ -3,6 +3,7 @@
     python benchmarks/bench_tune.py                        # 100 trials, sampler seeds 0-4
     python benchmarks/bench_tune.py --trials 20 --seeds 0 1 --png anytime.png
     python benchmarks/bench_tune.py --systems pipeline --set tune.pruner.n_warmup_steps=40
+    python benchmarks/bench_tune.py --seeds 5 6 7 8 9 --runs runs.jsonl  # pool with earlier runs
 
 Three systems search the same space with the same data, folds, XGBoost settings, TPE and
 median-rule settings (params.yaml; `--set KEY=VALUE` changes one for all), tune.parallel_trials
@@ -26,11 +27,17 @@ the best params on the whole training split, medians and spread over the seeds, 
 pipeline's driver cost per trial. A PNG of the best-so-far curves (median and min-max band
 per system) is written to --png. Timings on a shared machine are noisy: compare within one
 run.
+
+With --runs FILE, each finished run is appended to FILE as a JSON line, runs already there for
+the same settings are not run again, and the report covers every run in FILE: a verdict over
+more seeds can be built up over several invocations (each on a quiet machine), and a killed
+benchmark keeps its finished runs. FILE holds runs of one setting only (--trials and --set).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import sys
@@ -97,6 +104,25 @@ class Run:
 
     def time_to(self, target: float) -> float | None:
         return next((seconds for seconds, best in self.curve if best <= target), None)
+
+
+def load_runs(path: Path, settings: dict) -> list[Run]:
+    """The runs saved in `path` (JSON lines), all of which must have these settings."""
+    runs = []
+    lines = path.read_text().splitlines() if path.exists() else []
+    for number, line in enumerate(lines, start=1):
+        saved = json.loads(line)
+        if saved.pop("settings") != settings:
+            raise SystemExit(f"error: {path}:{number} holds a run with other --trials/--set")
+        saved.pop("curve")
+        saved["finished"] = [tuple(pair) for pair in saved["finished"]]
+        runs.append(Run(**saved))
+    return runs
+
+
+def save_run(path: Path, run: Run, settings: dict) -> None:
+    with path.open("a") as file:
+        file.write(json.dumps({**dataclasses.asdict(run), "settings": settings}) + "\n")
 
 
 def _elapsed(trials: list[optuna.trial.FrozenTrial], start: datetime.datetime) -> list:
@@ -374,12 +400,14 @@ def main() -> None:
         type=_override, help="a params.yaml value for every system, e.g. tune.cv_folds=3",
     )  # fmt: skip
     parser.add_argument("--target", type=float, help="CV MSE to time (default: best peer's median)")
+    parser.add_argument("--runs", type=Path, help="JSON lines file to pool runs in (see above)")
     args = parser.parse_args()
     if args.target is None and not set(args.systems) & set(PEERS):
         parser.error("without a peer in --systems, give the --target CV MSE to time")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    runs: list[Run] = []
     overrides = {"tune.n_trials": args.trials, **dict(args.overrides)}
+    runs = load_runs(args.runs, overrides) if args.runs else []
+    done = {(r.system, r.seed) for r in runs}
     with tempfile.TemporaryDirectory(prefix="bench-tune-") as scratch:
         project = make_scratch_project(Path(scratch) / "p", overrides)
         dvc(project, "repro", "prepare")
@@ -388,6 +416,8 @@ def main() -> None:
         test = read_split(project / "data/prepared/test.csv")
         for seed in args.seeds:
             for system in args.systems:
+                if (system, seed) in done:
+                    continue
                 if system == PIPELINE:
                     result = pipeline(project, params, seed)
                 elif system == XGB_CV:
@@ -396,7 +426,10 @@ def main() -> None:
                     result = plain_peer(params, seed, *train)
                 result.test_rmse = test_rmse(params, result.best_params, train, test)
                 runs.append(result)
+                if args.runs:
+                    save_run(args.runs, result, overrides)
                 print(f"seed {seed} {system}: {result.wall_s:.1f} s", flush=True)
+    runs.sort(key=lambda r: (r.seed, SYSTEMS.index(r.system)))
     target = report(runs, args.target)
     plot(runs, target, args.png)
     print(f"\nbest-so-far curves: {args.png}")
