@@ -37,15 +37,15 @@ benchmark keeps its finished runs. FILE holds runs of one setting only (--trials
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime
+import hashlib
 import json
 import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from statistics import median
 
@@ -70,6 +70,7 @@ from hpo.data import read_split  # noqa: E402
 from hpo.metrics import mse  # noqa: E402
 from hpo.model import train_final  # noqa: E402
 from hpo.search import make_pruner, make_sampler  # noqa: E402
+from hpo.tuning import code_fingerprint  # noqa: E402
 from hpo.xgb_params import distributions  # noqa: E402
 
 PIPELINE, XGB_CV, PLAIN = "pipeline", "xgb.cv + callback", "plain loop"
@@ -89,7 +90,7 @@ class Run:
     boosting_rounds: int  # summed over trials and folds: the work, whatever the machine
     driver_ms_per_trial: float | None = None  # the pipeline's main-thread CPU per trial
     test_rmse: float = 0.0
-    curve: list[tuple[float, float]] = field(default_factory=list)
+    curve: list[tuple[float, float]] = field(default_factory=list, init=False)
 
     def __post_init__(self) -> None:
         best = float("inf")
@@ -106,23 +107,52 @@ class Run:
         return next((seconds for seconds, best in self.curve if best <= target), None)
 
 
-def load_runs(path: Path, settings: dict) -> list[Run]:
-    """The runs saved in `path` (JSON lines), all of which must have these settings."""
-    runs = []
+def run_settings(overrides: dict[str, object]) -> dict[str, object]:
+    """What every run pooled in one --runs file shares: the params and the trials' code."""
+    base = json.dumps(load_params(REPO / "params.yaml").model_dump(mode="json"), sort_keys=True)
+    return {
+        "overrides": overrides,
+        "params_sha256": hashlib.sha256(base.encode()).hexdigest(),
+        "trial_code_sha256": code_fingerprint(),
+    }
+
+
+def load_runs(path: Path, settings: dict[str, object]) -> list[Run]:
+    """The runs saved in `path` (JSON lines): one per system and seed, all with these settings."""
+    runs: list[Run] = []
     lines = path.read_text().splitlines() if path.exists() else []
     for number, line in enumerate(lines, start=1):
-        saved = json.loads(line)
+        try:
+            saved = json.loads(line)
+        except json.JSONDecodeError:
+            raise SystemExit(f"error: {path}:{number} is not a saved run (cut off?)") from None
         if saved.pop("settings") != settings:
-            raise SystemExit(f"error: {path}:{number} holds a run with other --trials/--set")
-        saved.pop("curve")
+            raise SystemExit(
+                f"error: {path}:{number} holds a run with other params, --set or trial code"
+            )
         saved["finished"] = [tuple(pair) for pair in saved["finished"]]
-        runs.append(Run(**saved))
+        run = Run(**saved)
+        if any((r.system, r.seed) == (run.system, run.seed) for r in runs):
+            raise SystemExit(f"error: {path}:{number} repeats {run.system}, seed {run.seed}")
+        runs.append(run)
     return runs
 
 
-def save_run(path: Path, run: Run, settings: dict) -> None:
+def save_run(path: Path, run: Run, settings: dict[str, object]) -> None:
+    """Append one run as a JSON line (its curve is derived again when loaded)."""
+    saved = {k: v for k, v in asdict(run).items() if k != "curve"}
     with path.open("a") as file:
-        file.write(json.dumps({**dataclasses.asdict(run), "settings": settings}) + "\n")
+        file.write(json.dumps({**saved, "settings": settings}) + "\n")
+
+
+def same_seeds(runs: list[Run]) -> list[Run]:
+    """The runs of the seeds that every system has run: medians over other seeds mislead."""
+    systems, seeds = {r.system for r in runs}, {r.seed for r in runs}
+    common = {seed for seed in seeds if {r.system for r in runs if r.seed == seed} == systems}
+    left_out = sorted(seeds - common)
+    if left_out:
+        print(f"seeds {left_out} are left out: not every system has run them")
+    return [r for r in runs if r.seed in common]
 
 
 def _elapsed(trials: list[optuna.trial.FrozenTrial], start: datetime.datetime) -> list:
@@ -402,37 +432,46 @@ def main() -> None:
     parser.add_argument("--target", type=float, help="CV MSE to time (default: best peer's median)")
     parser.add_argument("--runs", type=Path, help="JSON lines file to pool runs in (see above)")
     args = parser.parse_args()
-    if args.target is None and not set(args.systems) & set(PEERS):
-        parser.error("without a peer in --systems, give the --target CV MSE to time")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     overrides = {"tune.n_trials": args.trials, **dict(args.overrides)}
-    runs = load_runs(args.runs, overrides) if args.runs else []
+    settings = run_settings(overrides)
+    runs = load_runs(args.runs, settings) if args.runs else []
+    if args.target is None and not ({r.system for r in runs} | set(args.systems)) & set(PEERS):
+        parser.error("without a peer in --systems or --runs, give the --target CV MSE to time")
     done = {(r.system, r.seed) for r in runs}
-    with tempfile.TemporaryDirectory(prefix="bench-tune-") as scratch:
-        project = make_scratch_project(Path(scratch) / "p", overrides)
-        dvc(project, "repro", "prepare")
-        params = load_params(project / "params.yaml")
-        train = read_split(project / "data/prepared/train.csv")
-        test = read_split(project / "data/prepared/test.csv")
-        for seed in args.seeds:
-            for system in args.systems:
-                if (system, seed) in done:
-                    continue
-                if system == PIPELINE:
-                    result = pipeline(project, params, seed)
-                elif system == XGB_CV:
-                    result = xgb_cv_peer(params, seed, *train)
-                else:
-                    result = plain_peer(params, seed, *train)
-                result.test_rmse = test_rmse(params, result.best_params, train, test)
+    pending = [(seed, system) for seed in args.seeds for system in args.systems]
+    pending = [(seed, system) for seed, system in pending if (system, seed) not in done]
+    if pending:
+        with tempfile.TemporaryDirectory(prefix="bench-tune-") as scratch:
+            for result in run_systems(Path(scratch) / "p", overrides, pending):
                 runs.append(result)
                 if args.runs:
-                    save_run(args.runs, result, overrides)
-                print(f"seed {seed} {system}: {result.wall_s:.1f} s", flush=True)
-    runs.sort(key=lambda r: (r.seed, SYSTEMS.index(r.system)))
+                    save_run(args.runs, result, settings)
+    runs = same_seeds(sorted(runs, key=lambda r: (r.seed, SYSTEMS.index(r.system))))
     target = report(runs, args.target)
     plot(runs, target, args.png)
     print(f"\nbest-so-far curves: {args.png}")
+
+
+def run_systems(
+    project: Path, overrides: dict[str, object], pending: list[tuple[int, str]]
+) -> Iterator[Run]:
+    """Each (seed, system) run in order, in a scratch project with the overrides applied."""
+    make_scratch_project(project, overrides)
+    dvc(project, "repro", "prepare")
+    params = load_params(project / "params.yaml")
+    train = read_split(project / "data/prepared/train.csv")
+    test = read_split(project / "data/prepared/test.csv")
+    for seed, system in pending:
+        if system == PIPELINE:
+            result = pipeline(project, params, seed)
+        elif system == XGB_CV:
+            result = xgb_cv_peer(params, seed, *train)
+        else:
+            result = plain_peer(params, seed, *train)
+        result.test_rmse = test_rmse(params, result.best_params, train, test)
+        print(f"seed {seed} {system}: {result.wall_s:.1f} s", flush=True)
+        yield result
 
 
 if __name__ == "__main__":
