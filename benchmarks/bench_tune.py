@@ -28,10 +28,11 @@ pipeline's driver cost per trial. A PNG of the best-so-far curves (median and mi
 per system) is written to --png. Timings on a shared machine are noisy: compare within one
 run.
 
-With --runs FILE, each finished run is appended to FILE as a JSON line, runs already there for
-the same settings are not run again, and the report covers every run in FILE: a verdict over
-more seeds can be built up over several invocations (each on a quiet machine), and a killed
-benchmark keeps its finished runs. FILE holds runs of one setting only (--trials and --set).
+With --runs FILE, each finished run is appended to FILE as a JSON line, system-seed pairs
+already there are not run again, and the report covers the seeds in FILE that every system has
+run: a verdict over more seeds can be built up over several invocations (each on a quiet
+machine), and a killed benchmark keeps its finished runs. FILE holds runs of one setting only:
+the same params.yaml values, --trials, --set and trial code.
 """
 
 from __future__ import annotations
@@ -439,8 +440,8 @@ def main() -> None:
     if args.target is None and not ({r.system for r in runs} | set(args.systems)) & set(PEERS):
         parser.error("without a peer in --systems or --runs, give the --target CV MSE to time")
     done = {(r.system, r.seed) for r in runs}
-    pending = [(seed, system) for seed in args.seeds for system in args.systems]
-    pending = [(seed, system) for seed, system in pending if (system, seed) not in done]
+    pending = [(seed, system) for seed in args.seeds for system in args.systems
+               if (system, seed) not in done]  # fmt: skip
     if pending:
         with tempfile.TemporaryDirectory(prefix="bench-tune-") as scratch:
             for result in run_systems(Path(scratch) / "p", overrides, pending):
