@@ -35,7 +35,7 @@ from mlflow.tracking import MlflowClient
 OUTPUTS = Path("outputs")
 EXPERIMENT = "xgboost-california-housing"
 WORKER_NAME = "docker-worker"  # the --name of the container's `dask worker`
-TRIAL_TASK = "evaluate_on_worker"  # the key prefix of a trial's Dask task (hpo.executors)
+TRIAL_TASK = "evaluate_on_worker"  # the key prefix of a trial's Dask task (hpo.execution.dask)
 
 
 def main() -> None:
@@ -273,9 +273,9 @@ def _wait_for_worker(client) -> str:
 def _where_hpo_runs() -> dict[str, object]:
     import platform
 
-    import hpo.executors
+    import hpo.execution.dask
 
-    return {"hpo": hpo.executors.__file__, "python": platform.python_version(),
+    return {"hpo": hpo.execution.dask.__file__, "python": platform.python_version(),
             "uid": os.getuid(), "cwd": os.getcwd()}  # fmt: skip
 
 

@@ -8,7 +8,7 @@
 
 Everything on the driver's side is real: `StudyRunner` (ask, tell, the window, the out-of-turn
 saves, the file lock), the TPE sampler built from params.yaml, `TrialTask.build`, a SQLite
-Optuna study and `StudyRecorder` on a SQLite MLflow store with a parent run, each cell in a
+Optuna study and `StudyRun` on a SQLite MLflow store, each cell in a
 fresh temporary directory. Only the workers are simulated: `slots` worker slots whose "fit"
 sleeps for a trial duration replayed from a reference run (the outputs/optuna_study.db that
 `dvc repro` left in --reference, default this checkout; cycled), divided by --time-scale,
@@ -18,7 +18,7 @@ mean trial 0.86 s, about the 0.9 CPU-seconds a trial of the default search costs
 a slot is then roughly one single-core worker.
 
 A zero-cost driver would reach `slots / mean duration` trials/s only if every slot were busy
-all the time; the in-order window (README, "Determinism") already idles slots behind a long
+all the time; the in-order window (docs/design.md) already idles slots behind a long
 head-of-line trial. "window bound" is the efficiency that protocol allows with a driver that
 costs nothing (a discrete-event replay of the same durations), so that what the driver loses
 and what the protocol loses are told apart.
@@ -50,7 +50,6 @@ import warnings
 from collections import deque
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from statistics import mean
 from typing import Any
@@ -62,15 +61,16 @@ import optuna  # noqa: E402
 from optuna.distributions import BaseDistribution, FloatDistribution  # noqa: E402
 from optuna.trial import FrozenTrial, TrialState  # noqa: E402
 
-from hpo import search, tracking  # noqa: E402
-from hpo.backends import TRACKING_VAR  # noqa: E402
 from hpo.config import Params, load_params  # noqa: E402
-from hpo.cv import CVResult  # noqa: E402
-from hpo.evaluation import TrialOutcome, TrialTask  # noqa: E402
-from hpo.study_store import close_storage, load_or_create, open_storage, study_lock  # noqa: E402
-from hpo.trial_logging import StudyRecorder  # noqa: E402
-from hpo.tuning import StudyRunner, summarize  # noqa: E402
-from hpo.xgb_params import distributions  # noqa: E402
+from hpo.protocol.runner import summarize  # noqa: E402
+from hpo.session import start_session  # noqa: E402
+from hpo.storage import tracking  # noqa: E402
+from hpo.storage.settings import TRACKING_VAR  # noqa: E402
+from hpo.storage.studies import close_storage, open_storage  # noqa: E402
+from hpo.storage.study_run import StudyRun  # noqa: E402
+from hpo.trial.evaluation import TrialOutcome, TrialTask  # noqa: E402
+from hpo.trial.model import CVResult  # noqa: E402
+from hpo.trial.space import distributions  # noqa: E402
 
 # The goals of the issue: efficiency at 32 slots, and the growth of the driver's cost per trial.
 GOAL_SLOTS, GOAL_EFFICIENCY, GOAL_COST_RATIO = 32, 0.8, 2.0
@@ -284,14 +284,14 @@ class SegmentProfiler:
 
 
 class TimedRecorder:
-    """The real StudyRecorder, with the main thread's CPU clock read after each record.
+    """The real StudyRun, with the main thread's CPU clock read after each record.
 
     The marks give the driver's cost per trial at each point of the run (not only its mean),
     which shows whether a trial costs more when the study is larger.
     """
 
     def __init__(
-        self, inner: StudyRecorder, profiler: SegmentProfiler | None, prefilled: int = 0
+        self, inner: StudyRun, profiler: SegmentProfiler | None, prefilled: int = 0
     ) -> None:
         self.inner = inner
         self.profiler = profiler
@@ -432,36 +432,24 @@ def run_cell(
         profiler = SegmentProfiler({part.start for part in parts} | {part.stop for part in parts})
     with tempfile.TemporaryDirectory(prefix="bench-driver-") as scratch:
         directory = Path(scratch)
-        study_db = directory / "optuna_study.db"
-        storage = open_storage(study_db)
+        storage = open_storage(directory / "optuna_study.db")
         executor = ReplayExecutor(replay, slots, time_scale)
         try:
             client, experiment_id = template.fresh(directory)
-            run_params = params.model_copy(update={"tune": tune}).model_dump(mode="json")
-            run_tags = {**tracking.provenance_tags(run_params), **executor.tags}
-            lock = partial(study_lock, storage)
-            with lock():
-                study = load_or_create(storage, f"bench-driver-{cell.label}")
-                prefill_study(study, replay, distributions(tune.search_space), prefill)
-                parent_run_id = tracking.open_study_run(
-                    client, experiment_id, study, run_params, run_tags
-                )
-            recorder = TimedRecorder(
-                StudyRecorder(client, experiment_id, parent_run_id, run_tags), profiler, prefill
-            )
-            runner = StudyRunner(
-                study=study,
-                distributions=distributions(tune.search_space),
-                n_trials=budget,
-                parallel_trials=slots,
-                lookahead=tune.lookahead,
-                make_sampler=partial(search.make_sampler, tune.sampler),
-                make_task=partial(TrialTask.build, tune, params.model),
-                executor=executor,
-                recorder=recorder,
-                ask_lock=lock,
+            cell_params = params.model_copy(update={"tune": tune})
+            session = start_session(
+                cell_params,
+                storage,
+                executor,
+                client,
+                experiment_id,
+                f"bench-driver-{cell.label}",
                 log=lambda _line: None,
             )
+            prefill_study(session.study, replay, distributions(tune.search_space), prefill)
+            recorder = TimedRecorder(session.study_run, profiler, prefill)
+            session.runner.recorder = recorder
+            runner = session.runner
             wall, cpu, process = time.perf_counter(), time.thread_time(), time.process_time()
             if profiler is not None:
                 profiler.profiler.enable()
@@ -473,7 +461,7 @@ def run_cell(
             cell.wall_s = time.perf_counter() - wall
             cell.main_cpu_s = time.thread_time() - cpu
             cell.other_threads_cpu_s = time.process_time() - process - cell.main_cpu_s
-            summary = summarize(study.study_name, progress)
+            summary = summarize(session.study.study_name, progress)
             cell.mlflow_runs = len(recorder.recorded_numbers()) - prefill
         finally:
             executor.shutdown(cancel=True)
@@ -519,8 +507,12 @@ WAIT = "wait for workers (futures.wait; wall, not CPU)"
 _TPE = _OPTUNA + "samplers/_tpe/sampler.py"
 _VIEW_ASK = "ask: in-memory protocol view (study.ask on it, but TPE)"
 COMPONENTS: list[tuple[str, tuple[str, str], tuple[str, str] | None]] = [
-    ("ask: is trial k stored? (_stored_trial)", (_HPO + "tuning.py", "_stored_trial"), None),
-    ("ask: TPESampler construction", (_HPO + "search.py", "make_sampler"), None),
+    (
+        "ask: is trial k stored? (_stored_trial)",
+        (_HPO + "protocol/runner.py", "_stored_trial"),
+        None,
+    ),
+    ("ask: TPESampler construction", (_HPO + "trial/space.py", "make_sampler"), None),
     (
         "ask: TPE infer_relative_search_space (+trial read)",
         (_TPE, "infer_relative_search_space"),
@@ -528,35 +520,43 @@ COMPONENTS: list[tuple[str, tuple[str, str], tuple[str, str] | None]] = [
     ),
     ("ask: TPE sample_relative", (_TPE, "sample_relative"), None),
     ("ask: TPE before_trial", (_TPE, "before_trial"), None),
-    (_VIEW_ASK, (_HPO + "protocol_view.py", "sample"), None),
-    ("ask: storage (one new trial, one write)", (_HPO + "tuning.py", "_create_trial"), None),
-    ("submit: TrialTask.build (snapshot)", (_HPO + "evaluation.py", "build"), None),
+    (_VIEW_ASK, (_HPO + "protocol/view.py", "sample"), None),
+    (
+        "ask: storage (one new trial, one write)",
+        (_HPO + "protocol/runner.py", "_create_trial"),
+        None,
+    ),
+    ("submit: TrialTask.build (snapshot)", (_HPO + "trial/evaluation.py", "build"), None),
     ("submit: pickle the task (transport)", (_BENCH, "_encode"), None),
     (
         "tell: trial.report, one write per value",
         (_OPTUNA + "trial/_trial.py", "report"),
-        (_HPO + "tuning.py", "_tell"),
+        (_HPO + "protocol/runner.py", "_tell"),
     ),
     (
         "tell: set_user_attr(fold_mse, fold_r2, clock)",
         (_OPTUNA + "trial/_trial.py", "set_user_attr"),
-        (_HPO + "tuning.py", "_tell"),
+        (_HPO + "protocol/runner.py", "_tell"),
     ),
-    ("tell: study.tell", (_OPTUNA + "study/study.py", "tell"), (_HPO + "tuning.py", "_tell")),
-    ("tell: MLflow child run (StudyRecorder)", (_HPO + "trial_logging.py", "record"), None),
-    ("tell: protocol view", (_HPO + "protocol_view.py", "tell"), None),
+    (
+        "tell: study.tell",
+        (_OPTUNA + "study/study.py", "tell"),
+        (_HPO + "protocol/runner.py", "_tell"),
+    ),
+    ("tell: MLflow child run (StudyRun.record)", (_HPO + "storage/study_run.py", "record"), None),
+    ("tell: protocol view", (_HPO + "protocol/view.py", "tell"), None),
     (
         "save out-of-turn outcome (pending_outcome)",
         (_OPTUNA + "trial/_trial.py", "set_user_attr"),
-        (_HPO + "tuning.py", "_wait_for_head"),
+        (_HPO + "protocol/runner.py", "_wait_for_head"),
     ),
     (
         WAIT,
         ("concurrent/futures/_base.py", "wait"),
-        (_HPO + "tuning.py", "_wait_for_head"),
+        (_HPO + "protocol/runner.py", "_wait_for_head"),
     ),
-    ("file lock (ask_lock)", (_HPO + "study_store.py", "study_lock"), None),
-    ("start: record missing MLflow runs", (_HPO + "tuning.py", "_record_missing"), None),
+    ("file lock (ask_lock)", (_HPO + "storage/studies.py", "study_lock"), None),
+    ("start: record missing MLflow runs", (_HPO + "protocol/runner.py", "_record_missing"), None),
 ]
 # Parts of the view's ask that have their own line above, subtracted from its line.
 _VIEW_ASK_PARTS = [label for label, (path, _name), _ in COMPONENTS if path == _TPE]

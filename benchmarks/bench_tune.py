@@ -64,15 +64,18 @@ import xgboost as xgb  # noqa: E402
 import yaml  # noqa: E402
 from optuna.pruners import BasePruner, MedianPruner, NopPruner  # noqa: E402
 from scratch_project import dvc, make_scratch_project, run, set_params  # noqa: E402
+from sklearn.metrics import mean_squared_error as mse  # noqa: E402
 from sklearn.model_selection import KFold  # noqa: E402
 
 from hpo.config import Params, load_params  # noqa: E402
-from hpo.data import read_split  # noqa: E402
-from hpo.metrics import mse  # noqa: E402
-from hpo.model import train_final  # noqa: E402
-from hpo.search import make_pruner, make_sampler  # noqa: E402
-from hpo.tuning import code_fingerprint  # noqa: E402
-from hpo.xgb_params import distributions  # noqa: E402
+from hpo.protocol.identity import code_identity  # noqa: E402
+from hpo.trial.data import read_split  # noqa: E402
+from hpo.trial.model import train_final  # noqa: E402
+from hpo.trial.space import (  # noqa: E402
+    distributions,
+    make_pruner,
+    make_sampler,
+)
 
 PIPELINE, XGB_CV, PLAIN = "pipeline", "xgb.cv + callback", "plain loop"
 SYSTEMS = (PIPELINE, XGB_CV, PLAIN)
@@ -114,7 +117,7 @@ def run_settings(overrides: dict[str, object]) -> dict[str, object]:
     return {
         "overrides": overrides,
         "params_sha256": hashlib.sha256(base.encode()).hexdigest(),
-        "trial_code_sha256": code_fingerprint(),
+        "trial_code_sha256": code_identity(),
     }
 
 
@@ -217,10 +220,16 @@ def _fold_pruner(params: Params) -> BasePruner:
 def _suggest(trial: optuna.Trial, params: Params) -> dict:
     suggested = {}
     for name, dist in distributions(params.tune.search_space).items():
-        if isinstance(dist, optuna.distributions.IntDistribution):
-            suggested[name] = trial.suggest_int(name, dist.low, dist.high, log=dist.log)
+        if isinstance(dist, optuna.distributions.CategoricalDistribution):
+            suggested[name] = trial.suggest_categorical(name, dist.choices)
+        elif isinstance(dist, optuna.distributions.IntDistribution):
+            suggested[name] = trial.suggest_int(
+                name, dist.low, dist.high, step=dist.step, log=dist.log
+            )
         else:
-            suggested[name] = trial.suggest_float(name, dist.low, dist.high, log=dist.log)
+            suggested[name] = trial.suggest_float(
+                name, dist.low, dist.high, step=dist.step, log=dist.log
+            )
     return suggested
 
 

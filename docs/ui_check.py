@@ -48,8 +48,8 @@ sys.path.insert(0, str(REPO / "tests"))
 from conftest import make_project, subprocess_env  # noqa: E402
 from services import ServiceUnavailableError, web_ui  # noqa: E402
 
-from hpo.study_store import OBJECTIVE_NAME  # noqa: E402
-from hpo.tracking import EXPERIMENT  # noqa: E402
+from hpo.storage.studies import OBJECTIVE_NAME  # noqa: E402
+from hpo.storage.tracking import EXPERIMENT  # noqa: E402
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 # Without the networking flags Chromium keeps calling Google's hosts, which this network refuses.

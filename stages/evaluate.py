@@ -2,33 +2,35 @@
 
 import json
 
+import numpy as np
 import pandas as pd
-import xgboost as xgb
+from numpy.typing import ArrayLike
+from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
 
-from hpo import paths, tracking
+from hpo import paths
 from hpo.config import load_params
-from hpo.data import read_split
-from hpo.errors import REBUILD, file_error, run_stage
-from hpo.metrics import regression_metrics
-from hpo.model import train_baseline
+from hpo.errors import REBUILD, file_error, read_json, run_stage
+from hpo.storage import tracking
+from hpo.trial import model
+from hpo.trial.data import read_split
 
 
 def main() -> None:
     params = load_params()
-    summary = paths.read_json(paths.TUNE_SUMMARY)
-    model_info = paths.read_json(paths.MODEL_INFO)
+    summary = read_json(paths.TUNE_SUMMARY)
+    model_info = read_json(paths.MODEL_INFO)
     x_train, y_train = read_split(paths.TRAIN_CSV)
     x_test, y_test = read_split(paths.TEST_CSV)
     client, _ = tracking.connect()  # a bad MLFLOW_TRACKING_URI stops us before any write
 
     try:
-        booster = xgb.Booster(model_file=paths.MODEL)
-    except (OSError, xgb.core.XGBoostError) as exc:
+        booster = model.load_model(paths.MODEL)
+    except (OSError, ValueError) as exc:
         raise file_error(paths.MODEL, exc, REBUILD) from None
-    predicted = booster.inplace_predict(x_test)
+    predicted = model.predict(booster, x_test)
     tuned = regression_metrics(y_test, predicted)
     baseline = regression_metrics(
-        y_test, train_baseline(params.model, x_train, y_train).predict(x_test)
+        y_test, model.train_baseline(params.model, x_train, y_train).predict(x_test)
     )
 
     quality = {
@@ -62,6 +64,17 @@ def main() -> None:
         client, model_info["mlflow_run_id"], {f"test_{k}": v for k, v in tuned.items()}
     )
     print(f"test RMSE {tuned['rmse']:.4f} (baseline {baseline['rmse']:.4f}), R2 {tuned['r2']:.4f}")
+
+
+def regression_metrics(y_true: ArrayLike, y_pred: ArrayLike) -> dict[str, float]:
+    """MSE, RMSE, MAE and R2 of one set of predictions, as plain floats for JSON and MLflow."""
+    mse = float(mean_squared_error(y_true, y_pred))
+    return {
+        "mse": mse,
+        "rmse": float(np.sqrt(mse)),
+        "mae": float(mean_absolute_error(y_true, y_pred)),
+        "r2": float(r2_score(y_true, y_pred)),
+    }
 
 
 if __name__ == "__main__":

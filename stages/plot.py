@@ -4,8 +4,8 @@ import optuna
 
 from hpo import paths
 from hpo.config import load_params
-from hpo.errors import REBUILD, PipelineError, file_error, run_stage
-from hpo.plots import (
+from hpo.errors import REBUILD, PipelineError, file_error, read_json, run_stage
+from hpo.figures import (
     history_figure,
     history_table,
     importance_evaluator,
@@ -13,12 +13,12 @@ from hpo.plots import (
     importance_table,
     save_png,
 )
-from hpo.study_store import close_storage, open_storage
+from hpo.storage.studies import close_storage, open_storage
 
 
 def main() -> None:
     params = load_params().plot
-    study_name = paths.read_json(paths.TUNE_SUMMARY)["study_name"]
+    study_name = read_json(paths.TUNE_SUMMARY)["study_name"]
     if not paths.STUDY_DB.exists():
         raise file_error(paths.STUDY_DB, FileNotFoundError(), REBUILD)
     storage = open_storage(paths.STUDY_DB)

@@ -2,8 +2,8 @@
 
 from hpo import paths
 from hpo.config import load_params
-from hpo.data import derive_features, read_raw, split, write_split
 from hpo.errors import run_stage
+from hpo.trial.data import derive_features, read_raw, split, write_split
 
 
 def main() -> None:

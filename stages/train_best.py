@@ -1,21 +1,22 @@
-"""Stage train_best: refit the best trial's params on the whole training split."""
+"""Stage train_best: refit the best trial's params on the whole training split; register it."""
 
 import json
 
-from hpo import paths, tracking
+from hpo import paths
 from hpo.config import load_params
-from hpo.data import read_split
-from hpo.errors import run_stage
-from hpo.model import train_final
+from hpo.errors import read_json, run_stage
+from hpo.storage import tracking
+from hpo.trial import model
+from hpo.trial.data import read_split
 
 
 def main() -> None:
     params = load_params()
-    summary = paths.read_json(paths.TUNE_SUMMARY)
+    summary = read_json(paths.TUNE_SUMMARY)
     x_train, y_train = read_split(paths.TRAIN_CSV)
     client, experiment_id = tracking.connect()  # a bad MLFLOW_TRACKING_URI stops us here
-    booster = train_final(params.model, summary["best_params"], x_train, y_train)
-    booster.save_model(paths.MODEL)
+    booster = model.train_final(params.model, summary["best_params"], x_train, y_train)
+    model.save_model(booster, paths.MODEL)
     model_info = tracking.log_final_model(
         client,
         experiment_id,

@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from hpo.backends import DASK_VAR, STORAGE_VAR, TRACKING_VAR, from_environment, redact, scrub
 from hpo.errors import PipelineError
+from hpo.storage.settings import (
+    DASK_VAR,
+    STORAGE_VAR,
+    TRACKING_VAR,
+    from_environment,
+    redact,
+    scrub,
+)
 
 SECRET = "s3cr3t-P%40ss"  # URL-quoted "s3cr3t-P@ss"
 

@@ -1,21 +1,23 @@
 """params.yaml validation: the shipped file loads; every malformed file stops a real stage
-with one 'error: params.yaml: key.path: problem' line, exit code 2 and no output written."""
+with one 'error: params.yaml: key.path: problem' line per problem, exit code 2 and no output
+written. The schema is checked by every stage (here: prepare); what XGBoost makes of the search
+space is checked by tune before any trial."""
 
 from __future__ import annotations
 
 import copy
-import json
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from conftest import REPO, run, run_stage_script
+from conftest import REPO
+from optuna.distributions import FloatDistribution, IntDistribution
 
-from hpo.config import IntRange, load_params
+from hpo.config import load_params
+from hpo.trial.model import check_search_space
+from hpo.trial.space import distributions
 
 PARAMS = REPO / "params.yaml"
 RAW_DATA = REPO / "data" / "raw" / "cal_housing.data.gz"
@@ -62,7 +64,7 @@ def _add(dotted: str, value: object) -> Mutation:
 
 SS = "tune.search_space"
 
-# (params.yaml text or a mutation of the shipped params, key path or None for a top-level
+# (mutation of the shipped params or params.yaml text, key path or None for a top-level
 # problem, a substring of the problem description)
 CASES = [
     pytest.param(_delete("tune"), "tune", "missing key", id="missing-section"),
@@ -74,10 +76,10 @@ CASES = [
         id="typo-key",
     ),
     pytest.param(
-        _add(f"{SS}.max_dept", {"low": 1, "high": 2}),
-        f"{SS}.max_dept",
-        "unknown key (did you mean max_depth?)",
-        id="typo-nested",
+        _add(f"{SS}.max_depth.hgh", 2),
+        f"{SS}.max_depth.hgh",
+        "unknown key (did you mean high?)",
+        id="typo-in-a-dimension",
     ),
     pytest.param(_add("tune.zzz", 1), "tune.zzz", "unknown key (typo?)", id="unknown-key"),
     pytest.param(_set("tune.n_trials", "many"), "tune.n_trials", "integer", id="str-for-int"),
@@ -93,6 +95,28 @@ CASES = [
         "must be an integer (no decimal point), got 300.0",
         id="int-300.0",
     ),
+    pytest.param(_set(f"{SS}.gamma.low", float("nan")), f"{SS}.gamma.low", "finite", id="nan"),
+    pytest.param(
+        _set(f"{SS}.gamma.type", "flot"), f"{SS}.gamma", "unknown type 'flot'", id="typo-kind"
+    ),
+    pytest.param(_delete(f"{SS}.gamma.type"), f"{SS}.gamma", "missing key type", id="no-kind"),
+    pytest.param(_set(f"{SS}.gamma", 0.1), f"{SS}.gamma", "expected a mapping", id="bare-value"),
+    pytest.param(
+        _add(f"{SS}.grow_policy", {"type": "categorical", "choices": []}),
+        f"{SS}.grow_policy.choices",
+        "at least 1 item",
+        id="no-choices",
+    ),
+    pytest.param(
+        _add(f"{SS}.grow_policy", {"type": "categorical", "choices": ["lossguide", "lossguide"]}),
+        f"{SS}.grow_policy",
+        "choices repeat a value",
+        id="repeated-choice",
+    ),
+    pytest.param(
+        _add(f"{SS}.learning_rate.step", 0.01), f"{SS}.learning_rate", "no step", id="log-step"
+    ),
+    pytest.param(_set(SS, {}), SS, "at least 1 item", id="empty-space"),
     pytest.param(_set("tune.n_trials", 0), "tune.n_trials", "greater than or equal to 1", id="n0"),
     pytest.param(
         _set("tune.parallel_trials", 0),
@@ -111,8 +135,6 @@ CASES = [
         "fanova",
         id="evaluator",
     ),
-    pytest.param(_set(f"{SS}.subsample.high", 1.5), SS, "subsample must lie in", id="subsample>1"),
-    pytest.param(_set(f"{SS}.gamma.low", float("nan")), f"{SS}.gamma.low", "finite", id="nan"),
     # Values the schema once accepted and a library rejected later, one per key.
     pytest.param(_set("model.tree_method", "approx"), "model.tree_method", "hist", id="approx"),
     pytest.param(_set("model.tree_method", "exact"), "model.tree_method", "hist", id="exact"),
@@ -130,15 +152,43 @@ CASES = [
     pytest.param(
         _set("plot.importance_seed", -5), "plot.importance_seed", "greater", id="imp-seed"
     ),
-    pytest.param(_set(f"{SS}.gamma.low", -0.1), SS, "gamma.low must be at least 0", id="gamma<0"),
-    pytest.param(_set(f"{SS}.min_child_weight.low", -1.0), SS, "min_child_weight.low", id="mcw<0"),
-    pytest.param(_set(f"{SS}.max_depth.low", -1), SS, "max_depth.low", id="depth<0"),
     pytest.param(
         _set("prepare.test_size", 0.99985), None, "leaves 3 training rows", id="no-rows-for-folds"
     ),
     pytest.param("- prepare\n- tune\n", None, "expected a mapping of sections", id="yaml-list"),
     pytest.param("tune: [1, 2\nplot: {}\n", None, "not valid YAML", id="bad-yaml"),
     pytest.param("", None, "expected a mapping of sections", id="empty-file"),
+]
+# What XGBoost refuses in a well-formed search space: (mutation, hyperparameter, problem).
+SPACE_CASES = [
+    pytest.param(
+        _add(f"{SS}.max_dept", {"type": "int", "low": 3, "high": 5}),
+        "max_dept",
+        "not an XGBoost parameter (did you mean max_depth?)",
+        id="unknown-name",
+    ),
+    pytest.param(_set(f"{SS}.subsample.high", 1.5), "subsample", "XGBoost refuses 1.5", id="sub>1"),
+    pytest.param(_set(f"{SS}.gamma.low", -0.1), "gamma", "XGBoost refuses -0.1", id="gamma<0"),
+    pytest.param(_set(f"{SS}.max_depth.low", -1), "max_depth", "XGBoost refuses -1", id="depth<0"),
+    pytest.param(
+        _add(f"{SS}.grow_policy", {"type": "categorical", "choices": ["depthwise", "sideways"]}),
+        "grow_policy",
+        "XGBoost refuses 'sideways'",
+        id="bad-choice",
+    ),
+    pytest.param(
+        _add(f"{SS}.seed", {"type": "int", "low": 0, "high": 9}),
+        "seed",
+        "set by the pipeline",
+        id="fixed-param",
+    ),
+    pytest.param(_delete(f"{SS}.n_estimators"), "n_estimators", "missing", id="no-rounds"),
+    pytest.param(
+        _set(f"{SS}.n_estimators", {"type": "float", "low": 50.0, "high": 300.0}),
+        "n_estimators",
+        "must be an int dimension",
+        id="float-rounds",
+    ),
 ]
 
 
@@ -152,121 +202,68 @@ def _write_params(directory: Path, case: str | Mutation) -> None:
     (directory / "params.yaml").write_text(text)
 
 
-# prepare's main under run_stage, as `python stages/prepare.py` runs it, once per directory in
-# one interpreter: the imports take seconds, a case milliseconds. Anything that escapes
-# run_stage is printed as the traceback a real run would show.
-PREPARE_IN_EACH = """
-import contextlib, io, json, os, sys, traceback
-from hpo.errors import run_stage
-import prepare
-results = {}
-for directory in sys.argv[1:]:
-    os.chdir(directory)
-    stderr, code = io.StringIO(), 0
-    with contextlib.redirect_stderr(stderr):
-        try:
-            run_stage(prepare.main)
-        except SystemExit as exc:
-            code = exc.code
-        except BaseException:
-            traceback.print_exc()
-            code = 1
-    results[directory] = [code, stderr.getvalue()]
-print(json.dumps(results))
-"""
+def _raw_data_in(directory: Path) -> None:
+    """Real data in place: if validation wrongly passed, prepare would write data/prepared."""
+    (directory / "data" / "raw").mkdir(parents=True)
+    (directory / "data" / "raw" / RAW_DATA.name).symlink_to(RAW_DATA)
 
 
-@pytest.fixture(scope="module")
-def stage_runs(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> dict[str, tuple[Path, subprocess.CompletedProcess[str]]]:
-    """Run prepare once per selected case, every case in one interpreter."""
-    selected = {
-        item.callspec.id
-        for item in request.session.items
-        if isinstance(item, pytest.Function)
-        and item.originalname == "test_malformed_params_stop_the_prepare_stage"
-    }
-    directories: dict[str, Path] = {}
-    for param in CASES:
-        if param.id not in selected:
-            continue
-        case = param.values[0]
-        assert isinstance(case, str) or callable(case)
-        assert param.id is not None
-        directory = tmp_path_factory.mktemp(f"params-{param.id}")
-        _write_params(directory, case)
-        # Real data in place: if validation wrongly passed, prepare would write data/prepared.
-        (directory / "data" / "raw").mkdir(parents=True)
-        (directory / "data" / "raw" / RAW_DATA.name).symlink_to(RAW_DATA)
-        directories[param.id] = directory
-    if not directories:
-        return {}
-    args = [sys.executable, "-c", PREPARE_IN_EACH, *map(str, directories.values())]
-    done = run(REPO, *args, env={"PYTHONPATH": str(REPO / "stages")}, timeout=300)
-    results = json.loads(done.stdout.splitlines()[-1])
-    runs = {}
-    for case_id, directory in directories.items():
-        code, stderr = results[str(directory)]
-        runs[case_id] = (directory, subprocess.CompletedProcess(args, code, "", stderr))
-    return runs
+def test_the_shipped_space_becomes_distributions_of_the_declared_kinds() -> None:
+    declared = yaml.safe_load(PARAMS.read_text())["tune"]["search_space"]
+    space = distributions(load_params(PARAMS).tune.search_space)
 
-
-def test_shipped_params_load_with_the_search_space_of_params_yaml() -> None:
-    params = load_params(PARAMS)
-
-    space = params.tune.search_space.model_dump()
-    assert space == {
-        "n_estimators": {"low": 50, "high": 300, "log": False},
-        "max_depth": {"low": 3, "high": 10, "log": False},
-        "learning_rate": {"low": 0.001, "high": 0.3, "log": True},
-        "subsample": {"low": 0.6, "high": 1.0, "log": False},
-        "colsample_bytree": {"low": 0.6, "high": 1.0, "log": False},
-        "min_child_weight": {"low": 1.0, "high": 10.0, "log": False},
-        "gamma": {"low": 0.0, "high": 0.5, "log": False},
-    }
-    assert isinstance(params.tune.search_space.n_estimators, IntRange)
-    assert isinstance(params.tune.search_space.max_depth, IntRange)
+    assert list(space) == list(declared)  # params.yaml order: the order trials sample in
+    kinds = {"int": IntDistribution, "float": FloatDistribution}
+    for name, spec in declared.items():
+        assert type(space[name]) is kinds[spec["type"]]
+        assert (space[name].low, space[name].high) == (spec["low"], spec["high"])
+        assert space[name].log == spec.get("log", False)
+    assert check_search_space(load_params(PARAMS).tune.search_space) == []
 
 
 @pytest.mark.parametrize(("case", "key_path", "problem"), CASES)
 def test_malformed_params_stop_the_prepare_stage(
-    request: pytest.FixtureRequest,
-    stage_runs: dict[str, tuple[Path, subprocess.CompletedProcess[str]]],
-    case: str | Mutation,
-    key_path: str | None,
-    problem: str,
+    tmp_path: Path, run_stage, case: str | Mutation, key_path: str | None, problem: str
 ) -> None:
-    directory, result = stage_runs[request.node.callspec.id]
+    _write_params(tmp_path, case)
+    _raw_data_in(tmp_path)
 
-    assert result.returncode == 2, result.stderr
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, result.stderr
-    (line,) = lines
+    line = run_stage("prepare", tmp_path).one_error()
+
     prefix = "error: params.yaml: " if key_path is None else f"error: params.yaml: {key_path}: "
     assert line.startswith(prefix), line
     assert problem in line
-    assert not (directory / "data" / "prepared").exists()
+    assert not (tmp_path / "data" / "prepared").exists()
 
 
-def test_a_stage_run_outside_the_project_says_where_it_looked(tmp_path: Path) -> None:
-    result = run_stage_script(tmp_path, "prepare")
-    assert result.returncode == 2
-    (line,) = result.stderr.splitlines()
+@pytest.mark.parametrize(("case", "name", "problem"), SPACE_CASES)
+def test_a_space_xgboost_refuses_stops_tune_before_any_trial(
+    tmp_path: Path, run_stage, case: Mutation, name: str, problem: str
+) -> None:
+    _write_params(tmp_path, case)
+
+    line = run_stage("tune", tmp_path).one_error()
+
+    assert line.startswith(f"error: params.yaml: {SS}.{name}: "), line
+    assert problem in line
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_a_stage_run_outside_the_project_says_where_it_looked(tmp_path: Path, run_stage) -> None:
+    line = run_stage("prepare", tmp_path).one_error()
     assert line.startswith(f"error: {tmp_path / 'params.yaml'}: not found")
     assert "stages run from the project root" in line
 
 
-def test_every_problem_gets_its_own_line(tmp_path: Path) -> None:
+def test_every_problem_gets_its_own_line(tmp_path: Path, run_stage) -> None:
     def three_mistakes(params: dict[str, Any]) -> None:
         params["tune"]["n_trails"] = 5
         _set("tune.cv_folds", 1)(params)
         _set("model.seed", -1)(params)
 
     _write_params(tmp_path, three_mistakes)
-    result = run_stage_script(tmp_path, "prepare")
-    assert result.returncode == 2
+    result = run_stage("prepare", tmp_path)
+    assert result.exit_code == 2
     assert sorted(result.stderr.splitlines()) == [
         "error: params.yaml: model.seed: Input should be greater than or equal to 0, got -1",
         "error: params.yaml: tune.cv_folds: Input should be greater than or equal to 2, got 1",

@@ -8,8 +8,8 @@ import xgboost as xgb
 from conftest import REPO
 from sklearn.model_selection import KFold, cross_val_score
 
-from hpo.cv import CVResult, CVTrial, make_folds
-from hpo.data import FEATURES, TARGET, derive_features, read_raw
+from hpo.trial.data import FEATURES, TARGET, derive_features, read_raw
+from hpo.trial.model import CVResult, CVTrial, make_folds
 
 # No row or column sampling: the two APIs draw random samples differently.
 PARAMS = {"max_depth": 4, "learning_rate": 0.2, "min_child_weight": 2.0, "gamma": 0.01}

@@ -1,19 +1,15 @@
 """Every file a stage reads, in any state a disk can leave it, gives one line and loses nothing.
 
 Each case copies the finished tiny run, damages one file and runs the stage script that reads
-it (in this process, through `runpy`, as `python stages/<stage>.py` would: a new interpreter
-per case would spend most of the time importing): exit code 2, one `error:` line naming the
-file and what to do, no exception escaping, and every other file of the project byte for
-byte as it was.
+it (conftest's `run_stage`): exit code 2, one `error:` line naming the file and what to do, no
+exception escaping, and every other file of the project byte for byte as it was.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import runpy
 import shutil
-import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -21,10 +17,10 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import REPO, TINY_PARAMS, write_params
+from conftest import TINY_PARAMS, write_params
 
-from hpo import study_store
 from hpo.errors import CLOSE_THE_HOLDER
+from hpo.storage import studies
 
 N_TRIALS = TINY_PARAMS["tune"]["n_trials"]
 
@@ -89,43 +85,19 @@ def _fingerprints(project: Path, skip: Path) -> dict[str, str]:
     return found
 
 
-def _run_stage(stage: str) -> int:
-    """Run stages/<stage>.py as __main__ in the working directory; its exit code."""
-    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        runpy.run_path(str(REPO / "stages" / f"{stage}.py"), run_name="__main__")
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    finally:  # tune installs its own handlers
-        for signum, handler in handlers.items():
-            signal.signal(signum, handler)
-    return 0
-
-
 @pytest.mark.parametrize(("stage", "name", "damage"), PARAMS)
 def test_a_damaged_file_stops_its_stage_with_one_line(
-    tiny_run: Path,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-    stage: str,
-    name: str,
-    damage: str,
+    tiny_run: Path, tmp_path: Path, run_stage, stage: str, name: str, damage: str
 ) -> None:
     project = shutil.copytree(tiny_run, tmp_path / "p", symlinks=True)
     target = project / name
     DAMAGE[damage](target)
     before = _fingerprints(project, target)
-    monkeypatch.chdir(project)
 
-    exit_code = _run_stage(stage)
+    line = run_stage(stage, project).one_error()
 
-    stderr = capsys.readouterr().err
-    assert exit_code == 2, stderr
-    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, stderr
-    assert name in errors[0] or os.path.basename(name) in errors[0]
-    assert any(hint in errors[0] for hint in ("dvc repro", "move it aside")), errors[0]
+    assert name in line or os.path.basename(name) in line
+    assert any(hint in line for hint in ("dvc repro", "move it aside")), line
     assert _fingerprints(project, target) == before, "the failed stage changed another file"
 
 
@@ -138,33 +110,24 @@ LOCKER = (
 
 @pytest.mark.parametrize("name", ["outputs/optuna_store.db", "outputs/mlflow.db"])
 def test_a_store_locked_by_another_process_stops_tune_with_one_line(
-    tiny_run: Path,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-    name: str,
+    tiny_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, run_stage, name: str
 ) -> None:
     project = shutil.copytree(tiny_run, tmp_path / "p", symlinks=True)
     write_params(project, {"tune": {"n_trials": N_TRIALS + 1}})  # one new trial to store
     study_before = _trial_states(project)
-    monkeypatch.chdir(project)
-    monkeypatch.setattr(study_store, "LOCK_TIMEOUT_S", 1)  # MLflow's own wait is 20 s
+    monkeypatch.setattr(studies, "LOCK_TIMEOUT_S", 1)  # MLflow's own wait is 20 s
     locker = subprocess.Popen(
         [sys.executable, "-c", LOCKER, str(project / name)], stdout=subprocess.PIPE, text=True
     )
     try:
         assert locker.stdout is not None
         assert locker.stdout.readline() == "locked\n"
-        exit_code = _run_stage("tune")
+        line = run_stage("tune", project).one_error()
     finally:
         locker.kill()
         locker.wait()
 
-    stderr = capsys.readouterr().err
-    assert exit_code == 2, stderr
-    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
-    assert errors == [f"error: {name}: locked by another process; {CLOSE_THE_HOLDER}"], stderr
-    assert "Traceback" not in stderr
+    assert line == f"error: {name}: locked by another process; {CLOSE_THE_HOLDER}"
     assert _trial_states(project)[: len(study_before)] == study_before  # nothing lost
 
 

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import REPO, run_stage_script
+from conftest import REPO
 
-from hpo.data import FEATURES, RAW_SHA256, TARGET, derive_features, read_raw, split
 from hpo.errors import PipelineError
+from hpo.trial.data import FEATURES, RAW_SHA256, TARGET, derive_features, read_raw, split
 
 RAW_DATA = REPO / "data" / "raw" / "cal_housing.data.gz"
 RAW_RELATIVE = "data/raw/cal_housing.data.gz"
@@ -109,19 +109,14 @@ Damage = Callable[[bytes, Path], None]
     ],
 )
 def test_damaged_raw_file_stops_prepare(
-    tmp_path: Path, raw_content: bytes, damage: Damage, problem: str
+    tmp_path: Path, run_stage, raw_content: bytes, damage: Damage, problem: str
 ) -> None:
     shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
     (tmp_path / "data" / "raw").mkdir(parents=True)
     damage(raw_content, tmp_path / RAW_RELATIVE)
 
-    result = run_stage_script(tmp_path, "prepare")
+    line = run_stage("prepare", tmp_path).one_error()
 
-    assert result.returncode == 2, result.stderr
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, result.stderr
-    (line,) = lines
     assert line.startswith(f"error: {RAW_RELATIVE}: "), line
     assert problem in line
     assert not (tmp_path / "data" / "prepared").exists()
@@ -139,15 +134,15 @@ def test_checksum_message_names_both_digests(tmp_path: Path, raw_content: bytes)
     assert RAW_SHA256 in str(error.value)
 
 
-def test_intact_copy_passes_the_same_harness(tmp_path: Path) -> None:
+def test_intact_copy_passes_the_same_harness(tmp_path: Path, run_stage) -> None:
     """Control for the damaged-file cases: the undamaged file in the same layout is prepared."""
     shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
     (tmp_path / "data" / "raw").mkdir(parents=True)
     shutil.copy(RAW_DATA, tmp_path / RAW_RELATIVE)
 
-    result = run_stage_script(tmp_path, "prepare")
+    result = run_stage("prepare", tmp_path)
 
-    assert result.returncode == 0, result.stderr
+    assert result.exit_code == 0, result.stderr
     assert result.stdout.strip() == "prepared 16512 training and 4128 test rows"
     assert len(pd.read_csv(tmp_path / "data" / "prepared" / "test.csv")) == 4128
 

@@ -2,30 +2,27 @@
 no open handle on the store, its SQLite side files or its lock file, no executor thread left
 running. (MLflow keeps its own store's engine cached for the process on purpose; not checked.)
 
-The tune stage runs in this process (through `runpy`, as in test_damaged_files.py), so its
-file descriptors and threads can be inspected after it fails.
+The tune stage runs in this process (conftest's `run_stage`), so its file descriptors and
+threads can be inspected after it fails.
 """
 
 from __future__ import annotations
 
 import os
 import pkgutil
-import runpy
 import shutil
-import signal
 import threading
 import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO
 
 # Each step tune takes after the store is open, made to raise in turn.
 FAILING_STEPS = [
-    "hpo.tracking.connect",
-    "hpo.study_store.load_or_create",
-    "hpo.tracking.open_study_run",
-    "hpo.tuning.StudyRunner.run",
+    "hpo.storage.tracking.connect",
+    "hpo.session.load_or_create",
+    "hpo.storage.study_run.StudyRun.open",
+    "hpo.protocol.runner.StudyRunner.run",
 ]
 
 
@@ -58,12 +55,11 @@ def _wait_for_threads_to_end(before: set[threading.Thread], timeout_s: float) ->
 
 @pytest.mark.parametrize("step", FAILING_STEPS)
 def test_a_failure_after_the_store_opens_leaks_nothing(
-    tiny_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, step: str
+    tiny_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, run_stage, step: str
 ) -> None:
     project = shutil.copytree(tiny_run, tmp_path / "p", symlinks=True)
     outputs = project / "outputs"
     (outputs / "optuna_store.db").unlink()  # a new study: every step below is reached
-    monkeypatch.chdir(project)
     owner_name, _, attribute = step.rpartition(".")
     owner = pkgutil.resolve_name(owner_name)
 
@@ -72,13 +68,8 @@ def test_a_failure_after_the_store_opens_leaks_nothing(
 
     monkeypatch.setattr(owner, attribute, fail)
     threads_before = set(threading.enumerate())
-    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        with pytest.raises(InjectedError):
-            runpy.run_path(str(REPO / "stages" / "tune.py"), run_name="__main__")
-    finally:  # tune installs its own handlers
-        for signum, handler in handlers.items():
-            signal.signal(signum, handler)
+    with pytest.raises(InjectedError):
+        run_stage("tune", project)
 
     assert (outputs / "optuna_store.db").exists(), "the step under test was not reached"
     assert _open_files(outputs / "optuna_store.db") == []

@@ -21,7 +21,9 @@ from matplotlib import image
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from hpo.data import FEATURES
+from hpo.config import load_params
+from hpo.trial.data import FEATURES
+from hpo.trial.space import distributions
 
 N_TRIALS = TINY_PARAMS["tune"]["n_trials"]
 EXPERIMENT = "xgboost-california-housing"
@@ -37,12 +39,11 @@ def _client(project: Path) -> MlflowClient:
 
 def test_results_json_has_every_key_in_range(tiny_run: Path) -> None:
     results = _results(tiny_run)
-    assert set(results["best_params"]) == {
-        "n_estimators", "max_depth", "learning_rate", "subsample",
-        "colsample_bytree", "min_child_weight", "gamma",
-    }  # fmt: skip
-    assert 20 <= results["best_params"]["n_estimators"] <= 60
-    assert 3 <= results["best_params"]["max_depth"] <= 5
+    space = distributions(load_params(tiny_run / "params.yaml").tune.search_space)
+    assert {"reg_lambda", "grow_policy"} < set(space)  # params.yaml's additions, no code
+    assert set(results["best_params"]) == set(space)
+    for name, value in results["best_params"].items():
+        assert space[name]._contains(space[name].to_internal_repr(value)), (name, value)
     assert 0.3 < results["test_rmse"] < 1.0
     assert results["test_rmse"] == pytest.approx(results["test_mse"] ** 0.5)
     assert 0.5 < results["test_r2"] < 1.0

@@ -75,9 +75,8 @@ def rerun_project(twin_runs: tuple[Path, Path], tmp_path_factory: pytest.TempPat
 CHANGES = [
     ("nothing", None, set()),
     ("plot param", {"plot": {"importance_seed": 7}}, {"plot"}),
-    ("library module used by plot only", "stages/hpo/plots.py", {"plot"}),
-    ("library module used by train_best and evaluate", "stages/hpo/model.py",
-     {"train_best", "evaluate"}),
+    ("library module used by plot only", "stages/hpo/figures.py", {"plot"}),
+    ("stage script", "stages/evaluate.py", {"evaluate"}),
     ("tune.n_trials", {"tune": {"n_trials": 9}}, {"tune", "train_best", "evaluate", "plot"}),
     ("split", {"prepare": {"test_size": 0.25}},
      {"prepare", "tune", "train_best", "evaluate", "plot"}),
@@ -171,13 +170,13 @@ def test_only_code_that_shapes_trials_renames_the_study(
     project = shutil.copytree(twin_runs[1], tmp_path / "p", symlinks=True)
     name = json.loads((project / "outputs/tune_summary.json").read_text())["study_name"]
     finished_at = _finished_at(project)
-    for module in ("stages/hpo/trial_logging.py", "stages/tune.py"):
+    for module in ("stages/hpo/storage/study_run.py", "stages/tune.py"):
         (project / module).write_text((project / module).read_text() + "\n# an edit\n")
     assert "tune" in _ran_stages(dvc(project, "repro").stdout)
     assert json.loads((project / "outputs/tune_summary.json").read_text())["study_name"] == name
     assert _finished_at(project) == finished_at, "the finished study was resumed, not rerun"
 
-    cv = project / "stages/hpo/cv.py"
-    cv.write_text(cv.read_text() + "\n# an edit\n")
+    model = project / "stages/hpo/trial/model.py"
+    model.write_text(model.read_text() + "\n# an edit\n")
     dvc(project, "repro", "tune")
     assert json.loads((project / "outputs/tune_summary.json").read_text())["study_name"] != name

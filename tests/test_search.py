@@ -7,7 +7,7 @@ import pytest
 from conftest import REPO
 
 from hpo.config import SamplerParams, load_params
-from hpo.search import make_sampler
+from hpo.trial.space import make_sampler
 
 SAMPLER = load_params(REPO / "params.yaml").tune.sampler
 

@@ -13,10 +13,10 @@ import xgboost as xgb
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from hpo import tracking
 from hpo.errors import PipelineError
-from hpo.evaluation import TrialOutcome
-from hpo.trial_logging import StudyRecorder
+from hpo.storage import tracking
+from hpo.storage.study_run import STUDY_RUN_ID_ATTR, StudyRun
+from hpo.trial.evaluation import TrialOutcome
 
 PARAMS = {"tune": {"n_trials": 2}}
 TAGS = {"params_hash": "0123456789abcdef", "mlflow.source.git.commit": "f" * 40}
@@ -44,39 +44,49 @@ def _store(directory: Path) -> tuple[MlflowClient, str]:
 
 def test_a_resumed_study_reopens_its_parent_run(tmp_path: Path, study: optuna.Study) -> None:
     client, experiment_id = _store(tmp_path)
-    first = tracking.open_study_run(client, experiment_id, study, PARAMS, TAGS)
+    first = StudyRun.open(client, experiment_id, study, PARAMS, TAGS).run_id
     client.set_terminated(first, "KILLED")
-    again = tracking.open_study_run(client, experiment_id, study, PARAMS, TAGS)
+    again = StudyRun.open(client, experiment_id, study, PARAMS, TAGS).run_id
     assert again == first
     assert client.get_run(first).info.status == "RUNNING"
+
+
+@pytest.mark.parametrize(("error", "status"), [(KeyboardInterrupt, "KILLED"), (OSError, "FAILED")])
+def test_the_study_run_ends_killed_or_failed_with_its_block(
+    tmp_path: Path, study: optuna.Study, error: type[BaseException], status: str
+) -> None:
+    client, experiment_id = _store(tmp_path)
+    run = StudyRun.open(client, experiment_id, study, PARAMS, TAGS)
+    with pytest.raises(error), run.failing_on_error(KeyboardInterrupt):
+        raise error
+    assert client.get_run(run.run_id).info.status == status
 
 
 @pytest.mark.parametrize("how", ["store deleted", "run deleted"])
 def test_a_lost_parent_run_is_replaced(tmp_path: Path, study: optuna.Study, how: str) -> None:
     client, experiment_id = _store(tmp_path / "old")
-    lost = tracking.open_study_run(client, experiment_id, study, PARAMS, TAGS)
+    lost = StudyRun.open(client, experiment_id, study, PARAMS, TAGS).run_id
     if how == "store deleted":  # the study db was kept, mlflow.db was not
         client, experiment_id = _store(tmp_path / "new")
     else:
         client.delete_run(lost)
 
-    parent = tracking.open_study_run(client, experiment_id, study, PARAMS, TAGS)
+    run = StudyRun.open(client, experiment_id, study, PARAMS, TAGS)
 
-    assert parent != lost
-    assert study.user_attrs[tracking.STUDY_RUN_ID_ATTR] == parent
-    assert client.get_run(parent).info.status == "RUNNING"
-    recorder = StudyRecorder(client, experiment_id, parent, TAGS)
-    assert recorder.recorded_numbers() == set()  # so the runner records every trial again
+    assert run.run_id != lost
+    assert study.user_attrs[STUDY_RUN_ID_ATTR] == run.run_id
+    assert client.get_run(run.run_id).info.status == "RUNNING"
+    assert run.recorded_numbers() == set()  # so the runner records every trial again
     # (end to end: tests/test_pipeline_e2e.py::test_a_lost_mlflow_store_is_rebuilt_from_the_study)
 
 
 def test_child_runs_carry_the_provenance_tags(tmp_path: Path, study: optuna.Study) -> None:
     client, experiment_id = _store(tmp_path)
-    parent = tracking.open_study_run(client, experiment_id, study, PARAMS, TAGS)
-    recorder = StudyRecorder(client, experiment_id, parent, TAGS)
+    study_run = StudyRun.open(client, experiment_id, study, PARAMS, TAGS)
     for trial in study.trials:
-        recorder.record(trial, TrialOutcome.from_frozen(trial))
-    assert recorder.recorded_numbers() == {0, 1}
+        study_run.record(trial, TrialOutcome.from_frozen(trial))
+    assert study_run.recorded_numbers() == {0, 1}
+    parent = study_run.run_id
     for run in client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent}'"):
         assert run.data.tags.items() >= TAGS.items()
         assert run.data.tags["optuna.state"] == TrialState.COMPLETE.name

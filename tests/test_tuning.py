@@ -13,14 +13,10 @@ import pytest
 from conftest import REPO
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo import search
 from hpo.config import load_params
-from hpo.data import FEATURES, TARGET, derive_features, read_raw
 from hpo.errors import PipelineError
-from hpo.evaluation import FoldPool, TrainingData, TrialOutcome, TrialTask, evaluate_trial
-from hpo.executors import LocalExecutor
-from hpo.scheduler import FoldScheduler
-from hpo.tuning import (
+from hpo.execution.local import FoldScheduler, LocalExecutor
+from hpo.protocol.runner import (
     CLOCK_ATTR,
     OWNER_ATTR,
     PENDING_ATTR,
@@ -29,7 +25,10 @@ from hpo.tuning import (
     injected_faults,
     summarize,
 )
-from hpo.xgb_params import booster_params, distributions
+from hpo.trial.data import FEATURES, TARGET, derive_features, read_raw
+from hpo.trial.evaluation import FoldPool, TrainingData, TrialOutcome, TrialTask, evaluate_trial
+from hpo.trial.model import booster_params
+from hpo.trial.space import distributions, make_sampler
 
 PARAMS = load_params(REPO / "params.yaml")
 
@@ -74,7 +73,7 @@ def make_runner(small_data, n_trials: int = 8, **overrides) -> StudyRunner:
         "n_trials": n_trials,
         "parallel_trials": 2,
         "lookahead": 2,
-        "make_sampler": partial(search.make_sampler, tune.sampler),
+        "make_sampler": partial(make_sampler, tune.sampler),
         "make_task": partial(TrialTask.build, tune, PARAMS.model),
         "executor": LocalExecutor(TrainingData(x, y, 2, 0, PARAMS.model.max_bin), 2),
         "recorder": Collector(),

@@ -9,10 +9,20 @@ from __future__ import annotations
 import difflib
 import math
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    model_validator,
+)
 from pydantic_core import ErrorDetails
 
 from hpo.errors import PipelineError
@@ -29,25 +39,44 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
 
-class IntRange(_Strict):
+class IntDimension(_Strict):
+    type: Literal["int"]
     low: int
     high: int
     log: bool = False
+    step: int = Field(default=1, ge=1)
 
     @model_validator(mode="after")
-    def _check_bounds(self) -> IntRange:
+    def _check_bounds(self) -> IntDimension:
         _check_range(self.low, self.high, self.log)
+        if self.log and self.step != 1:
+            raise ValueError("log scale takes no step (Optuna samples it continuously)")
         return self
 
 
-class FloatRange(_Strict):
+class FloatDimension(_Strict):
+    type: Literal["float"]
     low: float
     high: float
     log: bool = False
+    step: float | None = Field(default=None, gt=0)
 
     @model_validator(mode="after")
-    def _check_bounds(self) -> FloatRange:
+    def _check_bounds(self) -> FloatDimension:
         _check_range(self.low, self.high, self.log)
+        if self.log and self.step is not None:
+            raise ValueError("log scale takes no step (Optuna samples it continuously)")
+        return self
+
+
+class CategoricalDimension(_Strict):
+    type: Literal["categorical"]
+    choices: list[StrictStr | StrictInt | StrictFloat | StrictBool] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _check_choices(self) -> CategoricalDimension:
+        if len(set(map(repr, self.choices))) != len(self.choices):
+            raise ValueError(f"choices repeat a value: {self.choices}")
         return self
 
 
@@ -56,6 +85,20 @@ def _check_range(low: float, high: float, log: bool) -> None:
         raise ValueError(f"low ({low}) is greater than high ({high})")
     if log and low <= 0:
         raise ValueError(f"log scale needs low > 0, got {low}")
+
+
+# One hyperparameter of the search space, by its `type`: int, float or categorical.
+Dimension = Annotated[
+    IntDimension | FloatDimension | CategoricalDimension, Field(discriminator="type")
+]
+DIMENSION = "dimension"  # a marker for _unknown_key's walk through the search space
+DIMENSION_KINDS = {
+    "int": IntDimension,
+    "float": FloatDimension,
+    "categorical": CategoricalDimension,
+}
+# Hyperparameter name -> its dimension, in params.yaml order (the order trials sample in).
+SearchSpace = dict[str, Dimension]
 
 
 class PrepareParams(_Strict):
@@ -86,29 +129,6 @@ class PrunerParams(_Strict):
     interval_steps: int = Field(ge=1)
 
 
-class SearchSpace(_Strict):
-    n_estimators: IntRange
-    max_depth: IntRange
-    learning_rate: FloatRange
-    subsample: FloatRange
-    colsample_bytree: FloatRange
-    min_child_weight: FloatRange
-    gamma: FloatRange
-
-    @model_validator(mode="after")
-    def _check_xgboost_domains(self) -> SearchSpace:
-        if self.n_estimators.low < 1:
-            raise ValueError("n_estimators.low must be at least 1")
-        for name in ("max_depth", "min_child_weight", "gamma"):
-            if getattr(self, name).low < 0:
-                raise ValueError(f"{name}.low must be at least 0, got {getattr(self, name).low}")
-        for name in ("subsample", "colsample_bytree"):
-            bounds: FloatRange = getattr(self, name)
-            if bounds.low <= 0 or bounds.high > 1:
-                raise ValueError(f"{name} must lie in (0, 1], got [{bounds.low}, {bounds.high}]")
-        return self
-
-
 class TuneParams(_Strict):
     n_trials: int = Field(ge=1)
     parallel_trials: int = Field(ge=1)
@@ -117,7 +137,7 @@ class TuneParams(_Strict):
     cv_seed: Seed
     sampler: SamplerParams
     pruner: PrunerParams
-    search_space: SearchSpace
+    search_space: SearchSpace = Field(min_length=1)
 
 
 class PlotParams(_Strict):
@@ -165,10 +185,20 @@ def load_params(path: Path = PARAMS_FILE) -> Params:
 
 def _describe(error: ErrorDetails) -> str:
     """One validation error as 'key.path: problem, got value'."""
-    key_path = ".".join(str(part) for part in error["loc"])
+    loc = _without_dimension_tag(error["loc"])
+    key_path = ".".join(str(part) for part in loc)
     message = error["msg"].removeprefix("Value error, ")
+    kinds = ", ".join(DIMENSION_KINDS)
     if error["type"] == "extra_forbidden":
         message = _unknown_key(error["loc"])
+    elif error["type"] == "union_tag_not_found":
+        message = f"missing key type ({kinds})"
+    elif error["type"] == "union_tag_invalid":
+        message = f"unknown type {error['ctx']['tag']!r} (one of {kinds})"
+    elif error["type"] == "model_attributes_type" and loc[:2] == ("tune", "search_space"):
+        message = (
+            f"expected a mapping like {{type: float, low: 0.0, high: 1.0}}, got {error['input']!r}"
+        )
     elif error["type"] == "missing":
         message = "missing key"
     elif error["type"] == "int_type" and isinstance(error.get("input"), float):
@@ -179,14 +209,26 @@ def _describe(error: ErrorDetails) -> str:
     return f"{key_path}: {message}" if key_path else message
 
 
+def _without_dimension_tag(loc: tuple[str | int, ...]) -> tuple[str | int, ...]:
+    """The key path as the user wrote it: pydantic adds a dimension's `type` after its name."""
+    if loc[:2] == ("tune", "search_space") and len(loc) > 3 and loc[3] in DIMENSION_KINDS:
+        return loc[:3] + loc[4:]
+    return loc
+
+
 def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
 def _unknown_key(loc: tuple[str | int, ...]) -> str:
     """'unknown key', with the closest known key of that section when there is one."""
-    section: type[BaseModel] = Params
+    section: Any = Params
     for part in loc[:-1]:
-        section = section.model_fields[str(part)].annotation
+        if get_origin(section) is dict:  # the search space: any name is a hyperparameter
+            section = DIMENSION
+        elif section is DIMENSION:  # pydantic puts the dimension's `type` in the path
+            section = DIMENSION_KINDS[str(part)]
+        else:
+            section = section.model_fields[str(part)].annotation
     close = difflib.get_close_matches(str(loc[-1]), list(section.model_fields), n=1)
     return f"unknown key (did you mean {close[0]}?)" if close else "unknown key (typo?)"

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
+
+from hpo import paths
 
 # What to do about a damaged file, by kind: an earlier stage's output, or a store that only
 # this pipeline appends to (not a DVC output: nothing can restore it).
@@ -33,6 +37,14 @@ def file_error(path: Path | str, exc: BaseException, remedy: str) -> PipelineErr
     if _is_locked(exc):
         return PipelineError(f"{path}: locked by another process; {CLOSE_THE_HOLDER}")
     return PipelineError(f"{path}: {_what_is_wrong(exc)}; {remedy}")
+
+
+def read_json(path: Path) -> Any:
+    """A JSON output of an earlier stage; one line when it is missing or damaged."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:  # ValueError: not JSON, or not text
+        raise file_error(path, exc, REBUILD) from None
 
 
 def _what_is_wrong(exc: BaseException) -> str:
@@ -84,8 +96,6 @@ def _locked_store(exc: BaseException) -> str | None:
     """
     if not _is_locked(exc):
         return None
-    from hpo import paths  # paths imports this module
-
     if any(type(e).__module__.startswith("mlflow") for e in _causes(exc)):
         return str(paths.MLFLOW_DB)
     return (

@@ -1,10 +1,6 @@
 """Where each stage reads and writes; the same names appear in dvc.yaml."""
 
-import json
 from pathlib import Path
-from typing import Any
-
-from hpo.errors import REBUILD, file_error
 
 PREPARED = Path("data/prepared")
 TRAIN_CSV = PREPARED / "train.csv"
@@ -29,11 +25,3 @@ IMPORTANCE_CSV = PLOT_DATA / "param_importance.csv"
 
 MLFLOW_DB = OUTPUTS / "mlflow.db"
 MLFLOW_ARTIFACTS = OUTPUTS / "mlruns"
-
-
-def read_json(path: Path) -> Any:
-    """A JSON output of an earlier stage; one line when it is missing or damaged."""
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as exc:  # ValueError: not JSON, or not text
-        raise file_error(path, exc, REBUILD) from None

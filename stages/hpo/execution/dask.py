@@ -1,38 +1,28 @@
-"""What runs the trials: local threads by default, or a Dask cluster (DASK_SCHEDULER_ADDRESS).
+"""Trials on a Dask cluster (DASK_SCHEDULER_ADDRESS): a worker runs a whole trial in one task.
 
-Both take a `TrialTask` and give back a `concurrent.futures.Future` of its `TrialOutcome`,
-and both run the same `TrialEvaluation`: the local executor fold by fold on its own threads
-(scheduler.py), a Dask worker the whole trial in one task (`evaluate_trial`). Dask does the
-distribution, the data transfer and the recovery from lost workers: a task whose worker dies
-is run again elsewhere by the scheduler, which is harmless because a trial is a pure function
-of its task. Only when the scheduler itself is gone does the stage stop, with one line.
+It runs the same `TrialEvaluation` as the local executor (local.py), which goes fold by fold
+on its own threads; both give back a `concurrent.futures.Future` of the `TrialOutcome`. Dask
+does the distribution, the data transfer and the recovery from lost workers: a task whose
+worker dies is run again elsewhere by the scheduler, which is harmless because a trial is a
+pure function of its task. Only when the scheduler itself is gone does the stage stop, with
+one line.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
-import hashlib
 import logging
 import os
 from concurrent.futures import CancelledError, Future
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 import optuna
 
-from hpo.backends import DASK_VAR
 from hpo.errors import PipelineError
-from hpo.evaluation import (
-    EVALUATION_CODE,
-    TrainingData,
-    TrialOutcome,
-    TrialTask,
-    evaluate_trial,
-    fold_pool,
-    source_digest,
-)
-from hpo.scheduler import FoldScheduler
-from hpo.xgb_params import available_cores, threads_per_fit
+from hpo.protocol.identity import this_process_identity
+from hpo.storage.settings import DASK_VAR
+from hpo.trial.evaluation import TrainingData, TrialOutcome, TrialTask, evaluate_trial
+from hpo.trial.model import available_cores
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -41,34 +31,8 @@ if TYPE_CHECKING:
 CONNECT_TIMEOUT_S = 15
 
 
-class TrialExecutor(Protocol):
-    tags: dict[str, str]  # where the trials run, for the MLflow runs
-
-    def submit(self, task: TrialTask) -> Future[TrialOutcome]: ...
-
-    def shutdown(self, cancel: bool = False) -> None:
-        """Release the workers; with cancel, unfinished trials end as soon as possible."""
-        ...
-
-
 class ExecutorLostError(PipelineError):
     """The cluster that ran the trials is gone; finished trials are kept, the run can resume."""
-
-
-class LocalExecutor:
-    """`parallel_trials` threads in this process, each fit on cores // parallel_trials cores."""
-
-    def __init__(self, data: TrainingData, parallel_trials: int) -> None:
-        self._scheduler = FoldScheduler(
-            parallel_trials, fold_pool(data), threads_per_fit(parallel_trials)
-        )
-        self.tags = {"hpo.executor": "local-threads", "hpo.workers": str(parallel_trials)}
-
-    def submit(self, task: TrialTask) -> Future[TrialOutcome]:
-        return self._scheduler.submit(task)
-
-    def shutdown(self, cancel: bool = False) -> None:
-        self._scheduler.shutdown(cancel=cancel)
 
 
 class DaskExecutor:
@@ -84,8 +48,8 @@ class DaskExecutor:
     def __init__(self, client: Client, address: str, data: TrainingData) -> None:
         self._client = client
         self._address = address
-        self._digest = trial_code_digest()
-        self._data = client.submit(_identity, data, pure=False)
+        self._digest = this_process_identity()
+        self._data = client.submit(_pass_through, data, pure=False)
         self._executor = client.get_executor()
         self.tags = {"hpo.executor": "dask", "hpo.workers": str(len(client.nthreads()))}
         self._closed = False
@@ -141,14 +105,6 @@ class StaleWorkerError(RuntimeError):
     """Raised on a worker whose trial code differs from the driver's."""
 
 
-def open_executor(
-    dask_address: str | None, data: TrainingData, parallel_trials: int
-) -> TrialExecutor:
-    if dask_address is None:
-        return LocalExecutor(data, parallel_trials)
-    return DaskExecutor(connect_dask(dask_address), dask_address, data)
-
-
 def connect_dask(address: str) -> Client:
     """A client of the scheduler whose workers run this very code; one line if not.
 
@@ -176,14 +132,14 @@ def connect_dask(address: str) -> Client:
             f"`dask worker {address}`"
         ) from None
     try:
-        theirs = client.run(trial_code_digest)
+        theirs = client.run(this_process_identity)
     except Exception as exc:  # a worker that cannot even import the code
         client.close()
         raise PipelineError(
             f"{DASK_VAR}: the workers at {address} cannot run the trial code "
             f"({type(exc).__name__}: {exc}); install this project on them"
         ) from None
-    ours = trial_code_digest()
+    ours = this_process_identity()
     stale = sorted(worker for worker, digest in theirs.items() if digest != ours)
     if stale:
         client.close()
@@ -194,32 +150,15 @@ def connect_dask(address: str) -> Client:
     return client
 
 
-def trial_code_digest() -> str:
-    """sha256 of the modules that decide a trial's result, and the versions of its libraries."""
-    import optuna
-    import sklearn
-    import xgboost
-
-    digest = hashlib.sha256(f"{xgboost.__version__} {optuna.__version__}".encode())
-    digest.update(sklearn.__version__.encode())
-    digest.update(source_digest(EVALUATION_CODE).encode())
-    return digest.hexdigest()
-
-
 def evaluate_on_worker(task: TrialTask, data: TrainingData, digest: str) -> TrialOutcome:
     """A Dask task: the trial with as many threads per fit as this worker gives each task."""
-    if _worker_digest() != digest:
+    if this_process_identity() != digest:
         raise StaleWorkerError(
             "a worker runs other trial code than the driver; start every worker from the same "
             "version of the project"
         )
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # not a line per pruner probe
     return evaluate_trial(task, data, _fit_threads_on_worker())
-
-
-@functools.cache
-def _worker_digest() -> str:
-    return trial_code_digest()
 
 
 def _fit_threads_on_worker() -> int:
@@ -232,5 +171,5 @@ def _fit_threads_on_worker() -> int:
     return max(1, available_cores() // get_worker().state.nthreads)
 
 
-def _identity(data: TrainingData) -> TrainingData:
+def _pass_through(data: TrainingData) -> TrainingData:
     return data

@@ -22,7 +22,15 @@ import threading
 from concurrent.futures import Future
 from dataclasses import dataclass
 
-from hpo.evaluation import FoldPool, TrialEvaluation, TrialOutcome, TrialTask
+from hpo.trial.evaluation import (
+    FoldPool,
+    TrainingData,
+    TrialEvaluation,
+    TrialOutcome,
+    TrialTask,
+    fold_pool,
+)
+from hpo.trial.model import threads_per_fit
 
 
 @dataclass
@@ -130,3 +138,19 @@ class FoldScheduler:
                 job.future.set_exception(outcome)
             else:
                 job.future.set_result(outcome)
+
+
+class LocalExecutor:
+    """`parallel_trials` threads in this process, each fit on cores // parallel_trials cores."""
+
+    def __init__(self, data: TrainingData, parallel_trials: int) -> None:
+        self._scheduler = FoldScheduler(
+            parallel_trials, fold_pool(data), threads_per_fit(parallel_trials)
+        )
+        self.tags = {"hpo.executor": "local-threads", "hpo.workers": str(parallel_trials)}
+
+    def submit(self, task: TrialTask) -> Future[TrialOutcome]:
+        return self._scheduler.submit(task)
+
+    def shutdown(self, cancel: bool = False) -> None:
+        self._scheduler.shutdown(cancel=cancel)

@@ -1,14 +1,44 @@
-"""Optuna's sampler and pruner, built from params.yaml with every flag set explicitly."""
+"""The search: params.yaml's search space as Optuna distributions, and its sampler and pruner,
+every flag set explicitly."""
 
 from __future__ import annotations
 
 import warnings
 
 import optuna
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
 from optuna.pruners import BasePruner, MedianPruner, NopPruner
 from optuna.samplers import TPESampler
 
-from hpo.config import PrunerParams, SamplerParams
+from hpo.config import (
+    CategoricalDimension,
+    FloatDimension,
+    PrunerParams,
+    SamplerParams,
+    SearchSpace,
+)
+
+
+def distributions(space: SearchSpace) -> dict[str, BaseDistribution]:
+    """One Optuna distribution per hyperparameter, in params.yaml order."""
+    result: dict[str, BaseDistribution] = {}
+    for name, dimension in space.items():
+        if isinstance(dimension, CategoricalDimension):
+            result[name] = CategoricalDistribution(dimension.choices)
+        elif isinstance(dimension, FloatDimension):
+            result[name] = FloatDistribution(
+                dimension.low, dimension.high, log=dimension.log, step=dimension.step
+            )
+        else:
+            result[name] = IntDistribution(
+                dimension.low, dimension.high, log=dimension.log, step=dimension.step
+            )
+    return result
 
 
 def make_sampler(params: SamplerParams, trial_number: int) -> TPESampler:

@@ -1,4 +1,4 @@
-"""The MLflow store and the runs around a study: parent run, provenance tags, params.
+"""The MLflow store: connecting to it, provenance tags, params, and the final model's run.
 
 Everything goes through `MlflowClient` with explicit run ids: MLflow's active run is
 thread-local, so the fluent API cannot nest runs reliably across worker threads. The store is
@@ -19,27 +19,25 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-import optuna
 import pandas as pd
 import requests
 import sqlalchemy
-from mlflow.entities import Experiment, LifecycleStage, Metric, Param, RunTag
+from mlflow.entities import Experiment, Metric, Param
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import (
     RESOURCE_ALREADY_EXISTS,
-    RESOURCE_DOES_NOT_EXIST,
     ErrorCode,
 )
 from mlflow.tracking import MlflowClient
 
-from hpo.backends import TRACKING_VAR, redact, scrub, tracking_uri_from_environment
 from hpo.errors import MOVE_STORE_ASIDE, PipelineError, file_error
-from hpo.locks import check_intact, process_lock
 from hpo.paths import MLFLOW_ARTIFACTS, MLFLOW_DB
+from hpo.storage.settings import TRACKING_VAR, redact, scrub, tracking_uri_from_environment
+from hpo.storage.sqlite import check_intact, process_lock
+from hpo.trial import model
 
 EXPERIMENT = "xgboost-california-housing"
 REGISTERED_MODEL = "xgboost-california-housing"
-STUDY_RUN_ID_ATTR = "mlflow_parent_run_id"
 # Model version tag: sha256 of the model's bytes, so that the same model is registered once.
 MODEL_DIGEST_TAG = "model_sha256"
 EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
@@ -185,81 +183,13 @@ def log_params_flat(client: MlflowClient, run_id: str, params: dict[str, Any]) -
     client.log_batch(run_id, params=[Param(k, str(v)) for k, v in flat.items()])
 
 
-def open_study_run(
-    client: MlflowClient,
-    experiment_id: str,
-    study: optuna.Study,
-    params: dict[str, Any],
-    tags: dict[str, str],
-) -> str:
-    """The study's parent run: created once, reopened when the study resumes after a crash.
-
-    If the study outlived its MLflow store (mlflow.db deleted, or the run deleted in the UI),
-    a new parent run is created; the runner then records every trial under it again. (MLflow
-    does not delete child runs with their parent: after a deletion in the UI, the old trial
-    runs stay beside the new ones.)
-    """
-    run_id = study.user_attrs.get(STUDY_RUN_ID_ATTR)
-    if run_id is not None and _run_exists(client, run_id):
-        client.update_run(run_id, status="RUNNING")
-        # where this session runs (executor, workers) replaces where the last one ran
-        client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
-        return run_id
-    run = client.create_run(
-        experiment_id,
-        run_name=study.study_name,
-        tags={"optuna.study_name": study.study_name, **tags},
-    )
-    log_params_flat(client, run.info.run_id, params)
-    study.set_user_attr(STUDY_RUN_ID_ATTR, run.info.run_id)
-    return run.info.run_id
-
-
-def _run_exists(client: MlflowClient, run_id: str) -> bool:
-    try:
-        run = client.get_run(run_id)
-    except MlflowException as error:
-        if error.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
-            return False
-        raise
-    return run.info.lifecycle_stage == LifecycleStage.ACTIVE
-
-
-def close_study_run(
-    client: MlflowClient, run_id: str, summary: dict[str, Any], finished_at: float
-) -> None:
-    """Log the study's outcome on its parent run and mark it finished at `finished_at` (the
-    epoch seconds its last trial was told: a study resumed, cut or returned to later keeps the
-    end time, and so the duration, of the trials it holds)."""
-    counts = summary["n_trials"]
-    values = {
-        "best_cv_mse": summary["best_cv_mse"],
-        "best_cv_rmse": summary["best_cv_mse"] ** 0.5,
-        "trial_budget": summary["trial_budget"],
-        "trials_complete": counts["complete"],
-        "trials_pruned": counts["pruned"],
-        "trials_failed": counts["failed"],
-        "optimization_time_seconds": summary["optimization_time_seconds"],
-    }
-    log_metrics(client, run_id, values)
-    client.log_dict(run_id, summary, "tune_summary.json")
-    # The name says what the run holds now: a grown or cut study changes its trial count.
-    client.update_run(run_id, name=f"{summary['study_name']} ({summary['trial_budget']} trials)")
-    client.set_terminated(run_id, "FINISHED", end_time=int(finished_at * 1000))
-
-
-# The packages a served model imports, by the distribution names pyproject.toml installs
-# (xgboost-cpu: the plain `xgboost` wheel would pull in CUDA libraries).
-SERVING_DISTRIBUTIONS = ("mlflow", "xgboost-cpu", "numpy", "pandas", "scipy")
-
-
 def serving_requirements() -> list[str]:
     """What serving the model needs, pinned to the versions that trained it.
 
     Given explicitly because MLflow would otherwise infer them by loading the model in a new
     interpreter, which takes about 5 s of every train_best run.
     """
-    return [f"{name}=={version(name)}" for name in SERVING_DISTRIBUTIONS]
+    return [f"{name}=={version(name)}" for name in model.SERVING_DISTRIBUTIONS]
 
 
 def log_final_model(
@@ -277,10 +207,9 @@ def log_final_model(
     logged again: its existing run and version are returned.
     """
     import mlflow
-    import mlflow.xgboost
     from mlflow.models import infer_signature
 
-    digest = hashlib.sha256(booster.save_raw(raw_format="ubj")).hexdigest()
+    digest = hashlib.sha256(model.model_bytes(booster)).hexdigest()
     known = client.search_model_versions(
         f"name = '{REGISTERED_MODEL}' and tags.{MODEL_DIGEST_TAG} = '{digest}'"
     )
@@ -302,13 +231,12 @@ def log_final_model(
     mlflow.set_tracking_uri(client.tracking_uri)
     example = x_example.head(5)
     with mlflow.start_run(run_id=run_id):
-        info = mlflow.xgboost.log_model(
+        info = model.log_to_mlflow(
             booster,
             name="model",
-            signature=infer_signature(example, booster.inplace_predict(example)),
+            signature=infer_signature(example, model.predict(booster, example)),
             input_example=example,
             registered_model_name=REGISTERED_MODEL,
-            model_format="ubj",
             pip_requirements=serving_requirements(),
         )
     version = str(info.registered_model_version)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import sqlite3
 import warnings
@@ -24,9 +23,9 @@ from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial
 from sqlalchemy.engine import URL
 
-from hpo.backends import STORAGE_VAR, redact, scrub
 from hpo.errors import MOVE_STORE_ASIDE, REBUILD, PipelineError, file_error
-from hpo.locks import check_intact, process_lock
+from hpo.storage.settings import STORAGE_VAR, redact, scrub
+from hpo.storage.sqlite import check_intact, process_lock
 
 # The objective's name in the study (the mean k-fold CV MSE that trials minimise).
 OBJECTIVE_NAME = "cv_mse"
@@ -100,16 +99,6 @@ def close_storage(storage: RDBStorage) -> None:
     """Close every connection so SQLite folds the WAL back into the one .db file."""
     storage.remove_session()
     storage.engine.dispose()
-
-
-def study_name(identity: dict[str, Any]) -> str:
-    """A name derived from everything that shapes the trial sequence.
-
-    The same settings resume the same study after a crash; any change (search space, seeds,
-    folds, data, code) starts a fresh study instead of mixing trials from different setups.
-    """
-    canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"))
-    return "xgb-cv-" + hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
 
 def load_or_create(storage: RDBStorage, name: str) -> optuna.Study:

@@ -15,11 +15,9 @@ from __future__ import annotations
 
 import datetime
 import hashlib
-import importlib
 import threading
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import optuna
@@ -27,23 +25,8 @@ import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo.config import ModelParams, PrunerParams, TuneParams
-from hpo.cv import CVResult, CVTrial, Fold, make_folds
-from hpo.search import make_pruner
-from hpo.xgb_params import N_ROUNDS, booster_params
-
-# The modules whose code runs a trial's evaluation (on a local thread or a Dask worker).
-EVALUATION_CODE = ("hpo.config", "hpo.cv", "hpo.evaluation", "hpo.metrics", "hpo.search",
-                   "hpo.xgb_params")  # fmt: skip
-
-
-def source_digest(modules: tuple[str, ...]) -> str:
-    """sha256 over the named modules' source files."""
-    digest = hashlib.sha256()
-    for name in modules:
-        source = Path(importlib.import_module(name).__file__)
-        digest.update(name.encode() + b"\0" + source.read_bytes())
-    return digest.hexdigest()
-
+from hpo.trial.model import N_ROUNDS, CVResult, CVTrial, Fold, booster_params, make_folds
+from hpo.trial.space import make_pruner
 
 # A completed trial as its pruner sees it: (objective value, {step: intermediate value}).
 PrunerEvidence = tuple[float, dict[int, float]]

@@ -8,7 +8,7 @@ thread is the only one that touches the study, and it follows a fixed protocol:
 * at most `window = parallel_trials + lookahead` trials are asked and not yet told; trial k is
   asked only after trial k - window has been told, and trials are told in number order;
 * trial k's sampler sees trials 0..k-window finished and the later ones running, and its
-  pruner compares it with the complete trials among 0..k-window (protocol_view.py).
+  pruner compares it with the complete trials among 0..k-window (view.py).
 
 So trial k is a function of the settings and of k alone. Two runs with the same params give
 the same trials whatever executes them (local threads or a Dask cluster of any size only
@@ -48,9 +48,8 @@ from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo.errors import PipelineError
-from hpo.evaluation import EVALUATION_CODE, TrialOutcome, TrialTask, source_digest
-from hpo.executors import TrialExecutor
-from hpo.protocol_view import ProtocolView, SamplerFactory, running_trial
+from hpo.protocol.view import ProtocolView, SamplerFactory, running_trial
+from hpo.trial.evaluation import TrialOutcome, TrialTask
 
 # (trial number, sampled params, completed trials for its pruner) -> the task to evaluate
 TaskFactory = Callable[[int, dict[str, Any], list[FrozenTrial]], TrialTask]
@@ -72,23 +71,20 @@ SESSIONS_ATTR = "tune_sessions"
 POLL_S = 0.5
 
 
-# The code that decides what a trial is: its evaluation (the objective, the CV, the sampler
-# and pruner, the search space) and the protocol that fixes each trial's history. Logging,
-# storage, executors and the stage script are left out: editing them must not start a new study.
-TRIAL_CODE = (*EVALUATION_CODE, "hpo.protocol_view", "hpo.tuning")
-
-
-def code_fingerprint() -> str:
-    """sha256 over the source of the modules in TRIAL_CODE: part of the study's identity.
-
-    After an edit to the objective, `dvc repro` must run new trials, not hand back the trials
-    of the old code from the study store; after any other edit it resumes the finished study.
-    """
-    return source_digest(TRIAL_CODE)
-
-
 class TuningInterruptedError(Exception):
     """A stop was requested (Ctrl-C, SIGTERM); raised only between storage operations."""
+
+
+class TrialExecutor(Protocol):
+    """What runs the trials (hpo.execution): a future of each task's outcome."""
+
+    tags: dict[str, str]  # where the trials run, for the MLflow runs
+
+    def submit(self, task: TrialTask) -> Future[TrialOutcome]: ...
+
+    def shutdown(self, cancel: bool = False) -> None:
+        """Release the workers; with cancel, unfinished trials end as soon as possible."""
+        ...
 
 
 class TrialRecorder(Protocol):
@@ -468,7 +464,7 @@ def _is_alive(owner: dict[str, Any] | None) -> bool:
 
     A container restarted with the same hostname often gets the same pid again: the start
     time (and our own pid, which cannot own a trial of an earlier run) tells them apart.
-    Another host's process cannot be seen from here, so it counts as gone (see the README on
+    Another host's process cannot be seen from here, so it counts as gone (see docs/cluster.md on
     drivers on several hosts).
     """
     if not owner or owner.get("host") != socket.gethostname():
@@ -502,19 +498,3 @@ def summarize(study_name: str, progress: Progress) -> dict[str, Any]:
         "main_thread_seconds": clock.main_s,
         "main_thread_cpu_seconds": clock.main_cpu_s,
     }
-
-
-def injected_faults(spec: str) -> Callable[[int], None]:
-    """Test hook: a comma-separated list of trial numbers (or "all") whose objective raises.
-
-    Set through the environment variable HPO_INJECT_FAULT_TRIALS by the tests, so that the
-    failure path runs the real code without editing it.
-    """
-    numbers = {int(part) for part in spec.split(",") if part.strip() and part.strip() != "all"}
-    fail_all = spec.strip() == "all"
-
-    def hook(number: int) -> None:
-        if fail_all or number in numbers:
-            raise RuntimeError(f"injected fault in trial {number}")
-
-    return hook

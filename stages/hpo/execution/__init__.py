@@ -1,0 +1,1 @@
+"""Where trials run: threads in this process, or a Dask cluster."""

@@ -1,0 +1,1 @@
+"""Where studies and runs are kept: the Optuna study store, the MLflow store, their settings."""

@@ -1,0 +1,175 @@
+"""The study's MLflow run: one parent run per study, one child run per told trial.
+
+`StudyRun` owns the parent run's whole life (open, finish, fail, kill) and writes the trial
+records under it. A trial's run holds its params, its final CV metrics and its learning curve
+as the metric history `cv_mse_curve` (step = boosting rounds), which the MLflow UI plots.
+Three store calls per trial and no artifact file: the main thread writes these between asks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+from mlflow.entities import LifecycleStage, Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
+from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+from optuna.trial import FrozenTrial, TrialState
+
+from hpo.storage.tracking import log_metrics, log_params_flat
+from hpo.trial.evaluation import TrialOutcome
+
+# Study user attribute: the id of the study's MLflow run, so that a resumed study reopens it.
+STUDY_RUN_ID_ATTR = "mlflow_parent_run_id"
+_RUN_STATUS = {
+    TrialState.COMPLETE: "FINISHED",
+    TrialState.PRUNED: "FINISHED",
+    TrialState.FAIL: "FAILED",
+}
+
+
+@dataclass
+class StudyRun:
+    client: MlflowClient
+    experiment_id: str
+    run_id: str
+    tags: dict[str, str]
+
+    @classmethod
+    def open(
+        cls,
+        client: MlflowClient,
+        experiment_id: str,
+        study: optuna.Study,
+        params: dict[str, Any],
+        tags: dict[str, str],
+    ) -> StudyRun:
+        """The study's run: created once, reopened when the study resumes or grows.
+
+        If the study outlived its MLflow store (mlflow.db deleted, or the run deleted in the UI),
+        a new parent run is created; the runner then records every trial under it again. (MLflow
+        does not delete child runs with their parent: after a deletion in the UI, the old trial
+        runs stay beside the new ones.)
+        """
+        run_id = study.user_attrs.get(STUDY_RUN_ID_ATTR)
+        if run_id is not None and _run_exists(client, run_id):
+            client.update_run(run_id, status="RUNNING")
+            # where this session runs (executor, workers) replaces where the last one ran
+            client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+            return cls(client, experiment_id, run_id, tags)
+        run = client.create_run(
+            experiment_id,
+            run_name=study.study_name,
+            tags={"optuna.study_name": study.study_name, **tags},
+        )
+        log_params_flat(client, run.info.run_id, params)
+        study.set_user_attr(STUDY_RUN_ID_ATTR, run.info.run_id)
+        return cls(client, experiment_id, run.info.run_id, tags)
+
+    @contextlib.contextmanager
+    def failing_on_error(self, interrupted: type[BaseException]) -> Iterator[None]:
+        """Mark the run KILLED when `interrupted` escapes the block, FAILED on any other error."""
+        try:
+            yield
+        except interrupted:
+            self.client.set_terminated(self.run_id, "KILLED")
+            raise
+        except BaseException:
+            self.client.set_terminated(self.run_id, "FAILED")
+            raise
+
+    def finish(self, summary: dict[str, Any], finished_at: float) -> None:
+        """Log the study's outcome and mark the run finished at `finished_at` (the epoch seconds
+        its last trial was told: a study resumed, cut or returned to later keeps the end time,
+        and so the duration, of the trials it holds)."""
+        counts = summary["n_trials"]
+        values = {
+            "best_cv_mse": summary["best_cv_mse"],
+            "best_cv_rmse": summary["best_cv_mse"] ** 0.5,
+            "trial_budget": summary["trial_budget"],
+            "trials_complete": counts["complete"],
+            "trials_pruned": counts["pruned"],
+            "trials_failed": counts["failed"],
+            "optimization_time_seconds": summary["optimization_time_seconds"],
+        }
+        log_metrics(self.client, self.run_id, values)
+        self.client.log_dict(self.run_id, summary, "tune_summary.json")
+        # The name says what the run holds now: a grown or cut study changes its trial count.
+        name = f"{summary['study_name']} ({summary['trial_budget']} trials)"
+        self.client.update_run(self.run_id, name=name)
+        self.client.set_terminated(self.run_id, "FINISHED", end_time=int(finished_at * 1000))
+
+    def recorded_numbers(self) -> set[int]:
+        """Trials with a complete child run; a run left half-written by a kill is removed."""
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            f"tags.{MLFLOW_PARENT_RUN_ID} = '{self.run_id}'",
+            max_results=50_000,
+        )
+        recorded = set()
+        for run in runs:
+            if run.info.status == "RUNNING":  # killed between create_run and set_terminated
+                self.client.delete_run(run.info.run_id)
+            else:
+                recorded.add(int(run.data.tags["optuna.trial_number"]))
+        return recorded
+
+    def record(self, trial: FrozenTrial, outcome: TrialOutcome) -> None:
+        """The trial's child run, written when the trial is told."""
+        run = self.client.create_run(
+            self.experiment_id,
+            start_time=int(outcome.started_at * 1000),
+            tags={
+                **self.tags,
+                MLFLOW_PARENT_RUN_ID: self.run_id,
+                MLFLOW_RUN_NAME: f"trial-{trial.number:03d}",
+                "optuna.trial_number": str(trial.number),
+                "optuna.state": trial.state.name,
+                **({"error": outcome.error[:5000]} if outcome.error else {}),
+            },
+        )
+        run_id = run.info.run_id
+        timestamp = int(outcome.finished_at * 1000)
+        metrics = [Metric("trial_number", trial.number, timestamp, 0)]
+        curve = _curve(outcome).items()
+        metrics += [Metric("cv_mse_curve", v, timestamp, rounds) for rounds, v in curve]
+        metrics += [Metric(k, v, timestamp, 0) for k, v in _trial_metrics(outcome).items()]
+        self.client.log_batch(
+            run_id,
+            metrics=metrics,
+            params=[Param(k, str(v)) for k, v in trial.params.items()],
+        )
+        self.client.set_terminated(run_id, _RUN_STATUS[trial.state], end_time=timestamp)
+
+
+def _run_exists(client: MlflowClient, run_id: str) -> bool:
+    try:
+        run = client.get_run(run_id)
+    except MlflowException as error:
+        if error.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+            return False
+        raise
+    return run.info.lifecycle_stage == LifecycleStage.ACTIVE
+
+
+def _curve(outcome: TrialOutcome) -> dict[int, float]:
+    return outcome.result.curve if outcome.result is not None else {}
+
+
+def _trial_metrics(outcome: TrialOutcome) -> dict[str, float]:
+    result = outcome.result
+    if result is None or result.stopped_early:
+        return {}
+    metrics = {f"fold_{i}_mse": v for i, v in enumerate(result.fold_mse)}
+    metrics |= {f"fold_{i}_r2": v for i, v in enumerate(result.fold_r2)}
+    metrics |= {
+        "cv_mse": result.mean_mse,
+        "cv_rmse": result.mean_mse**0.5,
+        "cv_r2": sum(result.fold_r2) / len(result.fold_r2),
+    }
+    return metrics
