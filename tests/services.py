@@ -15,11 +15,14 @@ from __future__ import annotations
 import atexit
 import contextlib
 import glob
+import importlib.util
 import json
 import os
+import pwd
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -171,17 +174,28 @@ def _wait_until(
 
 
 def postgres_bin_dir() -> Path:
-    """Debian's PostgreSQL binaries, newest major version first."""
-    found = sorted(
+    """PostgreSQL's bin folder: Debian's (newest major version), else the `pgserver` wheel's.
+
+    HPO_TEST_POSTGRES=wheel uses the wheel even where Debian's is installed, =debian only
+    Debian's; unset (or empty) picks Debian's when present.
+    """
+    choice = os.environ.get("HPO_TEST_POSTGRES", "")
+    if choice not in {"", "debian", "wheel"}:
+        raise ServiceUnavailableError(f"HPO_TEST_POSTGRES={choice!r}: use 'debian' or 'wheel'")
+    debian = sorted(
         glob.glob("/usr/lib/postgresql/*/bin/initdb"),
         key=lambda p: int(Path(p).parts[-3]) if Path(p).parts[-3].isdigit() else 0,
         reverse=True,
     )
-    if not found:
+    if debian and choice != "wheel":
+        return Path(debian[0]).parent
+    spec = importlib.util.find_spec("pgserver")  # located, not imported: we need its files only
+    if choice == "debian" or spec is None or not spec.submodule_search_locations:
         raise ServiceUnavailableError(
-            "no /usr/lib/postgresql/*/bin/initdb: install Debian's `postgresql` package"
+            f"no PostgreSQL ({choice or 'debian or wheel'}): install the `pgserver` wheel"
+            " (pip install -c constraints.txt -e '.[dev]') or Debian's `postgresql` package"
         )
-    return Path(found[0]).parent
+    return Path(spec.submodule_search_locations[0]) / "pginstall" / "bin"
 
 
 @dataclass
@@ -226,9 +240,36 @@ class PostgresServer:
         return self.url(name)
 
 
-def _as_postgres_user(args: list[str]) -> list[str]:
-    """PostgreSQL refuses to run as root: as root, run the binaries as the `postgres` user."""
-    return ["runuser", "-u", "postgres", "--", *args] if os.geteuid() == 0 else args
+def _pg_account() -> dict[str, Any]:
+    """subprocess.run() arguments for PostgreSQL's tools, which refuse to run as root: as root
+    they run as `postgres` (Debian's account) or, where there is none, as `nobody`."""
+    if os.geteuid() != 0:
+        return {}
+    try:
+        entry = pwd.getpwnam("postgres")
+    except KeyError:
+        entry = pwd.getpwnam("nobody")
+    return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
+
+
+def _reachable_bin_dir(bin_dir: Path, base: Path) -> Path:
+    """`bin_dir`, or a copy in `base` of the wheel's PostgreSQL where others cannot reach it.
+
+    As root the tools run as another account, which cannot enter a virtualenv under a private
+    folder such as /root (0700); only the wheel can be there. Its bin, lib and share folders
+    are copied (~0.2 s) with the libraries at `$ORIGIN/../../../pgserver.libs` (initdb's RPATH).
+    """
+    folders = [bin_dir, *bin_dir.parents]
+    if os.geteuid() != 0 or all(folder.stat().st_mode & stat.S_IXOTH for folder in folders):
+        return bin_dir
+    site = bin_dir.parents[2]  # site-packages, which holds pgserver/ and pgserver.libs/
+    for part in ["bin", "lib", "share"]:
+        shutil.copytree(
+            bin_dir.parent / part, base / "pgserver/pginstall" / part,
+            ignore=shutil.ignore_patterns("*.a"),
+        )  # fmt: skip
+    shutil.copytree(site / "pgserver.libs", base / "pgserver.libs")
+    return base / "pgserver/pginstall/bin"
 
 
 @contextlib.contextmanager
@@ -237,24 +278,25 @@ def postgres_server(
 ) -> Iterator[PostgresServer]:
     """A throw-away PostgreSQL cluster on 127.0.0.1 with password (scram) auth over TCP.
 
-    The cluster lives in its own folder under the system temp dir, owned by `postgres`
-    (pytest's tmp_path is private to root, where `postgres` cannot reach); it is deleted on
-    exit, and its server log is copied to `tmp_dir/postgres.log` when `tmp_dir` is given.
-    fsync is off: the data only has to outlive processes, not the machine.
+    The cluster lives in its own folder under the system temp dir, owned (as root) by the
+    account the tools run as (pytest's tmp_path is private to root, where that account cannot
+    reach); it is deleted on exit, and its server log is copied to `tmp_dir/postgres.log` when
+    `tmp_dir` is given. fsync is off: the data only has to outlive processes, not the machine.
     """
     bin_dir = postgres_bin_dir()
     base = Path(tempfile.mkdtemp(prefix="hpo-pg-"))
     data, sockets, log = base / "data", base / "sock", base / "postgres.log"
     try:
         sockets.mkdir()
-        if os.geteuid() == 0:
+        if account := _pg_account():
             for path in (base, sockets):
-                shutil.chown(path, "postgres", "postgres")
+                os.chown(path, account["user"], account["group"])
+        bin_dir = _reachable_bin_dir(bin_dir, base)
         _pg_run(
-            _as_postgres_user([
+            [
                 str(bin_dir / "initdb"), "-D", str(data), "-U", PG_ADMIN, "-E", "UTF8",
                 "--no-locale", "--no-sync", "--auth-local=trust", "--auth-host=scram-sha-256",
-            ]),
+            ],
             "initdb", base, check=True,
         )  # fmt: skip
         for _attempt in range(3):  # a free port can be taken between probe and bind
@@ -264,10 +306,10 @@ def postgres_server(
                 " -c synchronous_commit=off -c full_page_writes=off"
             )
             started = _pg_run(
-                _as_postgres_user([
+                [
                     str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(log), "-o", options,
                     "-w", "-t", "60", "start",
-                ]),
+                ],
                 "pg_ctl start", base,
             )  # fmt: skip
             if started.returncode == 0:
@@ -294,11 +336,16 @@ def postgres_server(
 def _pg_run(
     args: list[str], what: str, cwd: Path, check: bool = False
 ) -> subprocess.CompletedProcess:
-    """Run a PostgreSQL tool; a hang or (with `check`) a failure is ServiceUnavailableError."""
+    """Run a PostgreSQL tool (as `_pg_account()`); a hang, a tool that cannot be run or (with
+    `check`) a failure is ServiceUnavailableError."""
     try:
-        done = subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=120)
+        done = subprocess.run(
+            args, cwd=cwd, capture_output=True, text=True, timeout=120, **_pg_account()
+        )
     except subprocess.TimeoutExpired as exc:
         raise ServiceUnavailableError(f"PostgreSQL ({what}) hung for {exc.timeout} s") from exc
+    except OSError as exc:  # e.g. the account the tools run as cannot reach them
+        raise ServiceUnavailableError(f"PostgreSQL ({what}) cannot run {args[0]}: {exc}") from exc
     if check and done.returncode != 0:
         raise ServiceUnavailableError(f"PostgreSQL ({what}) failed:\n{done.stdout}{done.stderr}")
     return done
@@ -324,10 +371,10 @@ def _create_role(server: PostgresServer, log: Path) -> None:
 
 def _stop_postgres(bin_dir: Path, data: Path, cwd: Path) -> None:
     """`pg_ctl stop -m fast`; if that fails, SIGKILL the postmaster by the PID it recorded."""
-    with contextlib.suppress(subprocess.TimeoutExpired):
+    with contextlib.suppress(subprocess.TimeoutExpired, OSError):
         stop = [str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"]
         done = subprocess.run(
-            _as_postgres_user(stop), cwd=cwd, capture_output=True, text=True, timeout=90
+            stop, cwd=cwd, capture_output=True, text=True, timeout=90, **_pg_account()
         )
         if done.returncode == 0:
             return
