@@ -72,3 +72,28 @@ def test_learning_curve_decreases(small_data) -> None:
     x, y = small_data
     result = cross_validate(_booster_params(), 20, make_folds(x, y, 2, 0, 256))
     assert result.curve[20] < result.curve[10] < result.curve[5]
+
+
+@pytest.fixture(scope="module")
+def all_rows():
+    frame = derive_features(read_raw(REPO / "data/raw/cal_housing.data.gz"))
+    return frame[FEATURES], frame[TARGET]
+
+
+def test_checkpoints_report_xgboost_s_one_thread_evaluation_at_any_thread_count(all_rows) -> None:
+    """XGBoost's own evaluation sums per thread, so its last digits follow the thread count;
+    the pruner's evidence must not (validation folds of 10,320 rows: several blocks)."""
+    folds = make_folds(*all_rows, 2, 0, 256)
+    params = {**_booster_params(), "subsample": 0.8, "max_depth": 8}
+    curves = {n: cross_validate({**params, "nthread": n}, 20, folds).curve for n in (1, 2)}
+
+    assert curves[1] == curves[2]
+    boosters = [xgb.Booster({**params, "nthread": 1}, cache=[f.train, f.valid]) for f in folds]
+    for checkpoint in (5, 10, 15, 20):
+        reported = []
+        for booster, fold in zip(boosters, folds, strict=True):
+            for round_index in range(checkpoint - 5, checkpoint):
+                booster.update(fold.train, round_index)
+            evaluation = booster.eval_set([(fold.valid, "valid")], checkpoint)
+            reported.append(float(evaluation.rsplit(":", 1)[1]) ** 2)  # 17 significant digits
+        assert curves[1][checkpoint] == float(np.mean(reported))
