@@ -39,9 +39,7 @@ PROJECT_FILES = [
 # The plots page's custom Vega templates and HTML template, copied after `dvc init` makes .dvc/.
 DVC_DIR_FILES = ["plots", "plots_page.html"]
 
-# A few seconds per trial instead of minutes: small rounds, 2 folds, a handful of trials. Two
-# hyperparameters beyond the shipped seven, one categorical, show that the space is params.yaml's
-# alone: every stage takes them without a line of code changed.
+# A few seconds per trial instead of minutes: small rounds, 2 folds, a handful of trials.
 TINY_PARAMS: dict[str, Any] = {
     "tune": {
         "n_trials": 6,
@@ -51,11 +49,34 @@ TINY_PARAMS: dict[str, Any] = {
         "search_space": {
             "n_estimators": {"low": 20, "high": 60},
             "max_depth": {"low": 3, "high": 5},
-            "reg_lambda": {"type": "float", "low": 0.1, "high": 10.0, "log": True},
-            "grow_policy": {"type": "categorical", "choices": ["depthwise", "lossguide"]},
         },
     }
 }
+
+
+# Two hyperparameters beyond the shipped seven, one categorical, in the shared tiny run: the
+# space is params.yaml's alone, and every stage takes them without a line of code changed.
+GROWN_SPACE: dict[str, Any] = {
+    "tune": {
+        "search_space": {
+            "reg_lambda": {"type": "float", "low": 0.1, "high": 10.0, "log": True},
+            "grow_policy": {"type": "categorical", "choices": ["depthwise", "lossguide"]},
+        }
+    }
+}
+
+
+def tiered(cases: list[Any], default: set[str]) -> list[Any]:
+    """`cases` (pytest.param's with ids) with all but the `default` ids marked exhaustive: the
+    default tier checks a few cases of a kind, `pytest -m exhaustive` every other one."""
+    ids = {case.id for case in cases}
+    assert default <= ids, f"no such cases: {default - ids}"
+    return [
+        case
+        if case.id in default
+        else pytest.param(*case.values, marks=[*case.marks, pytest.mark.exhaustive], id=case.id)
+        for case in cases
+    ]
 
 
 def deep_update(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
@@ -211,7 +232,7 @@ def tiny_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
     with FileLock(shared / "tiny-run.lock"):
         if not done.exists():
             shutil.rmtree(built.parent, ignore_errors=True)  # what a failed attempt left
-            make_project(built)
+            make_project(built, GROWN_SPACE)
             dvc(built, "repro")
             done.touch()
     return shutil.copytree(built, tmp_path_factory.mktemp("tiny") / "project", symlinks=True)

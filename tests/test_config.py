@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import REPO
+from conftest import REPO, tiered
 from optuna.distributions import FloatDistribution, IntDistribution
 
 from hpo.config import load_params
@@ -159,6 +159,11 @@ CASES = [
     pytest.param("tune: [1, 2\nplot: {}\n", None, "not valid YAML", id="bad-yaml"),
     pytest.param("", None, "expected a mapping of sections", id="empty-file"),
 ]
+CASES = tiered(
+    CASES,
+    {"missing-key", "typo-key", "typo-in-a-dimension", "low>high", "int-300.0", "typo-kind",
+     "no-rows-for-folds", "bad-yaml"},
+)  # fmt: skip
 # What XGBoost refuses in a well-formed search space: (mutation, hyperparameter, problem).
 SPACE_CASES = [
     pytest.param(
@@ -190,6 +195,9 @@ SPACE_CASES = [
         id="float-rounds",
     ),
 ]
+
+
+SPACE_CASES = tiered(SPACE_CASES, {"unknown-name", "sub>1", "bad-choice"})
 
 
 def _write_params(directory: Path, case: str | Mutation) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 import optuna
 import pytest
 import sqlalchemy
-from conftest import dvc, make_project, subprocess_env, trial_records
+from conftest import dvc, make_project, subprocess_env, tiered, trial_records
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
@@ -45,8 +45,9 @@ class StudyStorage:
         return self.database_url or f"sqlite:///{project / 'outputs/optuna_store.db'}"
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture
 def storage(request: pytest.FixtureRequest) -> StudyStorage:
+    """The study store each test is parametrized with (indirect): "sqlite" or "postgresql"."""
     if request.param == "sqlite":
         return StudyStorage({})
     server = request.getfixturevalue("postgres")
@@ -123,6 +124,13 @@ def _assert_undisturbed(
     assert numbers == [t.number for t in study.trials]
 
 
+def _stores(default: str) -> pytest.MarkDecorator:
+    """Both study stores; the default tier tries the given one."""
+    stores = [pytest.param(name, id=name) for name in ("sqlite", "postgresql")]
+    return pytest.mark.parametrize("storage", tiered(stores, {default}), indirect=True)
+
+
+@_stores(default="sqlite")
 def test_sigkill_mid_tune_keeps_finished_trials_and_resumes(
     tmp_path: Path, storage: StudyStorage, undisturbed: list[tuple]
 ) -> None:
@@ -170,6 +178,7 @@ def test_sigint_stops_cleanly_and_the_next_repro_resumes(
     _assert_undisturbed(project, undisturbed)
 
 
+@_stores(default="postgresql")
 def test_two_tune_processes_share_one_study(
     tmp_path: Path, storage: StudyStorage, undisturbed: list[tuple]
 ) -> None:

@@ -19,7 +19,7 @@ import mlflow
 import mlflow.xgboost
 import optuna
 import pytest
-from conftest import REPO, commit, dvc, make_project, run, subprocess_env, trial_records
+from conftest import REPO, commit, dvc, make_project, run, subprocess_env, tiered, trial_records
 from distributed import Client, LocalCluster
 from mlflow.tracking import MlflowClient
 from services import PostgresServer, dask_cluster, free_port
@@ -92,7 +92,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return project
 
 
-@pytest.mark.parametrize("n_workers", [1, 3])
+@pytest.mark.parametrize("n_workers", [pytest.param(1, marks=pytest.mark.exhaustive), 3])
 def test_a_local_cluster_gives_the_same_trials(
     reference: Path, tmp_path: Path, n_workers: int
 ) -> None:
@@ -267,12 +267,16 @@ def _bad_settings(password: str) -> list[tuple[str, str]]:
 
 
 PASSWORD = "pw-Secret-42"
-BAD_CASES = [
-    pytest.param(stage, variable, value, id=f"{stage}-{variable}-{index}")
-    for index, (variable, value) in enumerate(_bad_settings(PASSWORD))
-    for stage in ("tune", "train_best", "evaluate")
-    if stage == "tune" or variable == "MLFLOW_TRACKING_URI"  # the others read only MLflow's
-]
+BAD_CASES = tiered(
+    [
+        pytest.param(stage, variable, value, id=f"{stage}-{variable}-{index}")
+        for index, (variable, value) in enumerate(_bad_settings(PASSWORD))
+        for stage in ("tune", "train_best", "evaluate")
+        if stage == "tune" or variable == "MLFLOW_TRACKING_URI"  # the others read only MLflow's
+    ],
+    # one malformed value of each variable, and a password-carrying unreachable server
+    {"tune-DASK_SCHEDULER_ADDRESS-0", "tune-OPTUNA_STORAGE-2", "tune-MLFLOW_TRACKING_URI-5"},
+)
 
 
 @pytest.mark.parametrize(("stage", "variable", "value"), BAD_CASES)

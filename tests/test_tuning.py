@@ -22,9 +22,9 @@ from hpo.protocol.runner import (
     PENDING_ATTR,
     StudyRunner,
     TuningInterruptedError,
-    injected_faults,
     summarize,
 )
+from hpo.session import injected_faults
 from hpo.trial.data import FEATURES, TARGET, derive_features, read_raw
 from hpo.trial.evaluation import FoldPool, TrainingData, TrialOutcome, TrialTask, evaluate_trial
 from hpo.trial.model import booster_params
