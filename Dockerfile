@@ -16,7 +16,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     USER=pipeline \
     LOGNAME=pipeline \
     MPLCONFIGDIR=/tmp/matplotlib \
-    # `import hpo` from any working directory: a Dask worker unpickles trials as hpo.executors
+    # `import hpo` from any folder: a Dask worker unpickles trials as hpo.execution.dask
     PYTHONPATH=/app/stages
 
 WORKDIR /app
