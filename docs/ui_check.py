@@ -252,7 +252,10 @@ class Screens:
 def tiny_run_checked_live(folder: Path, browser: webdriver.Chrome, shots: Path) -> Iterator[Path]:
     """Run the tiny pipeline with optuna-dashboard open on its study store from the start, as
     a user watching a run would, and check that the dashboard serves trials while tune runs."""
-    project = make_project(folder / "project", {"tune": {"n_trials": 16}})
+    # Trials of a second or so: a tiny run's trials take milliseconds, and the whole of tune
+    # could pass between two polls of the dashboard.
+    slower = {"n_trials": 16, "search_space": {"n_estimators": {"low": 200, "high": 300}}}
+    project = make_project(folder / "project", {"tune": slower})
     if VEGA_DIR.is_dir():
         (project / ".vega").symlink_to(VEGA_DIR)
     store = project / "outputs/optuna_store.db"
@@ -295,7 +298,7 @@ def _check_dashboard_while_tuning(
                 browser.save_screenshot(str(shots / "optuna_dashboard_live.png"))
                 print(f"ok  optuna-dashboard while tune runs: {finished} finished trials served")
                 return
-        time.sleep(0.5)
+        time.sleep(0.2)
     raise CheckFailedError("live dashboard: tune ended before the dashboard served a trial")
 
 
