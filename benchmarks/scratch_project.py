@@ -1,14 +1,12 @@
-"""A scratch copy of this repository for the benchmarks, Git and DVC initialised.
+"""The benchmarks' scratch projects: the tests' scaffold (tests/conftest.py `make_project`) on
+the shipped params, overridden by dotted key, and commands timed in them.
 
-Params are overridden through the parsed params.yaml by dotted key, and a key that does not
-exist is an error: a benchmark never runs silently on other settings than it says.
+A key that does not exist is an error: a benchmark never runs silently on other settings than
+it says.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -17,7 +15,12 @@ from typing import Any
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-FILES = ["dvc.yaml", "params.yaml", "stages", "data/raw", ".dvcignore", ".gitignore"]
+sys.path.insert(0, str(REPO / "tests"))
+
+from conftest import commit, make_project  # noqa: E402
+from conftest import run as run_checked  # noqa: E402
+
+__all__ = ["commit", "dvc", "make_scratch_project", "run", "set_params"]
 
 
 def set_params(project: Path, overrides: dict[str, Any]) -> None:
@@ -36,38 +39,17 @@ def set_params(project: Path, overrides: dict[str, Any]) -> None:
 
 
 def make_scratch_project(destination: Path, overrides: dict[str, Any] | None = None) -> Path:
-    """This repository's pipeline in `destination`, params overridden, committed."""
-    for name in FILES:
-        source, target = REPO / name, destination / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if source.is_dir():
-            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(source, target)
+    """This repository's pipeline in `destination`, shipped params set by dotted key, committed."""
+    make_project(destination, tiny=False)
     set_params(destination, overrides or {})
-    run(destination, "git", "init", "-q")
-    run(destination, "git", "config", "user.email", "bench@example.invalid")
-    run(destination, "git", "config", "user.name", "bench")
-    run(destination, sys.executable, "-m", "dvc", "init", "-q")
     commit(destination, "scratch project")
     return destination
 
 
-def commit(project: Path, message: str) -> None:
-    run(project, "git", "add", "-A")
-    run(project, "git", "commit", "-qm", message, "--allow-empty")
-
-
 def run(project: Path, *args: str) -> float:
     """Run a command in the project (this Python's tools first on PATH); its wall seconds."""
-    env = {
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-        "HOME": os.environ.get("HOME", "/tmp"),
-    }
     started = time.perf_counter()
-    done = subprocess.run(args, cwd=project, capture_output=True, text=True, env=env)
-    if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(args)} failed:\n{done.stderr[-3000:]}")
+    run_checked(project, *args)
     return time.perf_counter() - started
 
 

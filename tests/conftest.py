@@ -173,12 +173,15 @@ def dvc(project: Path, *args: str, **kwargs: Any) -> subprocess.CompletedProcess
     return run(project, sys.executable, "-m", "dvc", *args, **kwargs)
 
 
-def make_project(destination: Path, overrides: dict[str, Any] | None = None) -> Path:
-    """A git + DVC project with the repository's code and the given params overrides."""
+def make_project(
+    destination: Path, overrides: dict[str, Any] | None = None, tiny: bool = True
+) -> Path:
+    """A git + DVC project with the repository's code and the given params overrides, on top
+    of TINY_PARAMS unless `tiny` is false. The one scaffold of the tests, docs/ui_check.py and
+    the benchmarks (benchmarks/scratch_project.py)."""
     shutil.copytree(_project_template(), destination, symlinks=True, dirs_exist_ok=True)
-    write_params(
-        destination, deep_update(yaml.safe_load(yaml.safe_dump(TINY_PARAMS)), overrides or {})
-    )
+    base = yaml.safe_load(yaml.safe_dump(TINY_PARAMS)) if tiny else {}
+    write_params(destination, deep_update(base, overrides or {}))
     commit(destination, "project under test")
     return destination
 
