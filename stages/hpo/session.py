@@ -27,6 +27,8 @@ from optuna.storages import RDBStorage
 from hpo import paths
 from hpo.config import Params
 from hpo.errors import PipelineError
+from hpo.execution.dask import DaskExecutor, connect_dask
+from hpo.execution.local import LocalExecutor
 from hpo.protocol.identity import this_process_identity
 from hpo.protocol.runner import (
     Progress,
@@ -152,9 +154,6 @@ def open_tune_session(
     Every service is reached before anything is written, so a bad setting loses nothing: a
     tracking server first, the local stores last.
     """
-    from hpo.execution.dask import DaskExecutor, connect_dask
-    from hpo.execution.local import LocalExecutor
-
     tune = params.tune
     faults = os.environ.get(FAULTS_VAR, "")
     name = study_name(params, hashlib.sha256(paths.TRAIN_CSV.read_bytes()).hexdigest(), faults)
