@@ -1,27 +1,26 @@
 """The tuning driver under the load of a big cluster, simulated: how many trials/s can one take?
 
-    python benchmarks/bench_driver.py                  # 8, 32, 128 slots x 100 trials; 32 x 1000
-    python benchmarks/bench_driver.py --slots 32 --trials 100 5000 --extra    # most of an hour
+    python benchmarks/bench_driver.py          # 8, 32, 128 slots x 100 trials; 32 and 128 x 1000
+    python benchmarks/bench_driver.py --slots 32 --trials 100 1000 5000 --extra  # the cost floor
     python benchmarks/bench_driver.py --quick
-    python benchmarks/bench_driver.py --profile        # where the main thread's CPU goes, 32x1000
-    python benchmarks/bench_driver.py --profile --profile-cell 32x300 --prefill 0 4700
 
-Everything on the driver's side is real: `StudyRunner` (ask, tell, the window, the out-of-turn
-saves, the file lock), the TPE sampler built from params.yaml, `TrialTask.build`, a SQLite
-Optuna study and `StudyRun` on a SQLite MLflow store, each cell in a
-fresh temporary directory. Only the workers are simulated: `slots` worker slots whose "fit"
-sleeps for a trial duration replayed from a reference run (the outputs/optuna_study.db that
-`dvc repro` left in --reference, default this checkout; cycled), divided by --time-scale,
-then return that reference trial's outcome (state, reported values, fold MSE/R²) under the
-asked trial's number and params. The default scale 10 makes the
-mean trial 0.86 s, about the 0.9 CPU-seconds a trial of the default search costs on one core:
-a slot is then roughly one single-core worker.
+Everything on the driver's side is real: `start_session` builds the tune stage's session (the
+`StudyRunner` with its window and out-of-turn saves, the TPE sampler of params.yaml,
+`TrialTask.build`, and the writer process that stores trials in a SQLite Optuna study and
+records them in a SQLite MLflow store), each cell in a fresh temporary directory. Only the
+workers are simulated: `slots` worker slots whose "fit" sleeps for a trial duration replayed
+from a reference run (the outputs/optuna_study.db that `dvc repro` left in --reference,
+default this checkout; cycled), scaled to a mean of --mean-trial seconds (0.86 s, about what a
+trial of the default search costs on one core: a slot is then roughly one single-core worker),
+then return that reference trial's outcome under the asked trial's number and params.
 
 A zero-cost driver would reach `slots / mean duration` trials/s only if every slot were busy
 all the time; the in-order window (docs/design.md) already idles slots behind a long
-head-of-line trial. "window bound" is the efficiency that protocol allows with a driver that
-costs nothing (a discrete-event replay of the same durations), so that what the driver loses
-and what the protocol loses are told apart.
+head-of-line trial. "bound" is the efficiency that protocol allows with a driver that costs
+nothing (a discrete-event replay of the same durations), so that what the driver loses and
+what the protocol loses are told apart. Beside each cell, Optuna alone (an in-memory study,
+one TPESampler of the same settings, ask + tell) at the same trial count is the floor of what
+driving this sampler costs.
 
 Numbers from a shared machine are noisy: note the load (printed), and compare within a run.
 """
@@ -30,16 +29,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import cProfile
 import heapq
 import itertools
 import json
 import logging
-import math
 import os
 import pickle
-import pstats
-import random
+import resource
 import shutil
 import sqlite3
 import sys
@@ -49,7 +45,7 @@ import time
 import warnings
 from collections import deque
 from concurrent.futures import Future, InvalidStateError
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from statistics import mean
 from typing import Any
@@ -58,22 +54,20 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "stages"))
 
 import optuna  # noqa: E402
-from optuna.distributions import BaseDistribution, FloatDistribution  # noqa: E402
-from optuna.trial import FrozenTrial, TrialState  # noqa: E402
+from optuna.trial import TrialState  # noqa: E402
 
 from hpo.config import Params, load_params  # noqa: E402
-from hpo.protocol.runner import summarize  # noqa: E402
 from hpo.session import start_session  # noqa: E402
 from hpo.storage import tracking  # noqa: E402
 from hpo.storage.settings import TRACKING_VAR  # noqa: E402
 from hpo.storage.studies import close_storage, open_storage  # noqa: E402
-from hpo.storage.study_run import StudyRun  # noqa: E402
 from hpo.trial.evaluation import TrialOutcome, TrialTask  # noqa: E402
 from hpo.trial.model import CVResult  # noqa: E402
 from hpo.trial.space import distributions  # noqa: E402
 
-# The goals of the issue: efficiency at 32 slots, and the growth of the driver's cost per trial.
-GOAL_SLOTS, GOAL_EFFICIENCY, GOAL_COST_RATIO = 32, 0.8, 2.0
+# The goals: efficiency by slots at >= GOAL_TRIALS trials, and the driver's main-thread cost
+# per trial against Optuna's own ask + tell at the same study size.
+EFFICIENCY_GOALS, GOAL_TRIALS, GOAL_FLOOR_RATIO = {32: 0.8, 128: 0.6}, 1000, 2.0
 
 
 # --- the reference run, replayed ------------------------------------------------------------
@@ -247,98 +241,22 @@ def window_bound(durations: list[float], slots: int, window: int) -> float:
 # --- one cell: a real driver over the simulated cluster ---------------------------------------
 
 
-def segments(n_trials: int, window: int) -> tuple[range, range] | None:
-    """Told-trial ranges for the driver's cost early and late in a run, or None if too short.
-
-    Both lie in the steady state, where each tell is followed by one ask: not the first
-    `window` tells (all of their trials were asked up front, untold) and not the last `window`
-    (nothing is asked any more), either of which would distort a per-trial cost.
-    """
-    span = max(10, n_trials // 10)
-    early = range(window, window + span)
-    late = range(n_trials - window - span, n_trials - window)
-    if late.start < early.stop:
-        return None
-    return early, late
-
-
-class SegmentProfiler:
-    """cProfile of the main thread, with a snapshot after given numbers of told trials."""
-
-    def __init__(self, told_counts: set[int]) -> None:
-        # The default (wall) clock, scaled to the measured CPU afterwards (_as_cpu_ms): a CPU
-        # clock costs a system call per profiled event, which doubled the overhead here.
-        self.profiler = cProfile.Profile()
-        self.told_counts = told_counts
-        self.snapshots: dict[int, dict[Any, Any]] = {}
-
-    def snapshot(self) -> dict[Any, Any]:
-        self.profiler.disable()
-        stats = pstats.Stats(self.profiler).stats  # type: ignore[attr-defined]
-        return stats
-
-    def told(self, count: int) -> None:
-        if count in self.told_counts:
-            self.snapshots[count] = self.snapshot()
-            self.profiler.enable()
-
-
-class TimedRecorder:
-    """The real StudyRun, with the main thread's CPU clock read after each record.
-
-    The marks give the driver's cost per trial at each point of the run (not only its mean),
-    which shows whether a trial costs more when the study is larger.
-    """
-
-    def __init__(
-        self, inner: StudyRun, profiler: SegmentProfiler | None, prefilled: int = 0
-    ) -> None:
-        self.inner = inner
-        self.profiler = profiler
-        self.prefilled = prefilled
-        self.cpu_marks: list[float] = []
-
-    def record(self, trial: FrozenTrial, outcome: TrialOutcome) -> None:
-        self.inner.record(trial, outcome)
-        self.cpu_marks.append(time.thread_time())
-        if self.profiler is not None:
-            self.profiler.told(len(self.cpu_marks))
-
-    def recorded_numbers(self) -> set[int]:
-        """Prefilled trials count as recorded: back-filling them in MLflow is not the load."""
-        return self.inner.recorded_numbers() | set(range(self.prefilled))
-
-    def cost_ms(self, told: range) -> float:
-        """Main-thread CPU ms per trial over the told trials `told` (indices from 0)."""
-        return 1000 * (self.cpu_marks[told.stop - 1] - self.cpu_marks[told.start - 1]) / len(told)
-
-
 @dataclass
 class Cell:
     slots: int
-    trials: int  # asked and told in this run
+    trials: int
     window: int
-    prefill: int = 0  # finished trials already in the study when the run starts
     wall_s: float = 0.0
     ideal_per_s: float = 0.0
     bound_efficiency: float = 0.0
-    main_cpu_s: float = 0.0  # the main thread's whole CPU time in run()
-    accounted_cpu_s: float = 0.0  # what Progress accounts (summarize)
-    accounted_busy_s: float = 0.0  # Progress's wall time of the same blocks
-    other_threads_cpu_s: float = 0.0
-    pickle_cpu_s: float = 0.0
+    main_cpu_s: float = 0.0  # the driver's main thread over all of run()
+    writer_cpu_s: float = 0.0  # the writer process (study and MLflow writes)
+    floor_ms: float = 0.0  # Optuna alone, per trial, at the same study size
     task_kb_last: float = 0.0
-    early_ms: float | None = None  # CPU per trial, steady state, start of the run
-    late_ms: float | None = None  # the same near the end, while the driver still asks
     complete: int = 0
     pruned: int = 0
     failed: int = 0
     mlflow_runs: int = 0  # child runs found in the store afterwards: every trial recorded
-    profile: dict[str, dict[str, float]] = field(default_factory=dict)
-
-    @property
-    def label(self) -> str:
-        return f"{self.slots}x{self.trials}" + (f"+{self.prefill}" if self.prefill else "")
 
     @property
     def per_s(self) -> float:
@@ -351,6 +269,10 @@ class Cell:
     @property
     def cpu_ms(self) -> float:
         return 1000 * self.main_cpu_s / self.trials
+
+    @property
+    def floor_ratio(self) -> float:
+        return self.cpu_ms / self.floor_ms
 
 
 class MlflowTemplate:
@@ -374,37 +296,32 @@ class MlflowTemplate:
         return tracking.connect(target, directory / "mlruns")
 
 
-def prefill_study(
-    study: optuna.Study, replay: list[ReplayedTrial], space: dict[str, BaseDistribution], count: int
-) -> None:
-    """`count` finished trials, as an earlier session would have left them: params drawn at
-    random in the space, outcomes replayed. The driver then works on a study that large without
-    spending the benchmark's time to grow it (their MLflow runs are not written)."""
-    rng = random.Random(0)
-    trials = []
-    for k in range(count):
-        ref = replay[k % len(replay)]
-        complete = ref.state == TrialState.COMPLETE
-        trials.append(
-            optuna.trial.create_trial(
-                state=ref.state,
-                value=mean(ref.fold_mse) if complete else None,
-                params={name: _draw(rng, dist) for name, dist in space.items()},
-                distributions=space,
-                intermediate_values=dict(ref.reported),
-                user_attrs={"fold_mse": ref.fold_mse, "fold_r2": ref.fold_r2} if complete else {},
-            )
-        )
-    study.add_trials(trials)
+def optuna_floor_ms(params: Params, replay: list[ReplayedTrial], n_trials: int) -> float:
+    """Optuna alone: main-thread CPU ms per trial of ask + tell on an in-memory study with one
+    TPESampler of the pipeline's settings, over the same space, for `n_trials` trials (the
+    replayed values told as complete). What any driver of this sampler must pay at least."""
+    settings = params.tune.sampler
+    sampler = optuna.samplers.TPESampler(
+        seed=settings.seed,
+        n_startup_trials=settings.n_startup_trials,
+        n_ei_candidates=settings.n_ei_candidates,
+        multivariate=settings.multivariate,
+        constant_liar=settings.constant_liar,
+    )
+    study = optuna.create_study(direction="minimize", sampler=sampler)
+    space = distributions(params.tune.search_space)
+    values = [_replayed_value(replay[k % len(replay)]) for k in range(n_trials)]
+    cpu = time.thread_time()
+    for value in values:
+        trial = study.ask(space)
+        study.tell(trial, value)
+    return 1000 * (time.thread_time() - cpu) / n_trials
 
 
-def _draw(rng: random.Random, dist: BaseDistribution) -> float | int:
-    low, high = dist.low, dist.high  # type: ignore[attr-defined]
-    if not isinstance(dist, FloatDistribution):
-        return rng.randint(low, high)
-    if dist.log:
-        return math.exp(rng.uniform(math.log(low), math.log(high)))
-    return rng.uniform(low, high)
+def _replayed_value(ref: ReplayedTrial) -> float:
+    if ref.fold_mse:
+        return mean(ref.fold_mse)
+    return ref.reported[max(ref.reported)] if ref.reported else 1.0
 
 
 def run_cell(
@@ -414,22 +331,14 @@ def run_cell(
     slots: int,
     n_trials: int,
     time_scale: float,
-    profile: bool = False,
-    prefill: int = 0,
 ) -> Cell:
     """One (slots, trials) cell in a fresh temporary study and MLflow store."""
-    budget = prefill + n_trials
-    tune = params.tune.model_copy(update={"n_trials": budget, "parallel_trials": slots})
+    tune = params.tune.model_copy(update={"n_trials": n_trials, "parallel_trials": slots})
     window = slots + tune.lookahead
-    cell = Cell(slots, n_trials, window, prefill)
-    numbers = range(prefill, budget)
-    durations = [replay[k % len(replay)].duration_s / time_scale for k in numbers]
+    cell = Cell(slots, n_trials, window)
+    durations = [replay[k % len(replay)].duration_s / time_scale for k in range(n_trials)]
     cell.ideal_per_s = slots / mean(durations)
     cell.bound_efficiency = n_trials / window_bound(durations, slots, window) / cell.ideal_per_s
-    parts = segments(n_trials, window)
-    profiler = None
-    if profile and parts is not None:
-        profiler = SegmentProfiler({part.start for part in parts} | {part.stop for part in parts})
     with tempfile.TemporaryDirectory(prefix="bench-driver-") as scratch:
         directory = Path(scratch)
         storage = open_storage(directory / "optuna_study.db")
@@ -437,194 +346,35 @@ def run_cell(
         try:
             client, experiment_id = template.fresh(directory)
             cell_params = params.model_copy(update={"tune": tune})
+            children = resource.getrusage(resource.RUSAGE_CHILDREN)
             session = start_session(
                 cell_params,
                 storage,
                 executor,
                 client,
                 experiment_id,
-                f"bench-driver-{cell.label}",
+                f"bench-driver-{slots}x{n_trials}",
                 log=lambda _line: None,
             )
-            prefill_study(session.study, replay, distributions(tune.search_space), prefill)
-            recorder = TimedRecorder(session.study_run, profiler, prefill)
-            session.runner.recorder = recorder
-            runner = session.runner
-            wall, cpu, process = time.perf_counter(), time.thread_time(), time.process_time()
-            if profiler is not None:
-                profiler.profiler.enable()
             try:
-                progress = runner.run()
+                # Timed like the tune stage: from the first ask to the last trial stored.
+                wall, cpu = time.perf_counter(), time.thread_time()
+                progress = session.runner.run()
+                cell.wall_s = time.perf_counter() - wall
+                cell.main_cpu_s = time.thread_time() - cpu
             finally:
-                if profiler is not None:
-                    profiler.snapshots[-1] = profiler.snapshot()
-            cell.wall_s = time.perf_counter() - wall
-            cell.main_cpu_s = time.thread_time() - cpu
-            cell.other_threads_cpu_s = time.process_time() - process - cell.main_cpu_s
-            summary = summarize(session.study.study_name, progress)
-            cell.mlflow_runs = len(recorder.recorded_numbers()) - prefill
+                session.close()
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cell.writer_cpu_s = (after.ru_utime + after.ru_stime) - (
+                children.ru_utime + children.ru_stime
+            )
+            cell.mlflow_runs = len(session.study_run.recorded_numbers())
         finally:
             executor.shutdown(cancel=True)
             close_storage(storage)
-    cell.accounted_cpu_s = summary["main_thread_cpu_seconds"]
-    cell.accounted_busy_s = summary["main_thread_seconds"]
-    counts = summary["n_trials"]  # of this run's trials
-    complete = sum(replay[k % len(replay)].state == TrialState.COMPLETE for k in range(prefill))
-    cell.complete, cell.pruned = (
-        counts["complete"] - complete,
-        counts["pruned"] - prefill + complete,
-    )
-    cell.failed = counts["failed"]
-    cell.pickle_cpu_s = executor.pickle_cpu_s
+    cell.complete, cell.pruned, cell.failed = progress.complete, progress.pruned, progress.failed
     cell.task_kb_last = executor.task_bytes[-1] / 1024 if executor.task_bytes else 0.0
-    if parts is not None and len(recorder.cpu_marks) == n_trials:
-        cell.early_ms, cell.late_ms = (recorder.cost_ms(part) for part in parts)
-    if profiler is not None and parts is not None:
-        snaps = profiler.snapshots
-        columns = [(f"whole run ({n_trials})", snaps[-1], n_trials, cell.cpu_ms)]
-        columns += [
-            (
-                f"told {part.start}-{part.stop - 1}",
-                _difference(snaps[part.stop], snaps[part.start]),
-                len(part),
-                recorder.cost_ms(part),
-            )
-            for part in parts
-        ]
-        cell.profile = {
-            name: _as_cpu_ms(breakdown(raw), trials, cpu_ms)
-            for name, raw, trials, cpu_ms in columns
-        }
     return cell
-
-
-# --- where the driver's time goes -------------------------------------------------------------
-
-# (label, function, caller or None): the function's cumulative time, through that caller only
-# when one is given. Chosen so that no two overlap; "other" is the rest of the main thread.
-_HPO, _OPTUNA, _BENCH = "stages/hpo/", "optuna/", "bench_driver.py"
-WAIT = "wait for workers (futures.wait; wall, not CPU)"
-_TPE = _OPTUNA + "samplers/_tpe/sampler.py"
-_VIEW_ASK = "ask: in-memory protocol view (study.ask on it, but TPE)"
-COMPONENTS: list[tuple[str, tuple[str, str], tuple[str, str] | None]] = [
-    (
-        "ask: is trial k stored? (_stored_trial)",
-        (_HPO + "protocol/runner.py", "_stored_trial"),
-        None,
-    ),
-    ("ask: TPESampler construction", (_HPO + "trial/space.py", "make_sampler"), None),
-    (
-        "ask: TPE infer_relative_search_space (+trial read)",
-        (_TPE, "infer_relative_search_space"),
-        None,
-    ),
-    ("ask: TPE sample_relative", (_TPE, "sample_relative"), None),
-    ("ask: TPE before_trial", (_TPE, "before_trial"), None),
-    (_VIEW_ASK, (_HPO + "protocol/view.py", "sample"), None),
-    (
-        "ask: storage (one new trial, one write)",
-        (_HPO + "protocol/runner.py", "_create_trial"),
-        None,
-    ),
-    ("submit: TrialTask.build (snapshot)", (_HPO + "trial/evaluation.py", "build"), None),
-    ("submit: pickle the task (transport)", (_BENCH, "_encode"), None),
-    (
-        "tell: trial.report, one write per value",
-        (_OPTUNA + "trial/_trial.py", "report"),
-        (_HPO + "protocol/runner.py", "_tell"),
-    ),
-    (
-        "tell: set_user_attr(fold_mse, fold_r2, clock)",
-        (_OPTUNA + "trial/_trial.py", "set_user_attr"),
-        (_HPO + "protocol/runner.py", "_tell"),
-    ),
-    (
-        "tell: study.tell",
-        (_OPTUNA + "study/study.py", "tell"),
-        (_HPO + "protocol/runner.py", "_tell"),
-    ),
-    ("tell: MLflow child run (StudyRun.record)", (_HPO + "storage/study_run.py", "record"), None),
-    ("tell: protocol view", (_HPO + "protocol/view.py", "tell"), None),
-    (
-        "save out-of-turn outcome (pending_outcome)",
-        (_OPTUNA + "trial/_trial.py", "set_user_attr"),
-        (_HPO + "protocol/runner.py", "_wait_for_head"),
-    ),
-    (
-        WAIT,
-        ("concurrent/futures/_base.py", "wait"),
-        (_HPO + "protocol/runner.py", "_wait_for_head"),
-    ),
-    ("file lock (ask_lock)", (_HPO + "storage/studies.py", "study_lock"), None),
-    ("start: record missing MLflow runs", (_HPO + "protocol/runner.py", "_record_missing"), None),
-]
-# Parts of the view's ask that have their own line above, subtracted from its line.
-_VIEW_ASK_PARTS = [label for label, (path, _name), _ in COMPONENTS if path == _TPE]
-_VIEW_ASK_PARTS.append("ask: TPESampler construction")
-OTHER, TOTAL = "other (loop, progress line, ...)", "total: main-thread CPU"
-PROFILED = "(profiled wall time, before scaling)"
-
-
-def _matches(key: tuple[str, int, str], target: tuple[str, str]) -> bool:
-    filename, _line, name = key
-    return name == target[1] and target[0] in filename.replace(os.sep, "/")
-
-
-def breakdown(raw: dict[Any, Any]) -> dict[str, float]:
-    """Seconds of the main thread per component, from cProfile's raw stats."""
-    result: dict[str, float] = {}
-    for label, target, caller in COMPONENTS:
-        seconds = 0.0
-        for key, (_cc, _nc, _tt, ct, callers) in raw.items():
-            if not _matches(key, target):
-                continue
-            if caller is None:
-                seconds += ct
-            else:
-                seconds += sum(edge[3] for who, edge in callers.items() if _matches(who, caller))
-        result[label] = seconds
-    result[_VIEW_ASK] -= sum(result[label] for label in _VIEW_ASK_PARTS)
-    total = sum(tt for _cc, _nc, tt, _ct, _callers in raw.values())  # all profiled time
-    result[OTHER] = total - sum(result.values())
-    result[TOTAL] = total
-    return result
-
-
-def _difference(later: dict[Any, Any], earlier: dict[Any, Any]) -> dict[Any, Any]:
-    """What the profiler counted between two snapshots."""
-
-    def minus(now: tuple[Any, ...], then: tuple[Any, ...] | None) -> tuple[Any, ...]:
-        return now if then is None else tuple(a - b for a, b in zip(now, then, strict=True))
-
-    result = {}
-    for key, (cc, nc, tt, ct, callers) in later.items():
-        before = earlier.get(key)
-        head = minus((cc, nc, tt, ct), before[:4] if before else None)
-        old_callers = before[4] if before else {}
-        edges = {who: minus(edge, old_callers.get(who)) for who, edge in callers.items()}
-        result[key] = (*head, edges)
-    return result
-
-
-def _as_cpu_ms(seconds: dict[str, float], trials: int, cpu_ms: float) -> dict[str, float]:
-    """Per-trial ms of main-thread CPU by component: the profile's wall times scaled to add up
-    to the CPU the thread was measured to use over the same trials.
-
-    On a machine shared with other work the thread waits for a core at random points, which a
-    wall-clock profile counts in every component alike, and more in a busier spell: scaled, two
-    parts of a run compare. Waiting for the workers is not CPU and stays as measured.
-    """
-    wall = {label: 1000 * value / trials for label, value in seconds.items()}
-    busy = wall[TOTAL] - wall[WAIT]
-    factor = cpu_ms / busy if busy > 0 else 1.0
-    result = {
-        label: value if label == WAIT else value * factor
-        for label, value in wall.items()
-        if label != TOTAL
-    }
-    result[TOTAL] = cpu_ms
-    result[PROFILED] = wall[TOTAL]
-    return result
 
 
 # --- report -----------------------------------------------------------------------------------
@@ -636,50 +386,28 @@ def print_table(cells: list[Cell], time_scale: float) -> None:
         "window = slots + lookahead\n"
     )
     header = (
-        f"{'slots':>5}{'trials':>11}{'wall s':>8}{'trials/s':>9}{'ideal/s':>9}{'effic.':>7}"
-        f"{'bound':>7}{'CPU ms/tr':>10}{'ratio':>7}{'early':>7}{'late':>7}{'acct ms':>8}"
-        f"{'busy %':>7}{'task KB':>8}{'pickle ms':>10}{'C/P/F':>12}"
+        f"{'slots':>5}{'trials':>7}{'wall s':>8}{'trials/s':>9}{'ideal/s':>9}{'effic.':>7}"
+        f"{'bound':>7}{'driver ms':>10}{'optuna ms':>10}{'ratio':>7}{'writer ms':>10}"
+        f"{'task KB':>8}{'C/P/F':>12}"
     )
     print(header)
     print("-" * len(header))
     for cell in cells:
-        base = _base_cell(cells, cell.slots)
-        ratio = cell.cpu_ms / base.cpu_ms
-        early, late = ("-" if ms is None else f"{ms:.0f}" for ms in (cell.early_ms, cell.late_ms))
         print(
-            f"{cell.slots:>5}{_trials(cell):>11}{cell.wall_s:>8.1f}{cell.per_s:>9.1f}"
+            f"{cell.slots:>5}{cell.trials:>7}{cell.wall_s:>8.1f}{cell.per_s:>9.1f}"
             f"{cell.ideal_per_s:>9.1f}{cell.efficiency:>7.2f}{cell.bound_efficiency:>7.2f}"
-            f"{cell.cpu_ms:>10.1f}{ratio:>7.2f}{early:>7}{late:>7}"
-            f"{1000 * cell.accounted_cpu_s / cell.trials:>8.1f}"
-            f"{100 * cell.accounted_busy_s / cell.wall_s:>7.0f}{cell.task_kb_last:>8.1f}"
-            f"{1000 * cell.pickle_cpu_s / cell.trials:>10.2f}"
+            f"{cell.cpu_ms:>10.2f}{cell.floor_ms:>10.2f}{cell.floor_ratio:>7.2f}"
+            f"{1000 * cell.writer_cpu_s / cell.trials:>10.2f}{cell.task_kb_last:>8.1f}"
             f"{f'{cell.complete}/{cell.pruned}/{cell.failed}':>12}"
         )
-    others = max(1000 * c.other_threads_cpu_s / c.trials for c in cells)
     print(
         "\nefficiency = trials/s / ideal (slots / mean scaled duration); bound = the efficiency\n"
-        "the in-order window allows a driver that costs nothing; CPU ms/tr = the driver's main\n"
-        "thread over all of run(); ratio = CPU ms/tr against the smallest study at the same\n"
-        "slots; trials = prefilled+run; early, late = CPU ms per trial in the steady state (one\n"
-        "ask per tell) over the first and the last tenth of the run; acct ms = what Progress\n"
-        "accounts (its ask and tell blocks); busy % = Progress's wall time of those blocks /\n"
-        "wall; task KB = the last task pickled; pickle ms = pickling per trial; C/P/F =\n"
-        "complete/pruned/failed.\n"
-        f"The simulated workers' thread used at most {others:.2f} ms CPU per trial."
+        "the in-order window allows a driver that costs nothing; driver ms = the driver's main\n"
+        "thread, CPU per trial over all of run(); optuna ms = Optuna alone (in-memory study, one\n"
+        "TPESampler, ask + tell) at the same trial count; ratio = driver / optuna; writer ms =\n"
+        "the writer process's CPU per trial (study and MLflow writes, off the driver's thread);\n"
+        "task KB = the last task pickled; C/P/F = complete/pruned/failed."
     )
-
-
-def _trials(cell: Cell) -> str:
-    return f"{cell.prefill}+{cell.trials}" if cell.prefill else str(cell.trials)
-
-
-def _size(cell: Cell) -> int:
-    """Trials in the study at the end of the run."""
-    return cell.prefill + cell.trials
-
-
-def _base_cell(cells: list[Cell], slots: int) -> Cell:
-    return min((c for c in cells if c.slots == slots), key=_size)
 
 
 def print_lookahead(
@@ -701,92 +429,34 @@ def print_lookahead(
 
 def print_goals(cells: list[Cell]) -> None:
     print("\ngoals")
-    at_goal = [c for c in cells if c.slots == GOAL_SLOTS]
-    if not at_goal:
-        print(f"  efficiency at {GOAL_SLOTS} slots: not measured (no cell with {GOAL_SLOTS} slots)")
-    for cell in at_goal:
-        verdict = "met" if cell.efficiency >= GOAL_EFFICIENCY else "MISSED"
-        print(
-            f"  efficiency >= {GOAL_EFFICIENCY} at {GOAL_SLOTS} slots, {cell.trials} trials: "
-            f"{cell.efficiency:.2f} ({verdict}); the window alone allows "
-            f"{cell.bound_efficiency:.2f}, a driver at {cell.cpu_ms:.0f} ms/trial at most "
-            f"{1000 / cell.cpu_ms / cell.ideal_per_s:.2f}"
-        )
-    measured = False
-    for slots in sorted({c.slots for c in cells}):
-        base = _base_cell(cells, slots)
-        largest = max((c for c in cells if c.slots == slots), key=_size)
-        if largest is base:
-            continue
-        measured = True
-        ratio = largest.cpu_ms / base.cpu_ms
-        verdict = "met" if ratio <= GOAL_COST_RATIO else "MISSED"
-        late = ""
-        if largest.late_ms is not None and base.early_ms is not None:
-            late = (
-                f"; per trial at the end of the {_trials(largest)} run "
-                f"{largest.late_ms / base.early_ms:.2f}x the start of the {_trials(base)} run"
+    for cell in cells:
+        goal = EFFICIENCY_GOALS.get(cell.slots)
+        if goal is not None and cell.trials >= GOAL_TRIALS:
+            verdict = "met" if cell.efficiency >= goal else "MISSED"
+            print(
+                f"  efficiency >= {goal} at {cell.slots} slots, {cell.trials} trials: "
+                f"{cell.efficiency:.2f} ({verdict}); the window alone allows "
+                f"{cell.bound_efficiency:.2f}"
             )
+    for cell in cells:
+        verdict = "met" if cell.floor_ratio <= GOAL_FLOOR_RATIO else "MISSED"
         print(
-            f"  cost per trial at {_trials(largest)} / at {_trials(base)} trials, {slots} slots: "
-            f"{largest.cpu_ms:.1f} / {base.cpu_ms:.1f} ms = {ratio:.2f} "
-            f"(<= {GOAL_COST_RATIO}: {verdict}){late}"
+            f"  driver <= {GOAL_FLOOR_RATIO}x Optuna alone at {cell.slots} slots, {cell.trials} "
+            f"trials: {cell.cpu_ms:.2f} / {cell.floor_ms:.2f} ms = {cell.floor_ratio:.2f} "
+            f"({verdict})"
         )
-    if not measured:
-        print("  cost growth: not measured (needs two trial counts at the same slots)")
-
-
-def print_profile(cells: list[Cell]) -> None:
-    """One cell: its whole run, and its steady state early and late. Several (one per --prefill):
-    the whole run of each, side by side: what a trial costs on a small and on a large study."""
-    if len(cells) == 1:
-        columns = list(cells[0].profile.items())
-        first, last, growth_name = columns[1][1], columns[2][1], "late/early"
-        title = f"{cells[0].slots} slots x {cells[0].trials} trials"
-    else:
-        columns = [(f"{c.label} whole", next(iter(c.profile.values()))) for c in cells]
-        first, last, growth_name = columns[0][1], columns[-1][1], "last/first"
-        title = ", ".join(f"{c.trials} trials on {c.prefill} prefilled" for c in cells)
-    print(
-        f"\nwhere the driver's main thread spends its CPU, {title} (cProfile; ms of CPU per told "
-        "trial, % of the column's total)"
-    )
-    print(
-        f"{'component':<52}" + "".join(f"{name:>22}" for name, _ in columns) + f"{growth_name:>11}"
-    )
-    for label in columns[0][1]:
-        line = f"{label:<52}"
-        for _name, column in columns:
-            share = (
-                f"{100 * column[label] / column[TOTAL]:>6.0f}%" if label != PROFILED else " " * 7
-            )
-            line += f"{column[label]:>15.2f}{share}"
-        growth = f"{last[label] / first[label]:.1f}" if first[label] >= 0.05 else "-"
-        print(line + f"{growth:>11}")
-    print(
-        "(wall-clock profile scaled to the thread's measured CPU over the same trials; that CPU\n"
-        "includes cProfile's overhead, so compare shares and growth, not absolute ms, with an\n"
-        "unprofiled run; the ratio of the last two rows is the profiler's slowdown plus the\n"
-        "time the thread waited for a core)"
-    )
 
 
 # --- command line -----------------------------------------------------------------------------
 
 
-def parse_cells(args: argparse.Namespace) -> list[tuple[int, int, int]]:
-    """(slots, trials, prefill) for every cell to run."""
-    if args.profile:
-        pairs = [_slots_x_trials(args.profile_cell)]
-    else:
-        pairs = [(s, n) for s in args.slots for n in args.trials]
-        pairs += [_slots_x_trials(extra) for extra in args.extra]
-    return sorted({(s, n, p) for s, n in pairs for p in args.prefill})
-
-
-def _slots_x_trials(text: str) -> tuple[int, int]:
-    slots, trials = (int(part) for part in text.lower().split("x"))
-    return slots, trials
+def parse_cells(args: argparse.Namespace) -> list[tuple[int, int]]:
+    """(slots, trials) for every cell to run."""
+    pairs = {(s, n) for s in args.slots for n in args.trials}
+    for extra in args.extra:
+        slots, trials = (int(part) for part in extra.lower().split("x"))
+        pairs.add((slots, trials))
+    return sorted(pairs)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -796,30 +466,26 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--extra",
         nargs="*",
-        default=["32x1000"],
+        default=["32x1000", "128x1000"],
         metavar="SLOTSxTRIALS",
-        help="cells added to the grid: the large trial counts, where one cell is all there is "
-        "time for (32x5000 takes most of an hour on a busy 2-core machine)",
+        help="cells added to the grid, e.g. 32x5000",
     )
-    parser.add_argument("--time-scale", type=float, default=10.0, help="durations divided by")
+    parser.add_argument(
+        "--mean-trial",
+        type=float,
+        default=0.86,
+        metavar="SECONDS",
+        help="replayed durations are scaled to this mean (0.86 s: about one trial of the "
+        "default search on one core)",
+    )
     parser.add_argument(
         "--quick", action="store_true", help="a small grid: 4 and 16 slots, 50 and 200 trials"
     )
     parser.add_argument(
-        "--profile",
-        action="store_true",
-        help="profile the driver in one cell (--profile-cell) instead of running the grid",
-    )
-    parser.add_argument("--profile-cell", default="32x1000", metavar="SLOTSxTRIALS")
-    parser.add_argument(
-        "--prefill",
+        "--lookahead",
         type=int,
-        nargs="+",
-        default=[0],
-        metavar="N",
-        help="finished trials put in each cell's study before the run (random params, replayed "
-        "outcomes, no MLflow runs): the cost of a trial on a large study, without running the "
-        "trials that made it large; e.g. --profile --profile-cell 32x300 --prefill 0 4700",
+        help="tune.lookahead for every cell (default: params.yaml's); a larger one lets more "
+        "slots work behind a long head-of-line trial",
     )
     parser.add_argument("--json", type=Path, help="also write every row here")
     parser.add_argument(
@@ -834,43 +500,41 @@ def main(argv: list[str] | None = None) -> None:
         args.slots, args.trials, args.extra = [4, 16], [50, 200], []
     _quiet()
     params = load_params(args.reference / "params.yaml")
+    if args.lookahead is not None:
+        tune = params.tune.model_copy(update={"lookahead": args.lookahead})
+        params = params.model_copy(update={"tune": tune})
     replay = load_reference(args.reference)
-    scaled = mean(r.duration_s for r in replay) / args.time_scale
+    reference_mean = mean(r.duration_s for r in replay)
+    time_scale = reference_mean / args.mean_trial
     print(
         f"load average {' '.join(f'{v:.2f}' for v in os.getloadavg())} on {os.cpu_count()} "
-        f"cores; reference run: {len(replay)} trials, mean {scaled * args.time_scale:.2f} s "
-        f"(scaled {scaled:.3f} s); lookahead {params.tune.lookahead}; sampler "
+        f"cores; reference run: {len(replay)} trials, mean {reference_mean:.2f} s "
+        f"(scaled to {args.mean_trial:.3f} s); lookahead {params.tune.lookahead}; sampler "
         f"{params.tune.sampler.model_dump()}",
         flush=True,
     )
-    plan = parse_cells(args)
     cells: list[Cell] = []
+    floors: dict[int, float] = {}
     with tempfile.TemporaryDirectory(prefix="bench-driver-mlflow-") as scratch:
         template = MlflowTemplate(Path(scratch))
-        for slots, n_trials, prefill in plan:
+        for slots, n_trials in parse_cells(args):
             started = time.perf_counter()
-            cell = run_cell(
-                params, replay, template, slots, n_trials, args.time_scale, args.profile, prefill
-            )
+            cell = run_cell(params, replay, template, slots, n_trials, time_scale)
+            if n_trials not in floors:  # measured beside the cells, on the same machine
+                floors[n_trials] = optuna_floor_ms(params, replay, n_trials)
+            cell.floor_ms = floors[n_trials]
             cells.append(cell)
-            on = f" on {prefill} prefilled" if prefill else ""
             print(
-                f"  {slots:>4} slots x {n_trials:>5} trials{on}: {cell.per_s:6.1f} trials/s, "
-                f"efficiency {cell.efficiency:.2f}, driver {cell.cpu_ms:.1f} ms CPU/trial "
-                f"({time.perf_counter() - started:.0f} s with setup)",
+                f"  {slots:>4} slots x {n_trials:>5} trials: {cell.per_s:6.1f} trials/s, "
+                f"efficiency {cell.efficiency:.2f}, driver {cell.cpu_ms:.2f} ms CPU/trial, "
+                f"Optuna alone {cell.floor_ms:.2f} ({time.perf_counter() - started:.0f} s)",
                 flush=True,
             )
-    print_table(cells, args.time_scale)
-    if args.profile:
-        if all(cell.profile for cell in cells):
-            print_profile(cells)
-        else:
-            print("(too few trials for a steady state to profile)")
-    else:
-        print_lookahead(
-            replay, sorted({c.slots for c in cells}), max(map(_size, cells)), args.time_scale
-        )
-        print_goals(cells)
+    print_table(cells, time_scale)
+    print_lookahead(
+        replay, sorted({c.slots for c in cells}), max(c.trials for c in cells), time_scale
+    )
+    print_goals(cells)
     print(f"load average at the end {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     if args.json:
         rows = [

@@ -36,7 +36,7 @@ def test_tiny_run_records_every_trial_and_prints_the_table(tmp_path, tiny_run) -
     done = subprocess.run(
         [
             *(sys.executable, str(SCRIPT), "--slots", "2", "--trials", "4", "30", "--extra"),
-            *("--time-scale", "200", "--json", str(rows_file)),
+            *("--mean-trial", "0.05", "--json", str(rows_file)),
             *("--reference", str(tiny_run)),
         ],
         cwd=tmp_path,
@@ -57,16 +57,13 @@ def test_tiny_run_records_every_trial_and_prints_the_table(tmp_path, tiny_run) -
         assert row["mlflow_runs"] == row["trials"]
         assert 0 < row["efficiency"] <= row["bound_efficiency"] * 1.1 <= 1.1
         assert row["cpu_ms"] > 0
-        assert 0 < row["accounted_cpu_s"] <= row["main_cpu_s"] + 0.01
+        assert row["floor_ms"] > 0  # Optuna alone, measured beside the driver
+        assert row["writer_cpu_s"] > 0  # the writer process stored and recorded the trials
         assert row["task_kb_last"] > 0
-    # Steady-state costs need a run longer than two windows; 4 trials are all asked at once.
-    assert rows[0]["late_ms"] is None
-    assert rows[1]["early_ms"] > 0
-    assert rows[1]["late_ms"] > 0
     header = next(line for line in done.stdout.splitlines() if line.lstrip().startswith("slots"))
     table = done.stdout.split(header)[1].split("\n\n")[0].splitlines()[2:]
     assert [line.split()[:2] for line in table] == [["2", "4"], ["2", "30"]]
     assert [float(line.split()[5]) for line in table] == [
         pytest.approx(row["efficiency"], abs=0.006) for row in rows
     ]
-    assert "cost per trial at 30 / at 4 trials, 2 slots" in done.stdout
+    assert "driver <= 2.0x Optuna alone at 2 slots, 30 trials" in done.stdout

@@ -5,8 +5,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import socket
+import sys
 import threading
 from functools import partial
+from pathlib import Path
 
 import optuna
 import pytest
@@ -25,12 +27,27 @@ from hpo.protocol.runner import (
     summarize,
 )
 from hpo.session import injected_faults
+from hpo.storage import trial_rows
 from hpo.trial.data import FEATURES, TARGET, derive_features, read_raw
 from hpo.trial.evaluation import FoldPool, TrainingData, TrialOutcome, TrialTask, evaluate_trial
 from hpo.trial.model import booster_params
 from hpo.trial.space import distributions, make_sampler
 
 PARAMS = load_params(REPO / "params.yaml")
+
+
+@pytest.fixture(autouse=True)
+def _studies_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test's studies in a SQLite file of its own (the writer needs an RDB storage)."""
+    monkeypatch.setattr(sys.modules[__name__], "STUDY_DIR", tmp_path)
+
+
+STUDY_DIR = Path()
+
+
+def new_study() -> optuna.Study:
+    path = STUDY_DIR / f"study-{len(list(STUDY_DIR.glob('study-*.db')))}.db"
+    return optuna.create_study(storage=f"sqlite:///{path}", direction="minimize")
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +85,7 @@ def make_runner(small_data, n_trials: int = 8, **overrides) -> StudyRunner:
     space = distributions(tune.search_space)
     space["n_estimators"] = optuna.distributions.IntDistribution(20, 60)
     settings = {
-        "study": optuna.create_study(direction="minimize"),
+        "study": new_study(),
         "distributions": space,
         "n_trials": n_trials,
         "parallel_trials": 2,
@@ -257,23 +274,23 @@ def test_resume_tells_a_saved_outcome_instead_of_recomputing(
     assert len(runner.study.trials) == (3 if state == TrialState.FAIL else 2)
 
 
-def _fail_tell_of_trial_2(runner: StudyRunner, times: int) -> list[int]:
-    """Make `study.tell` raise for trial 2, `times` times; returns the failures so far."""
-    tell, failures = runner.study.tell, []
+def _fail_tell_of_trial_2(monkeypatch: pytest.MonkeyPatch, times: int) -> list[int]:
+    """Make storing trial 2 as told raise, `times` times; returns the failures so far."""
+    finish, failures = trial_rows.finish, []
 
-    def tell_failing_for_trial_2(trial, *args, **kwargs):
-        if trial.number == 2 and len(failures) < times:
-            failures.append(trial.number)
+    def finish_failing_for_trial_2(storage, trial_id: int, told: FrozenTrial) -> bool:
+        if told.number == 2 and len(failures) < times:
+            failures.append(told.number)
             raise RuntimeError("database is locked")
-        return tell(trial, *args, **kwargs)
+        return finish(storage, trial_id, told)
 
-    runner.study.tell = tell_failing_for_trial_2
+    monkeypatch.setattr(trial_rows, "finish", finish_failing_for_trial_2)
     return failures
 
 
-def test_a_trial_whose_tell_fails_is_told_on_the_way_out(small_data) -> None:
+def test_a_trial_whose_tell_fails_is_told_on_the_way_out(small_data, monkeypatch) -> None:
     runner = make_runner(small_data, n_trials=4)
-    failures = _fail_tell_of_trial_2(runner, times=1)
+    failures = _fail_tell_of_trial_2(monkeypatch, times=1)
     with pytest.raises(RuntimeError, match="database is locked"):
         runner.run()
     assert failures == [2]
@@ -283,9 +300,9 @@ def test_a_trial_whose_tell_fails_is_told_on_the_way_out(small_data) -> None:
     assert runner.recorder.recorded_numbers() == finished
 
 
-def test_a_trial_that_cannot_be_told_is_saved_for_the_next_run(small_data) -> None:
+def test_a_trial_that_cannot_be_told_is_saved_for_the_next_run(small_data, monkeypatch) -> None:
     runner = make_runner(small_data, n_trials=4)
-    failures = _fail_tell_of_trial_2(runner, times=2)
+    failures = _fail_tell_of_trial_2(monkeypatch, times=2)
     with pytest.raises(RuntimeError, match="database is locked"):
         runner.run()
     assert failures == [2, 2]
@@ -375,3 +392,14 @@ def test_running_trials_never_share_fold_matrices(small_data) -> None:
     reference = make_runner(small_data, n_trials=8)
     reference.run()
     assert _records(runner.study) == _records(reference.study)
+
+
+def test_the_driver_tells_exactly_what_the_study_stores(small_data) -> None:
+    runner = make_runner(small_data, n_trials=6, fault_hook=injected_faults("2"))
+    progress = runner.run()
+
+    def kept(trial: FrozenTrial) -> tuple:
+        attrs = {k: v for k, v in trial.user_attrs.items() if k != PENDING_ATTR}
+        return (*_records_of(trial), attrs, trial.datetime_start)
+
+    assert [kept(t) for t in progress.trials] == [kept(t) for t in runner.study.trials]

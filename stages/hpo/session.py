@@ -47,6 +47,7 @@ from hpo.storage.studies import (
     write_study_file,
 )
 from hpo.storage.study_run import StudyRun
+from hpo.storage.writer import WriteBehind, WriterConfig
 from hpo.trial.evaluation import TrainingData, TrialTask
 from hpo.trial.space import distributions, make_sampler
 
@@ -74,12 +75,23 @@ def study_name(params: Params, train_sha256: str, faults: str = "") -> str:
     return "xgb-cv-" + hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
 
+# Seconds a finished run waits for its writer process to exit.
+WRITER_EXIT_S = 30
+
+
 @dataclass
 class TuneSession:
     study: optuna.Study
     study_run: StudyRun
     runner: StudyRunner
+    writer: WriteBehind
     lock: Callable[[], contextlib.AbstractContextManager[Any]]
+
+    def close(self, wait: bool = True) -> None:
+        """End the writer process; without `wait`, it finishes its writes on its own."""
+        self.writer.close()
+        if wait:
+            self.writer.wait(WRITER_EXIT_S)
 
     def run(self) -> Progress:
         """Run the study; a stop or a failure closes the MLflow run as KILLED or FAILED."""
@@ -118,7 +130,8 @@ def start_session(
     log: Callable[[str], None] = print,
     fault_hook: Callable[[int], None] = lambda _number: None,
 ) -> TuneSession:
-    """The study `name` in `storage`, its MLflow run, and the runner that drives it."""
+    """The study `name` in `storage`, its MLflow run, and the runner that drives it, whose
+    writes a child process applies; the caller closes the session (`TuneSession.close`)."""
     tune = params.tune
     # The study's run outlives budget changes: the budget is logged when it closes.
     run_params = params.model_dump(mode="json", exclude={"tune": {"n_trials"}})
@@ -127,6 +140,16 @@ def start_session(
     with lock():
         study = load_or_create(storage, name)
         study_run = StudyRun.open(client, experiment_id, study, run_params, run_tags)
+    writer = WriteBehind(
+        WriterConfig(
+            storage_url=storage.engine.url.render_as_string(hide_password=False),
+            study_name=name,
+            tracking_uri=client.tracking_uri,
+            experiment_id=experiment_id,
+            run_id=study_run.run_id,
+            tags=run_tags,
+        )
+    )
     runner = StudyRunner(
         study=study,
         distributions=distributions(tune.search_space),
@@ -137,12 +160,13 @@ def start_session(
         make_task=partial(TrialTask.build, tune, params.model),
         executor=executor,
         recorder=study_run,
+        writer=writer,
         ask_lock=lock,
         fault_hook=fault_hook,
         log=log,
         stop=stop or threading.Event(),
     )
-    return TuneSession(study, study_run, runner, lock)
+    return TuneSession(study, study_run, runner, writer, lock)
 
 
 @contextlib.contextmanager
@@ -171,7 +195,7 @@ def open_tune_session(
         try:
             if not remote:
                 client, experiment_id = tracking.connect()
-            yield start_session(
+            session = start_session(
                 params,
                 storage,
                 executor,
@@ -182,6 +206,10 @@ def open_tune_session(
                 log=partial(print, file=sys.stderr, flush=True),
                 fault_hook=injected_faults(faults),
             )
+            try:
+                yield session
+            finally:
+                session.close(wait=not stop.is_set())
         finally:
             close_storage(storage)
     finally:

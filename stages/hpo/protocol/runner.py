@@ -17,20 +17,25 @@ one, so raising `n_trials` runs only the new trials and lowering it runs none; a
 was killed continues exactly as if it had not been.
 
 The driver walks the study in number order and, for each place, takes what the storage
-already holds: a finished trial is replayed into the protocol without being evaluated; a
-trial that another live tune process runs is waited for; a trial whose process died is taken
-over and evaluated again with the same params (or told from its saved outcome); only past the
-end of the stored trials are new trials asked. A trial that finishes before its turn to be
-told is saved at once in the study (user attribute `pending_outcome`), so a killed run loses
-no finished work. Each asked trial carries its owner (host, pid, start time), and the budget
-check and ask happen under the study lock, so processes sharing a study never ask a trial
-twice. No library offers this: Optuna's samplers read the live storage, and its
-`RetryFailedTrialCallback` re-asks failed trials under new numbers.
+held when it started: a finished trial is replayed into the protocol without being evaluated;
+a trial that another live tune process runs is waited for; a trial whose process died is
+taken over and evaluated again with the same params (or told from its saved outcome); only
+past the end of the stored trials are new trials asked. The driver never waits for a store:
+it hands its writes to a `TrialWriter` (hpo.storage.writer), which applies them in order in a
+child process. A trial that finishes before its turn to be told is saved at once in the study
+(user attribute `pending_outcome`), so a killed run loses no finished work. Each asked trial
+carries its owner (host, pid, start time), and the writer creates it under the study lock
+only if no other process did: a trial another process asked first is left to that process and
+waited for, so processes sharing a study never run a trial twice. No library offers this:
+Optuna's samplers read the live storage, and its `RetryFailedTrialCallback` re-asks failed
+trials under new numbers.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime
+import math
 import os
 import socket
 import threading
@@ -49,14 +54,18 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpo.errors import PipelineError
 from hpo.protocol.view import ProtocolView, SamplerFactory, running_trial
+from hpo.storage.writer import (
+    OWNER_ATTR,
+    PENDING_ATTR,
+    StudyWriter,
+    TrialRecorder,
+    TrialWriter,
+)
 from hpo.trial.evaluation import TrialOutcome, TrialTask
 
 # (trial number, sampled params, completed trials for its pruner) -> the task to evaluate
 TaskFactory = Callable[[int, dict[str, Any], list[FrozenTrial]], TrialTask]
 
-# Trial user attributes: who runs the trial, and its outcome while it waits for its turn.
-OWNER_ATTR = "owner"
-PENDING_ATTR = "pending_outcome"
 # Trial user attribute: the study's tuning time when the trial was told, summed over the
 # sessions before it: wall time, and the main thread's time in the sampler, the study storage
 # and MLflow - its wall time (which includes waiting for a core that XGBoost holds) and its
@@ -69,6 +78,8 @@ SESSIONS_ATTR = "tune_sessions"
 # Seconds between checks while waiting for workers, for another process's trials or for a
 # stop request.
 POLL_S = 0.5
+# Seconds an interrupted driver gives its writer to store the trials that finished.
+STOP_FLUSH_S = 3.0
 
 
 class TuningInterruptedError(Exception):
@@ -84,14 +95,6 @@ class TrialExecutor(Protocol):
 
     def shutdown(self, cancel: bool = False) -> None:
         """Release the workers; with cancel, unfinished trials end as soon as possible."""
-        ...
-
-
-class TrialRecorder(Protocol):
-    def record(self, trial: FrozenTrial, outcome: TrialOutcome) -> None: ...
-
-    def recorded_numbers(self) -> set[int]:
-        """Trial numbers that already have a record (after a crash, some may not)."""
         ...
 
 
@@ -189,17 +192,16 @@ class Progress:
 class _Slot:
     """A trial between its place in the protocol and its turn to be told.
 
-    Ours when `future` is set; already finished in the storage when `stored` is; otherwise
-    another live process runs it and the slot waits for its result in the storage.
+    Ours when `future` is set (`running` is then the trial as created); finished when
+    `stored` is; otherwise another live process runs it and the slot waits for its result in
+    the storage.
     """
 
     number: int
-    trial: optuna.Trial | None = None
+    running: FrozenTrial | None = None
     future: Future[TrialOutcome] | None = None
     stored: FrozenTrial | None = None
     saved: bool = False  # its outcome is in PENDING_ATTR
-    # Steps the storage holds already: a tell that failed half-way reported them.
-    reported: dict[int, float] = field(default_factory=dict)
 
     def ready(self) -> bool:
         return self.stored is not None or (self.future is not None and self.future.done())
@@ -216,6 +218,8 @@ class StudyRunner:
     make_task: TaskFactory
     executor: TrialExecutor
     recorder: TrialRecorder
+    # The study's and MLflow's writes during the run; by default applied in this thread.
+    writer: TrialWriter | None = None
     ask_lock: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext
     fault_hook: Callable[[int], None] = lambda _number: None
     log: Callable[[str], None] = print
@@ -223,8 +227,13 @@ class StudyRunner:
     # middle of a SQLite transaction would leave the database locked for the cleanup.
     stop: threading.Event = field(default_factory=threading.Event)
     _finished: dict[int, FrozenTrial] = field(default_factory=dict, init=False)
+    _n_stored: int = field(default=0, init=False)  # trials in the storage when the run started
     _clock_base: TuneClock = field(default_factory=TuneClock, init=False)
     _started: float = field(default=0.0, init=False)
+
+    def __post_init__(self) -> None:
+        if self.writer is None:
+            self.writer = StudyWriter.of(self.study, self.recorder, self.ask_lock)
 
     def run(self) -> Progress:
         """Walk the protocol until n_trials trials are COMPLETE or PRUNED; return that prefix."""
@@ -233,6 +242,7 @@ class StudyRunner:
             self._record_missing()
             stored = self.study.get_trials(deepcopy=False)
         self._finished = {t.number: t for t in stored if t.state.is_finished()}
+        self._n_stored = len(stored)
         for trial in stored:
             self._clock_base = self._clock_base.latest(TuneClock.of(trial))
         if stored:
@@ -247,28 +257,25 @@ class StudyRunner:
                 if self.stop.is_set():
                     raise TuningInterruptedError
                 while len(in_flight) < window and progress.budget_left(len(in_flight)):
-                    with progress.main_thread_work(), self.ask_lock():
+                    with progress.main_thread_work():
                         in_flight.append(self._open(view))
                 if not in_flight:
                     break
+                self._leave_taken(in_flight)
                 if not self._wait_for_head(in_flight, view, progress):
                     continue
                 head = in_flight[0]
                 if head.stored is None:
                     # Told while still in flight: if telling fails, the interrupt path retries.
-                    # Under the lock: another process's recovery must not record it twice.
-                    with progress.main_thread_work(), self.ask_lock():
-                        current = self._stored_trial(head.number)
-                        if current.state.is_finished():  # a driver that took it over told it
-                            head.stored = current
-                        else:
-                            head.stored = self._tell(head, progress)
-                            progress.told_this_session += 1
+                    with progress.main_thread_work():
+                        head.stored = self._tell(head, progress)
+                    progress.told_this_session += 1
                 in_flight.popleft()
                 view.tell(head.stored)
                 progress.add(head.stored)
                 if head.future is not None:
                     self.log(progress.line(head.stored))
+            self.writer.flush()
         except BaseException:
             self.executor.shutdown(cancel=True)
             self._keep_after_interrupt(in_flight, progress)
@@ -295,10 +302,14 @@ class StudyRunner:
     def _open(self, view: ProtocolView) -> _Slot:
         """The protocol's next trial: replayed, waited for, taken over, or asked anew."""
         number = view.n_trials
-        stored = self._stored_trial(number)
-        if stored is None:
+        if number >= self._n_stored:
             params = view.sample()
-            return self._submit(self._create_trial(params), params, view)
+            distributions = {name: self.distributions[name] for name in params}
+            running = running_trial(params, distributions, {OWNER_ATTR: _this_process()})
+            running.number = number
+            self.writer.create(number, running)
+            return self._submit(number, running, view)
+        stored = self._stored_trial(number)
         view.add_running(stored)
         if stored.state.is_finished():
             return _Slot(number, stored=stored)
@@ -324,38 +335,37 @@ class StudyRunner:
             self._finished[number] = trial
         return trial
 
-    def _create_trial(self, params: dict[str, Any]) -> optuna.Trial:
-        """A running trial with the given params, owned by this process, in one write."""
-        distributions = {name: self.distributions[name] for name in params}
-        template = running_trial(params, distributions, {OWNER_ATTR: _this_process()})
-        trial_id = self._storage.create_new_trial(self.study._study_id, template_trial=template)
-        return optuna.Trial(self.study, trial_id)
-
     def _take_over(self, stored: FrozenTrial, view: ProtocolView) -> _Slot:
         """A trial whose process died: tell its saved outcome, or evaluate it again."""
-        trial = optuna.Trial(self.study, stored._trial_id)
-        trial.set_user_attr(OWNER_ATTR, _this_process())
+        owner = _this_process()
+        self.writer.claim(stored.number, owner)
+        running = _with_user_attrs(stored, {OWNER_ATTR: owner})
         saved = stored.user_attrs.get(PENDING_ATTR)
         if saved is None:
             self.log(f"trial {stored.number} was left running by a stopped run: evaluating it")
-            slot = self._submit(trial, stored.params, view)
-        else:
-            self.log(f"trial {stored.number} was left running by a stopped run: telling it")
-            future: Future[TrialOutcome] = Future()
-            future.set_result(TrialOutcome.from_json(saved))
-            slot = _Slot(stored.number, trial, future, saved=True)
-        slot.reported = dict(stored.intermediate_values)
-        return slot
+            return self._submit(stored.number, running, view)
+        self.log(f"trial {stored.number} was left running by a stopped run: telling it")
+        future: Future[TrialOutcome] = Future()
+        future.set_result(TrialOutcome.from_json(saved))
+        return _Slot(stored.number, running, future, saved=True)
 
-    def _submit(self, trial: optuna.Trial, params: dict[str, Any], view: ProtocolView) -> _Slot:
-        task = self.make_task(trial.number, params, view.completed_for(trial.number))
+    def _submit(self, number: int, running: FrozenTrial, view: ProtocolView) -> _Slot:
+        task = self.make_task(number, running.params, view.completed_for(number))
         try:
-            self.fault_hook(trial.number)
+            self.fault_hook(number)
         except Exception as exc:  # the test hook's failing trial never reaches the executor
             failed: Future[TrialOutcome] = Future()
             failed.set_result(TrialOutcome.failed(task, exc))
-            return _Slot(trial.number, trial, failed)
-        return _Slot(trial.number, trial, self.executor.submit(task))
+            return _Slot(number, running, failed)
+        return _Slot(number, running, self.executor.submit(task))
+
+    def _leave_taken(self, in_flight: deque[_Slot]) -> None:
+        """Leave the trials that another process asked first to it: wait for its results."""
+        taken = set(self.writer.taken())
+        for slot in in_flight:
+            if slot.number in taken and slot.stored is None:
+                slot.future.cancel()
+                slot.future = slot.running = None
 
     def _wait_for_head(
         self, in_flight: deque[_Slot], view: ProtocolView, progress: Progress
@@ -373,9 +383,9 @@ class StudyRunner:
                 self._poll_foreign(in_flight, view)
         for slot in list(in_flight)[1:]:
             if slot.future is not None and slot.future.done() and not slot.saved:
-                if slot.future.exception() is None:
+                if not slot.future.cancelled() and slot.future.exception() is None:
                     with progress.main_thread_work():
-                        slot.trial.set_user_attr(PENDING_ATTR, slot.future.result().to_json())
+                        self.writer.save_pending(slot.number, slot.future.result())
                 slot.saved = True
         return in_flight[0].ready()
 
@@ -397,20 +407,23 @@ class StudyRunner:
         )
 
     def _tell(self, slot: _Slot, progress: Progress) -> FrozenTrial:
-        trial, outcome = slot.trial, slot.future.result()
-        for step, value in outcome.reported.items():
-            if step not in slot.reported:
-                trial.report(value, step)
+        """The slot's trial as told (the study will hold exactly this), handed to the writer."""
+        outcome = slot.future.result()
+        attrs: dict[str, Any] = {}
         if outcome.result is not None and outcome.state == TrialState.COMPLETE:
-            trial.set_user_attr("fold_mse", outcome.result.fold_mse)
-            trial.set_user_attr("fold_r2", outcome.result.fold_r2)
+            attrs["fold_mse"] = outcome.result.fold_mse
+            attrs["fold_r2"] = outcome.result.fold_r2
         if outcome.error is not None:
-            trial.set_user_attr("error", outcome.error)
+            attrs["error"] = outcome.error
         clock = self._clock_now(progress)
-        trial.set_user_attr(CLOCK_ATTR, {k: round(v, 3) for k, v in vars(clock).items()})
-        frozen = self.study.tell(trial, outcome.value, state=outcome.state)
-        self.recorder.record(frozen, outcome)
-        return frozen
+        attrs[CLOCK_ATTR] = {k: round(v, 3) for k, v in vars(clock).items()}
+        told = _with_user_attrs(slot.running, attrs)
+        told.state = outcome.state
+        told.intermediate_values = {**slot.running.intermediate_values, **outcome.reported}
+        told.value = _told_value(outcome.state, outcome.value, told.intermediate_values)
+        told.datetime_complete = datetime.datetime.now()
+        self.writer.tell(told, outcome)
+        return told
 
     def _keep_after_interrupt(self, in_flight: deque[_Slot], progress: Progress) -> None:
         """Tell what finished; leave the rest running, for the next run to evaluate again.
@@ -426,15 +439,13 @@ class StudyRunner:
             if future.cancelled() or future.exception() is not None:
                 continue
             try:
-                with self.ask_lock():
-                    current = self._stored_trial(slot.number)
-                    if current.state == TrialState.RUNNING:
-                        slot.reported = dict(current.intermediate_values)
-                        self._tell(slot, progress)
+                self._tell(slot, progress)
             except Exception:  # never mask the interrupt; keep a finished result for the next run
                 if not slot.saved:
                     with contextlib.suppress(Exception):
-                        slot.trial.set_user_attr(PENDING_ATTR, future.result().to_json())
+                        self.writer.save_pending(slot.number, future.result())
+        with contextlib.suppress(Exception):  # a writer that cannot catch up loses no trial:
+            self.writer.flush(STOP_FLUSH_S)  # it goes on writing after the driver has stopped
 
     def _other_sessions(self) -> list[dict[str, Any]]:
         """The other live tune processes running this study (stopped ones are dropped)."""
@@ -452,6 +463,33 @@ class StudyRunner:
             if trial.state.is_finished() and trial.number not in recorded:
                 self.recorder.record(trial, TrialOutcome.from_frozen(trial))
                 self.log(f"trial {trial.number} had no MLflow run: recorded it")
+
+
+def _with_user_attrs(trial: FrozenTrial, attrs: dict[str, Any]) -> FrozenTrial:
+    copy = FrozenTrial(
+        number=trial.number,
+        state=trial.state,
+        value=trial.value,
+        datetime_start=trial.datetime_start,
+        datetime_complete=trial.datetime_complete,
+        params=trial.params,
+        distributions=trial.distributions,
+        user_attrs={**trial.user_attrs, **attrs},
+        system_attrs=trial.system_attrs,
+        intermediate_values=dict(trial.intermediate_values),
+        trial_id=trial._trial_id,
+    )
+    return copy
+
+
+def _told_value(
+    state: TrialState, value: float | None, intermediate: dict[int, float]
+) -> float | None:
+    """The value Optuna's `study.tell` stores: a pruned trial takes its last reported value."""
+    if state == TrialState.PRUNED and intermediate:
+        last = intermediate[max(intermediate)]
+        return None if math.isnan(last) else last
+    return value if state == TrialState.COMPLETE else None
 
 
 def _this_process() -> dict[str, Any]:

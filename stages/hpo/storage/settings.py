@@ -8,22 +8,23 @@ params.yaml stays about the experiment:
 * MLFLOW_TRACKING_URI (MLflow): runs go to that server or database; unset, outputs/mlflow.db.
 
 None of them is part of the study's identity or a DVC dependency: where a study runs never
-changes what it finds. URLs may carry passwords: only `redact`ed forms are ever shown or logged.
+changes what it finds. URLs may carry passwords: only `redact`ed forms are ever shown
+(hpo.redaction).
 """
 
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 from hpo.errors import PipelineError
 from hpo.paths import STUDY_DB, STUDY_STORE
+from hpo.redaction import redact
 
 DASK_VAR = "DASK_SCHEDULER_ADDRESS"
 STORAGE_VAR = "OPTUNA_STORAGE"
@@ -69,28 +70,6 @@ def tracking_uri_from_environment() -> str | None:
     except ValueError:
         raise PipelineError(f"{TRACKING_VAR}: bad port in {redact(value)!r}") from None
     return value
-
-
-def redact(value: str) -> str:
-    """The URL with any password (or a lone token before @) replaced by ***: safe to show."""
-    value = re.sub(r"(://[^/:@]*:)[^@/]*@", r"\1***@", value)
-    value = re.sub(r"(://)[^/:@]+@", r"\1***@", value)
-    return re.sub(r"(?i)(password=)[^&]*", r"\1***", value)
-
-
-def scrub(text: str, secret_source: str | URL | None) -> str:
-    """`text` with the password of `secret_source` removed, as typed and as decoded, and any
-    URL in it redacted: for messages of third-party libraries."""
-    text = redact(text)
-    if secret_source is None:
-        return text
-    url = secret_source if isinstance(secret_source, URL) else _try_url(secret_source)
-    password = url.password if url is not None else None
-    if not password:
-        return text
-    for form in {password, quote(password, safe=""), quote(password)}:
-        text = text.replace(form, "***")
-    return text
 
 
 def _get(name: str) -> str | None:

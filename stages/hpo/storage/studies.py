@@ -24,7 +24,8 @@ from optuna.trial import FrozenTrial
 from sqlalchemy.engine import URL
 
 from hpo.errors import MOVE_STORE_ASIDE, REBUILD, PipelineError, file_error
-from hpo.storage.settings import STORAGE_VAR, redact, scrub
+from hpo.redaction import redact, scrub, secrets_of
+from hpo.storage.settings import STORAGE_VAR
 from hpo.storage.sqlite import check_intact, process_lock
 
 # The objective's name in the study (the mean k-fold CV MSE that trials minimise).
@@ -42,6 +43,11 @@ def open_study_storage(url: URL | None, default: Path) -> RDBStorage:
     """The storage named by OPTUNA_STORAGE, or the SQLite file `default`; one line if unusable."""
     if url is None:
         return open_storage(default, MOVE_STORE_ASIDE)
+    return open_storage_url(url)
+
+
+def open_storage_url(url: URL) -> RDBStorage:
+    """The storage at `url`: a SQLite file, or a database server reached within seconds."""
     if url.get_backend_name() == "sqlite":
         try:
             return open_storage(Path(url.database))
@@ -63,8 +69,9 @@ def open_study_storage(url: URL | None, default: Path) -> RDBStorage:
         finally:
             engine.dispose()
     except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as exc:
-        reason = scrub(" ".join(str(exc).split("\n")[0].split()), url)
-        raise PipelineError(f"{STORAGE_VAR}: cannot open {redact(str(url))}: {reason}") from None
+        typed = url.render_as_string(hide_password=False)
+        reason = scrub(" ".join(str(exc).split("\n")[0].split()), secrets_of(typed))
+        raise PipelineError(f"{STORAGE_VAR}: cannot open {redact(typed)}: {reason}") from None
 
 
 def open_storage(path: Path, remedy: str = REBUILD) -> RDBStorage:

@@ -32,7 +32,8 @@ from mlflow.tracking import MlflowClient
 
 from hpo.errors import MOVE_STORE_ASIDE, PipelineError, file_error
 from hpo.paths import MLFLOW_ARTIFACTS, MLFLOW_DB
-from hpo.storage.settings import TRACKING_VAR, redact, scrub, tracking_uri_from_environment
+from hpo.redaction import redact, scrub
+from hpo.storage.settings import TRACKING_VAR, tracking_uri_from_environment
 from hpo.storage.sqlite import check_intact, process_lock
 from hpo.trial import model
 
@@ -93,7 +94,7 @@ def _connect_remote(uri: str) -> tuple[MlflowClient, str]:
     try:
         requests.get(uri.rstrip("/") + "/health", timeout=10, verify=verify).raise_for_status()
     except requests.RequestException as exc:
-        reason = scrub(" ".join(str(exc).split()), uri)[:300]
+        reason = scrub(" ".join(str(exc).split()))[:300]
         raise PipelineError(
             f"{TRACKING_VAR}: cannot reach the MLflow server at {redact(uri)} ({reason})"
         ) from None
@@ -110,7 +111,7 @@ def _connect_remote(uri: str) -> tuple[MlflowClient, str]:
         _open_on_training_runs(client, experiment)
         return client, experiment.experiment_id
     except (MlflowException, requests.RequestException) as exc:
-        reason = scrub(" ".join(str(exc).split()), uri)[:300]
+        reason = scrub(" ".join(str(exc).split()))[:300]
         raise PipelineError(f"{TRACKING_VAR}: {redact(uri)} refused: {reason}") from None
 
 
