@@ -24,7 +24,7 @@ from sqlalchemy.exc import ArgumentError
 
 from hpo.errors import PipelineError
 from hpo.paths import STUDY_DB, STUDY_STORE
-from hpo.redaction import redact
+from hpo.redaction import redact, scrub
 
 DASK_VAR = "DASK_SCHEDULER_ADDRESS"
 STORAGE_VAR = "OPTUNA_STORAGE"
@@ -53,7 +53,10 @@ def tracking_uri_from_environment() -> str | None:
     value = _get(TRACKING_VAR)
     if value is None:
         return None
-    parts = urlsplit(value)
+    try:
+        parts = urlsplit(value)
+    except ValueError as exc:  # e.g. an IPv6 host without its closing bracket
+        raise PipelineError(f"{TRACKING_VAR}: not a URL ({redact(value)!r}: {exc})") from None
     if parts.scheme not in ("http", "https"):
         raise PipelineError(
             f"{TRACKING_VAR}: expected an MLflow server's http(s):// URL, got {redact(value)!r}"
@@ -78,26 +81,52 @@ def _get(name: str) -> str | None:
 
 
 def _dask_address(value: str | None) -> str | None:
+    """A Dask scheduler's tcp:// or tls:// address; tls:// only with Dask's TLS settings."""
     if value is None:
         return None
     try:
         from distributed.comm.addressing import parse_address, parse_host_port
+        from distributed.security import Security
     except ImportError:
         raise PipelineError(
             f"{DASK_VAR} is set but Dask is not installed: pip install -c constraints.txt "
             "-e '.[cluster]'"
         ) from None
+    shown = redact(value)
+    example = "like tcp://127.0.0.1:8786"
+    scheme = value.split("://")[0].lower() if "://" in value else "tcp"
+    if scheme in ("http", "https"):
+        raise PipelineError(
+            f"{DASK_VAR}: {shown!r} is a web address (the Dask dashboard's?); give the "
+            f"scheduler's address, {example}"
+        )
+    if scheme not in ("tcp", "tls"):
+        raise PipelineError(
+            f"{DASK_VAR}: the scheme {scheme}:// is not supported here; give a tcp:// or tls:// "
+            f"scheduler address, {example}"
+        )
+    if "@" in value:
+        raise PipelineError(
+            f"{DASK_VAR}: a scheduler address carries no credentials ({shown!r}); Dask "
+            "authenticates with TLS certificates (tls://, docs/cluster.md)"
+        )
     try:
-        scheme, location = parse_address(value)
-        if scheme in ("tcp", "tls"):
-            host, _port = parse_host_port(location)
-            if not host:
-                raise ValueError("no host")
+        _scheme, location = parse_address(value)
+        host, _port = parse_host_port(location)
+        if not host:
+            raise ValueError("no host")
     except ValueError as exc:
         raise PipelineError(
-            f"{DASK_VAR}: not a scheduler address like tcp://127.0.0.1:8786 "
-            f"({redact(value)!r}: {exc})"
+            f"{DASK_VAR}: not a scheduler address {example} ({shown!r}: {scrub(str(exc))})"
         ) from None
+    if scheme == "tls":
+        security = Security()
+        if not (security.tls_ca_file and security.tls_client_cert):
+            raise PipelineError(
+                f"{DASK_VAR}: {shown} needs Dask's TLS settings: set "
+                "DASK_DISTRIBUTED__COMM__TLS__CA_FILE, DASK_DISTRIBUTED__COMM__TLS__CLIENT__CERT "
+                "and DASK_DISTRIBUTED__COMM__TLS__CLIENT__KEY (docs/cluster.md)"
+            )
     return value
 
 
