@@ -1,9 +1,7 @@
 """Stage tune: Optuna search over the search space, every trial recorded in MLflow."""
 
 import json
-import signal
 import sys
-import threading
 
 import optuna
 
@@ -14,6 +12,7 @@ from hpo.session import open_tune_session
 from hpo.storage.settings import from_environment
 from hpo.trial.data import read_split
 from hpo.trial.model import check_search_space
+from hpo.waits import StopSignal
 
 
 def main() -> None:
@@ -24,11 +23,9 @@ def main() -> None:
     backends = from_environment()
     x_train, y_train = read_split(paths.TRAIN_CSV)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    # Ctrl-C, and SIGTERM from `docker stop` or a scheduler, only request a stop: the runner
-    # stops between storage operations, never in the middle of a SQLite transaction.
-    stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
+    # Ctrl-C, and SIGTERM from `docker stop` or a scheduler, end the stage within seconds.
+    stop = StopSignal()
+    stop.install()
     with open_tune_session(params, backends, x_train, y_train, stop) as session:
         progress = session.run()
         if not progress.last_session:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import os
 import sys
+import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from hpo import paths
+from hpo.redaction import scrub
 
 # What to do about a damaged file, by kind: an earlier stage's output, or a store that only
 # this pipeline appends to (not a DVC output: nothing can restore it).
@@ -62,11 +64,11 @@ def _what_is_wrong(exc: BaseException) -> str:
 
 def run_stage(main: Callable[[], None]) -> None:
     """Run a stage's main; report a PipelineError on stderr, one line per problem, and exit
-    non-zero."""
+    non-zero. Whatever is printed, a traceback included, has its secrets masked (redaction)."""
     try:
         main()
     except PipelineError as exc:
-        for problem in str(exc).splitlines():
+        for problem in scrub(str(exc)).splitlines():
             print(f"error: {problem}", file=sys.stderr)
         raise SystemExit(exc.exit_code) from None
     except KeyboardInterrupt:
@@ -77,13 +79,14 @@ def run_stage(main: Callable[[], None]) -> None:
             raise
         # Writing an output into a read-only folder, a full disk, a folder in a file's place.
         reason = (exc.strerror or str(exc)).lower()
-        print(f"error: {exc.filename}: {reason}", file=sys.stderr)
+        print(scrub(f"error: {exc.filename}: {reason}"), file=sys.stderr)
         raise SystemExit(2) from None
     except Exception as exc:
         store = _locked_store(exc)
-        if store is None:
-            raise
-        print(f"error: {file_error(store, exc, CLOSE_THE_HOLDER)}", file=sys.stderr)
+        if store is None:  # a bug: its traceback, without secrets
+            sys.stderr.write(scrub("".join(traceback.format_exception(exc))))
+            raise SystemExit(1) from None
+        print(scrub(f"error: {file_error(store, exc, CLOSE_THE_HOLDER)}"), file=sys.stderr)
         raise SystemExit(2) from None
 
 

@@ -50,6 +50,7 @@ from hpo.storage.study_run import StudyRun
 from hpo.storage.writer import WriteBehind, WriterConfig
 from hpo.trial.evaluation import TrainingData, TrialTask
 from hpo.trial.space import distributions, make_sampler
+from hpo.waits import StopSignal
 
 # Test hook: trial numbers (comma-separated, or "all") whose objective raises, so that the
 # failure path runs the real code without editing it.
@@ -86,6 +87,8 @@ class TuneSession:
     runner: StudyRunner
     writer: WriteBehind
     lock: Callable[[], contextlib.AbstractContextManager[Any]]
+    # Around the runner, which checks the stop request itself (waits.StopSignal.polled).
+    polled: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext
 
     def close(self, wait: bool = True) -> None:
         """End the writer process; without `wait`, it finishes its writes on its own."""
@@ -96,7 +99,7 @@ class TuneSession:
     def run(self) -> Progress:
         """Run the study; a stop or a failure closes the MLflow run as KILLED or FAILED."""
         try:
-            with self.study_run.failing_on_error(TuningInterruptedError):
+            with self.study_run.failing_on_error(TuningInterruptedError), self.polled():
                 return self.runner.run()
         except TuningInterruptedError:
             raise PipelineError(
@@ -171,12 +174,13 @@ def start_session(
 
 @contextlib.contextmanager
 def open_tune_session(
-    params: Params, backends: Backends, x: pd.DataFrame, y: pd.Series, stop: threading.Event
+    params: Params, backends: Backends, x: pd.DataFrame, y: pd.Series, stop: StopSignal
 ) -> Iterator[TuneSession]:
     """The tune stage's session on the configured services; released when the block ends.
 
     Every service is reached before anything is written, so a bad setting loses nothing: a
-    tracking server first, the local stores last.
+    tracking server first, the local stores last. A stop request while reaching them ends the
+    stage at once (KeyboardInterrupt, `stop`); while the study runs, at the runner's next check.
     """
     tune = params.tune
     faults = os.environ.get(FAULTS_VAR, "")
@@ -202,14 +206,15 @@ def open_tune_session(
                 client,
                 experiment_id,
                 name,
-                stop=stop,
+                stop=stop.requested,
                 log=partial(print, file=sys.stderr, flush=True),
                 fault_hook=injected_faults(faults),
             )
+            session.polled = stop.polled
             try:
                 yield session
             finally:
-                session.close(wait=not stop.is_set())
+                session.close(wait=not stop.requested.is_set())
         finally:
             close_storage(storage)
     finally:

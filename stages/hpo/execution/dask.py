@@ -23,6 +23,7 @@ from hpo.protocol.identity import this_process_identity
 from hpo.storage.settings import DASK_VAR
 from hpo.trial.evaluation import TrainingData, TrialOutcome, TrialTask, evaluate_trial
 from hpo.trial.model import available_cores
+from hpo.waits import announced
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -118,13 +119,15 @@ def connect_dask(address: str) -> Client:
             logging.getLogger(name).setLevel(logging.CRITICAL)
 
     try:
-        client = Client(address, timeout=CONNECT_TIMEOUT_S, set_as_default=False)
+        with announced(f"the Dask scheduler at {address} ({DASK_VAR})"):
+            client = Client(address, timeout=CONNECT_TIMEOUT_S, set_as_default=False)
     except (OSError, TimeoutError) as exc:
         raise PipelineError(
             f"{DASK_VAR}: cannot reach the Dask scheduler at {address} ({type(exc).__name__})"
         ) from None
     try:
-        client.wait_for_workers(1, timeout=CONNECT_TIMEOUT_S)
+        with announced(f"a worker to join the Dask scheduler at {address}"):
+            client.wait_for_workers(1, timeout=CONNECT_TIMEOUT_S)
     except TimeoutError:
         client.close()
         raise PipelineError(

@@ -62,6 +62,7 @@ from hpo.storage.writer import (
     TrialWriter,
 )
 from hpo.trial.evaluation import TrialOutcome, TrialTask
+from hpo.waits import announced
 
 # (trial number, sampled params, completed trials for its pruner) -> the task to evaluate
 TaskFactory = Callable[[int, dict[str, Any], list[FrozenTrial]], TrialTask]
@@ -275,7 +276,10 @@ class StudyRunner:
                 progress.add(head.stored)
                 if head.future is not None:
                     self.log(progress.line(head.stored))
-            self.writer.flush()
+            with announced("the study store and MLflow to take the last trials", log=self.log):
+                while not self.writer.flush(POLL_S):
+                    if self.stop.is_set():
+                        raise TuningInterruptedError
         except BaseException:
             self.executor.shutdown(cancel=True)
             self._keep_after_interrupt(in_flight, progress)

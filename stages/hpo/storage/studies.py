@@ -27,6 +27,7 @@ from hpo.errors import MOVE_STORE_ASIDE, REBUILD, PipelineError, file_error
 from hpo.redaction import redact, scrub, secrets_of
 from hpo.storage.settings import STORAGE_VAR
 from hpo.storage.sqlite import check_intact, process_lock
+from hpo.waits import announced
 
 # The objective's name in the study (the mean k-fold CV MSE that trials minimise).
 OBJECTIVE_NAME = "cv_mse"
@@ -58,18 +59,17 @@ def open_storage_url(url: URL) -> RDBStorage:
         "pool_pre_ping": True,
         "connect_args": {"connect_timeout": CONNECT_TIMEOUT_S},
     }
+    typed = url.render_as_string(hide_password=False)
     try:
         # Two processes creating the tables at once fail: create them under the lock.
         engine = sqlalchemy.create_engine(url, **engine_kwargs)
         try:
-            with _advisory_lock(engine):
-                return RDBStorage(
-                    url.render_as_string(hide_password=False), engine_kwargs=engine_kwargs
-                )
+            waiting = announced(f"the study database at {redact(typed)} ({STORAGE_VAR})")
+            with waiting, _advisory_lock(engine):
+                return RDBStorage(typed, engine_kwargs=engine_kwargs)
         finally:
             engine.dispose()
     except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as exc:
-        typed = url.render_as_string(hide_password=False)
         reason = scrub(" ".join(str(exc).split("\n")[0].split()), secrets_of(typed))
         raise PipelineError(f"{STORAGE_VAR}: cannot open {redact(typed)}: {reason}") from None
 

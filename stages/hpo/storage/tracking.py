@@ -36,6 +36,7 @@ from hpo.redaction import redact, scrub
 from hpo.storage.settings import TRACKING_VAR, tracking_uri_from_environment
 from hpo.storage.sqlite import check_intact, process_lock
 from hpo.trial import model
+from hpo.waits import announced
 
 EXPERIMENT = "xgboost-california-housing"
 REGISTERED_MODEL = "xgboost-california-housing"
@@ -84,11 +85,40 @@ def connect(db: Path = MLFLOW_DB, artifacts: Path = MLFLOW_ARTIFACTS) -> tuple[M
         raise file_error(db, exc, MOVE_STORE_ASIDE) from None
 
 
+def bound_http_waits() -> None:
+    """Bound MLflow's own retry settings for the calls a stage waits on, unless the user set
+    them: by default MLflow retries a failing request 7 times with exponential backoff and
+    waits 120 s for each answer, which kept a stage silent for minutes in front of a server
+    whose database was down. With these a failing server is reported within about 45 s."""
+    for name, value in HTTP_WAIT_BOUNDS.items():
+        if name not in os.environ:
+            os.environ[name] = value
+            BOUNDED_HERE.add(name)
+
+
+# MLflow's variables and the bounds `bound_http_waits` gives them: 4 tries 10 s each, 1+2+4 s
+# apart. The tune stage's writer process, which records trials while the driver goes on,
+# keeps MLflow's own patient defaults for those it did not get from the user (BOUNDED_HERE):
+# a server restarted mid-run is waited for, not given up on.
+HTTP_WAIT_BOUNDS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+}
+BOUNDED_HERE: set[str] = set()
+
+
 def _connect_remote(uri: str) -> tuple[MlflowClient, str]:
-    """The server's client and experiment, or one line: MLflow's own client would retry for
-    minutes before failing with a traceback. Called before the stage writes anything."""
+    """The server's client and experiment, or one line within a minute (`bound_http_waits`).
+    Called before the stage writes anything."""
     # MLflow prints the run's URL on stdout each time a run ends: a line per trial.
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    bound_http_waits()
+    with announced(f"the MLflow server at {redact(uri)} ({TRACKING_VAR})"):
+        return _open_experiment(uri)
+
+
+def _open_experiment(uri: str) -> tuple[MlflowClient, str]:
     insecure = os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() == "true"
     verify = False if insecure else os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH") or True
     try:

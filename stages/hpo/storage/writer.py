@@ -19,14 +19,17 @@ from __future__ import annotations
 
 import contextlib
 import os
+import queue
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
+from multiprocessing.reduction import ForkingPickler
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -40,7 +43,7 @@ from sqlalchemy.engine import make_url
 
 from hpo.errors import PipelineError
 from hpo.redaction import redact, scrub, secrets_of
-from hpo.storage import trial_rows
+from hpo.storage import tracking, trial_rows
 from hpo.storage.settings import STORAGE_VAR, TRACKING_VAR
 from hpo.storage.studies import close_storage, open_storage_url, study_lock
 from hpo.storage.study_run import StudyRun
@@ -80,8 +83,8 @@ class TrialWriter(Protocol):
         """Trials found created by another process since the last call; raises the writer's
         error as a PipelineError (a lost database, a failing tracking server)."""
 
-    def flush(self, timeout: float | None = None) -> None:
-        """Wait until every write so far is applied (TimeoutError after `timeout` seconds)."""
+    def flush(self, timeout: float | None = None) -> bool:
+        """Whether every write so far was applied within `timeout` seconds (None: wait)."""
 
     def close(self) -> None: ...
 
@@ -142,8 +145,8 @@ class StudyWriter:
         taken, self._taken = self._taken, []
         return taken
 
-    def flush(self, timeout: float | None = None) -> None:
-        pass
+    def flush(self, timeout: float | None = None) -> bool:
+        return True
 
     def close(self) -> None:
         pass
@@ -162,97 +165,115 @@ class WriterConfig:
 
 
 class WriteBehind:
-    """A `StudyWriter` in a child process, fed over a local socket."""
+    """A `StudyWriter` in a child process, fed over a local socket.
+
+    The driver's thread only pickles a command and queues it; a sender thread writes it to the
+    socket, so a child that is slow or stuck on a service never blocks the driver (which can
+    then always stop within seconds).
+    """
 
     def __init__(self, config: WriterConfig) -> None:
         ours, theirs = socket.socketpair()
         stages = str(Path(__file__).resolve().parents[2])
         path = os.pathsep.join(filter(None, [stages, os.environ.get("PYTHONPATH")]))
-        env = {**os.environ, "PYTHONPATH": path}
         self._process = subprocess.Popen(
             [sys.executable, "-m", "hpo.storage.writer", str(theirs.fileno())],
             pass_fds=[theirs.fileno()],
-            env=env,
+            env={**_patient(os.environ), "PYTHONPATH": path},
             stdin=subprocess.DEVNULL,
         )
         theirs.close()
         self._connection = Connection(ours.detach())
-        self._connection.send(config)
+        self._outbox: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self._sender = threading.Thread(target=self._send_queued, name="writer-feed", daemon=True)
+        self._sender.start()
         self._taken: list[int] = []
-        self._flushes = 0
-        self._flushed = 0
+        self._flushes = self._flushed = 0
         self._error: str | None = None
+        self._send(config)
 
     def create(self, number: int, template: FrozenTrial) -> None:
-        self._send("create", number, template)
+        self._send(("create", number, template))
 
     def claim(self, number: int, owner: dict[str, Any]) -> None:
-        self._send("claim", number, owner)
+        self._send(("claim", number, owner))
 
     def save_pending(self, number: int, outcome: TrialOutcome) -> None:
-        self._send("save_pending", number, outcome)
+        self._send(("save_pending", number, outcome))
 
     def tell(self, trial: FrozenTrial, outcome: TrialOutcome) -> None:
-        self._send("tell", trial, outcome)
+        self._send(("tell", trial, outcome))
 
     def taken(self) -> list[int]:
         self._receive(timeout=0)
         taken, self._taken = self._taken, []
         return taken
 
-    def flush(self, timeout: float | None = None) -> None:
-        self._flushes += 1
-        self._send("flush")
+    def flush(self, timeout: float | None = None) -> bool:
+        """Whether every write so far was applied within `timeout` seconds (None: wait)."""
+        if self._flushed == self._flushes:
+            self._flushes += 1
+            self._send(("flush",))
         deadline = None if timeout is None else time.monotonic() + timeout
         while self._flushed < self._flushes:
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
-                raise TimeoutError("the study writer has not caught up")
+                return False
             self._receive(timeout=left)
+        return True
 
     def close(self) -> None:
         """Let the child write what it has and exit; it goes on if the driver does not wait."""
-        with contextlib.suppress(OSError):
-            self._connection.close()
+        self._outbox.put(None)
 
     def wait(self, timeout: float) -> bool:
-        """Whether the child process ended within `timeout` seconds."""
+        """Whether the child process ended within `timeout` seconds (after `close`)."""
         try:
             self._process.wait(timeout)
         except subprocess.TimeoutExpired:
             return False
+        self._sender.join()
+        self._connection.close()
         return True
 
-    def _send(self, *command: Any) -> None:
+    def _send(self, command: Any) -> None:
         self._raise_error()
-        try:
-            self._connection.send(command)
-        except OSError:
-            self._receive(timeout=1)  # its last words, if any
-            self._raise_error()
-            raise PipelineError("the study writer process ended unexpectedly") from None
+        self._outbox.put(ForkingPickler.dumps(command))
+
+    def _send_queued(self) -> None:
+        """The sender thread: write queued commands until `close`, then end the child's input
+        (its last messages can still be read)."""
+        with contextlib.suppress(OSError):  # the child ended: `_receive` reports why
+            while (payload := self._outbox.get()) is not None:
+                self._connection.send_bytes(payload)
+            with socket.socket(fileno=os.dup(self._connection.fileno())) as ours:
+                ours.shutdown(socket.SHUT_WR)
 
     def _receive(self, timeout: float | None) -> None:
         """Take the child's messages that arrive within `timeout` seconds (0: those there)."""
         connection = self._connection
-        while connection.poll(timeout):
-            try:
+        try:
+            while connection.poll(timeout):
                 kind, value = connection.recv()
-            except EOFError:
-                self._error = self._error or "the study writer process ended unexpectedly"
-                break
-            if kind == "taken":
-                self._taken.append(value)
-            elif kind == "flushed":
-                self._flushed += 1
-            elif kind == "error":
-                self._error = value
-            timeout = 0
+                if kind == "taken":
+                    self._taken.append(value)
+                elif kind == "flushed":
+                    self._flushed += 1
+                elif kind == "error":
+                    self._error = value
+                timeout = 0
+        except (EOFError, OSError):
+            self._error = self._error or "the study writer process ended unexpectedly"
         self._raise_error()
 
     def _raise_error(self) -> None:
         if self._error is not None:
             raise PipelineError(self._error)
+
+
+def _patient(env: dict[str, str] | os._Environ[str]) -> dict[str, str]:
+    """The environment without the MLflow retry bounds this process set (tracking)."""
+    return {name: value for name, value in env.items() if name not in tracking.BOUNDED_HERE}
 
 
 def _serve(connection: Connection, config: WriterConfig) -> None:
