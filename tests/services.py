@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import glob
 import importlib.util
 import json
@@ -30,7 +31,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, NoReturn
@@ -207,6 +208,9 @@ class PostgresServer:
     user: str = PG_USER
     password: str = field(default=PG_PASSWORD, repr=False)
     host: str = HOST
+    # stop() and start() it again on the same port and data, as a crash and a restart would
+    stop: Callable[[], None] = field(default=lambda: None, repr=False)
+    start: Callable[[], None] = field(default=lambda: None, repr=False)
 
     def url(self, database: str, driver: str | None = "psycopg") -> str:
         """SQLAlchemy URL with the password URL-quoted; `driver=None` gives a libpq URL.
@@ -301,17 +305,7 @@ def postgres_server(
         )  # fmt: skip
         for _attempt in range(3):  # a free port can be taken between probe and bind
             port = free_port()
-            options = (
-                f"-p {port} -k {sockets} -c listen_addresses={HOST} -c fsync=off"
-                " -c synchronous_commit=off -c full_page_writes=off"
-            )
-            started = _pg_run(
-                [
-                    str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(log), "-o", options,
-                    "-w", "-t", "60", "start",
-                ],
-                "pg_ctl start", base,
-            )  # fmt: skip
+            started = _pg_ctl_start(bin_dir, data, log, port, sockets, base)
             if started.returncode == 0:
                 break
             if "could not bind" not in log_tail(log, 400):
@@ -321,7 +315,20 @@ def postgres_server(
                 f"PostgreSQL (pg_ctl start) failed:\n{started.stdout}{started.stderr}\n"
                 f"log {log}:\n{log_tail(log)}"
             )
-        server = PostgresServer(port=port, socket_dir=sockets, user=user, password=password)
+
+        def restart() -> None:
+            again = _pg_ctl_start(bin_dir, data, log, port, sockets, base)
+            if again.returncode != 0:
+                raise ServiceUnavailableError(f"PostgreSQL restart failed:\n{log_tail(log)}")
+
+        server = PostgresServer(
+            port=port,
+            socket_dir=sockets,
+            user=user,
+            password=password,
+            stop=functools.partial(_stop_postgres, bin_dir, data, base),
+            start=restart,
+        )
         _create_role(server, log)
         yield server
     finally:
@@ -331,6 +338,22 @@ def postgres_server(
             with contextlib.suppress(OSError):  # never mask the error that got us here
                 shutil.copyfile(log, Path(tmp_dir) / "postgres.log")
         shutil.rmtree(base, ignore_errors=True)
+
+
+def _pg_ctl_start(
+    bin_dir: Path, data: Path, log: Path, port: int, sockets: Path, base: Path
+) -> subprocess.CompletedProcess:
+    options = (
+        f"-p {port} -k {sockets} -c listen_addresses={HOST} -c fsync=off"
+        " -c synchronous_commit=off -c full_page_writes=off"
+    )
+    return _pg_run(
+        [
+            str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(log), "-o", options,
+            "-w", "-t", "60", "start",
+        ],
+        "pg_ctl start", base,
+    )  # fmt: skip
 
 
 def _pg_run(

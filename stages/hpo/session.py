@@ -132,6 +132,7 @@ def start_session(
     stop: threading.Event | None = None,
     log: Callable[[str], None] = print,
     fault_hook: Callable[[int], None] = lambda _number: None,
+    writer: WriteBehind | None = None,
 ) -> TuneSession:
     """The study `name` in `storage`, its MLflow run, and the runner that drives it, whose
     writes a child process applies; the caller closes the session (`TuneSession.close`)."""
@@ -143,7 +144,8 @@ def start_session(
     with lock():
         study = load_or_create(storage, name)
         study_run = StudyRun.open(client, experiment_id, study, run_params, run_tags)
-    writer = WriteBehind(
+    writer = writer or WriteBehind()
+    writer.configure(
         WriterConfig(
             storage_url=storage.engine.url.render_as_string(hide_password=False),
             study_name=name,
@@ -185,40 +187,43 @@ def open_tune_session(
     tune = params.tune
     faults = os.environ.get(FAULTS_VAR, "")
     name = study_name(params, hashlib.sha256(paths.TRAIN_CSV.read_bytes()).hexdigest(), faults)
-    remote = backends.tracking_uri is not None
-    if remote:
-        client, experiment_id = tracking.connect()
-    data = TrainingData(x, y, tune.cv_folds, tune.cv_seed, params.model.max_bin)
-    if backends.dask_address is None:
-        executor: TrialExecutor = LocalExecutor(data, tune.parallel_trials)
-    else:
-        dask_client = connect_dask(backends.dask_address)
-        executor = DaskExecutor(dask_client, backends.dask_address, data)
+    writer = WriteBehind()  # it imports its libraries while the services are reached
     try:
-        storage = open_study_storage(backends.study_storage, paths.STUDY_STORE)
+        remote = backends.tracking_uri is not None
+        if remote:
+            client, experiment_id = tracking.connect()
+        data = TrainingData(x, y, tune.cv_folds, tune.cv_seed, params.model.max_bin)
+        if backends.dask_address is None:
+            executor: TrialExecutor = LocalExecutor(data, tune.parallel_trials)
+        else:
+            dask_client = connect_dask(backends.dask_address)
+            executor = DaskExecutor(dask_client, backends.dask_address, data)
         try:
-            if not remote:
-                client, experiment_id = tracking.connect()
-            session = start_session(
-                params,
-                storage,
-                executor,
-                client,
-                experiment_id,
-                name,
-                stop=stop.requested,
-                log=partial(print, file=sys.stderr, flush=True),
-                fault_hook=injected_faults(faults),
-            )
-            session.polled = stop.polled
+            storage = open_study_storage(backends.study_storage, paths.STUDY_STORE)
             try:
+                if not remote:
+                    client, experiment_id = tracking.connect()
+                session = start_session(
+                    params,
+                    storage,
+                    executor,
+                    client,
+                    experiment_id,
+                    name,
+                    stop=stop.requested,
+                    log=partial(print, file=sys.stderr, flush=True),
+                    fault_hook=injected_faults(faults),
+                    writer=writer,
+                )
+                session.polled = stop.polled
                 yield session
+                session.close(wait=True)
             finally:
-                session.close(wait=not stop.requested.is_set())
+                close_storage(storage)
         finally:
-            close_storage(storage)
+            executor.shutdown(cancel=True)
     finally:
-        executor.shutdown(cancel=True)
+        writer.close()  # after a failure or a stop the child finishes its writes on its own
 
 
 def injected_faults(spec: str) -> Callable[[int], None]:

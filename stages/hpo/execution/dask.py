@@ -13,6 +13,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
+import time
 from concurrent.futures import CancelledError, Future
 from typing import TYPE_CHECKING
 
@@ -118,18 +120,50 @@ def connect_dask(address: str) -> Client:
         if name.split(".")[0] == "distributed":  # Dask's config sets levels per logger
             logging.getLogger(name).setLevel(logging.CRITICAL)
 
+    with announced(f"the Dask scheduler at {address} ({DASK_VAR})"):
+        _wait_for_scheduler(address)
     try:
-        with announced(f"the Dask scheduler at {address} ({DASK_VAR})"):
-            client = Client(address, timeout=CONNECT_TIMEOUT_S, set_as_default=False)
+        client = Client(address, timeout=CONNECT_TIMEOUT_S, set_as_default=False)
     except (OSError, TimeoutError) as exc:
         raise PipelineError(
             f"{DASK_VAR}: cannot reach the Dask scheduler at {address} ({type(exc).__name__})"
         ) from None
     try:
+        _check_workers(client, address)
+    except BaseException:  # a stop request too: close now, not in a 30-s `__del__`
+        client.close(timeout=2)
+        raise
+    return client
+
+
+def _wait_for_scheduler(address: str) -> None:
+    """Wait until the scheduler's port accepts a connection, for at most CONNECT_TIMEOUT_S.
+
+    Dask's own client retries inside its event loop: a stop request there leaves a
+    half-built client whose clean-up hangs for 30 s; this loop can be interrupted anywhere."""
+    from distributed.comm.addressing import parse_address, parse_host_port
+
+    host, port = parse_host_port(parse_address(address)[1])
+    deadline = time.monotonic() + CONNECT_TIMEOUT_S
+    while True:
+        try:
+            socket.create_connection((host, port), timeout=1).close()
+            return
+        except OSError as exc:
+            if time.monotonic() > deadline:
+                raise PipelineError(
+                    f"{DASK_VAR}: cannot reach the Dask scheduler at {address} "
+                    f"({type(exc).__name__} for {CONNECT_TIMEOUT_S} s)"
+                ) from None
+            time.sleep(0.2)
+
+
+def _check_workers(client: Client, address: str) -> None:
+    """At least one worker, and every worker runs this very code; one line if not."""
+    try:
         with announced(f"a worker to join the Dask scheduler at {address}"):
             client.wait_for_workers(1, timeout=CONNECT_TIMEOUT_S)
     except TimeoutError:
-        client.close()
         raise PipelineError(
             f"{DASK_VAR}: the Dask scheduler at {address} has no workers; start some with "
             f"`dask worker {address}`"
@@ -137,7 +171,6 @@ def connect_dask(address: str) -> Client:
     try:
         theirs = client.run(this_process_identity)
     except Exception as exc:  # a worker that cannot even import the code
-        client.close()
         raise PipelineError(
             f"{DASK_VAR}: the workers at {address} cannot run the trial code "
             f"({type(exc).__name__}: {exc}); install this project on them"
@@ -145,12 +178,10 @@ def connect_dask(address: str) -> Client:
     ours = this_process_identity()
     stale = sorted(worker for worker, digest in theirs.items() if digest != ours)
     if stale:
-        client.close()
         raise PipelineError(
             f"{DASK_VAR}: {len(stale)} worker(s) at {address} run other trial code than this "
             f"checkout (e.g. {stale[0]}); start them from the same version of the project"
         )
-    return client
 
 
 def evaluate_on_worker(task: TrialTask, data: TrainingData, digest: str) -> TrialOutcome:

@@ -167,12 +167,13 @@ class WriterConfig:
 class WriteBehind:
     """A `StudyWriter` in a child process, fed over a local socket.
 
-    The driver's thread only pickles a command and queues it; a sender thread writes it to the
-    socket, so a child that is slow or stuck on a service never blocks the driver (which can
-    then always stop within seconds).
+    The process starts at once and imports its libraries (seconds) while the driver reaches
+    its services; `configure` then names the stores. The driver's thread only pickles a
+    command and queues it; a sender thread writes it to the socket, so a child that is slow or
+    stuck on a service never blocks the driver (which can then always stop within seconds).
     """
 
-    def __init__(self, config: WriterConfig) -> None:
+    def __init__(self) -> None:
         ours, theirs = socket.socketpair()
         stages = str(Path(__file__).resolve().parents[2])
         path = os.pathsep.join(filter(None, [stages, os.environ.get("PYTHONPATH")]))
@@ -190,6 +191,9 @@ class WriteBehind:
         self._taken: list[int] = []
         self._flushes = self._flushed = 0
         self._error: str | None = None
+
+    def configure(self, config: WriterConfig) -> None:
+        """The stores to write to: the first thing the child reads."""
         self._send(config)
 
     def create(self, number: int, template: FrozenTrial) -> None:
@@ -322,7 +326,10 @@ if __name__ == "__main__":
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, signal.SIG_IGN)
     channel = Connection(int(sys.argv[1]))
-    config: WriterConfig = channel.recv()
+    try:
+        config: WriterConfig = channel.recv()
+    except EOFError:  # the driver stopped before it reached its stores
+        sys.exit(0)
     try:
         _serve(channel, config)
     except Exception as exc:  # the driver shows it as one line, its secrets masked
