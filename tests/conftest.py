@@ -134,10 +134,10 @@ class StageRun:
 
     def one_error(self) -> str:
         """The run's only line, after checking it is a stage's one-line error: exit code 2, one
-        `error:` line, no traceback."""
+        `error:` line, no traceback (a notice of a long wait may come before it)."""
         assert self.exit_code == 2, self.stderr
         assert "Traceback" not in self.stderr, self.stderr
-        lines = self.stderr.splitlines()
+        lines = [line for line in self.stderr.splitlines() if not line.startswith("waiting for ")]
         assert len(lines) == 1, self.stderr
         assert lines[0].startswith("error: "), self.stderr
         return lines[0]
