@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import socket
-import sys
 import threading
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 
@@ -36,18 +37,20 @@ from hpo.trial.space import distributions, make_sampler
 PARAMS = load_params(REPO / "params.yaml")
 
 
-@pytest.fixture(autouse=True)
-def _studies_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each test's studies in a SQLite file of its own (the writer needs an RDB storage)."""
-    monkeypatch.setattr(sys.modules[__name__], "STUDY_DIR", tmp_path)
+STUDY_FILES: Iterator[Path] = iter(())
 
 
-STUDY_DIR = Path()
+@pytest.fixture(scope="module", autouse=True)
+def _studies_in(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Studies in SQLite files of this module's own (the writer needs an RDB storage); module
+    scoped so that the module-scoped fixtures' studies land there too."""
+    global STUDY_FILES
+    folder = tmp_path_factory.mktemp("studies")
+    STUDY_FILES = (folder / f"study-{n}.db" for n in itertools.count())
 
 
 def new_study() -> optuna.Study:
-    path = STUDY_DIR / f"study-{len(list(STUDY_DIR.glob('study-*.db')))}.db"
-    return optuna.create_study(storage=f"sqlite:///{path}", direction="minimize")
+    return optuna.create_study(storage=f"sqlite:///{next(STUDY_FILES)}", direction="minimize")
 
 
 @pytest.fixture(scope="module")
