@@ -36,12 +36,23 @@ COPY stages/ stages/
 COPY docker/entrypoint.sh /usr/local/bin/entrypoint
 
 # No .git in the image: DVC runs without Git (repro, status, metrics/plots show).
-# /app is writable for every uid, so `--user "$(id -u):$(id -g)"` works as well as the default.
+# The code is read-only to every uid; outputs/ is the only folder a run writes. DVC's own
+# state (dvc.lock, the prepared split, its cache, locks and index) is reached through
+# symlinks into outputs/.dvc-state/, which the entrypoint creates: so a run works under
+# `docker run --read-only`, and the next run on the same outputs/ reruns only what changed.
 RUN dvc init --no-scm --quiet \
     && dvc config core.analytics false \
-    && mkdir -p outputs data/prepared \
-    && useradd --uid 10001 --no-create-home --shell /usr/sbin/nologin pipeline \
-    && chmod -R a+rwX /app
+    && dvc config core.check_update false \
+    && dvc config cache.dir /app/outputs/.dvc-state/cache \
+    && dvc config core.site_cache_dir /app/outputs/.dvc-state/site-cache \
+    && rm -rf .dvc/tmp \
+    && ln -s ../outputs/.dvc-state/tmp .dvc/tmp \
+    && ln -s outputs/.dvc-state/dvc.lock dvc.lock \
+    && mkdir -p outputs data \
+    && ln -s ../outputs/.dvc-state/prepared data/prepared \
+    && chmod -R u=rwX,go=rX /app \
+    && chmod 1777 outputs \
+    && useradd --uid 10001 --no-create-home --shell /usr/sbin/nologin pipeline
 
 USER 10001
 ENTRYPOINT ["entrypoint"]

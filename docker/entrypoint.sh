@@ -13,6 +13,11 @@ if [ ! -w /app/outputs ]; then
         "--user \"\$(id -u):\$(id -g)\" or make the mounted folder writable" >&2
     exit 2
 fi
+# DVC's state, behind the image's symlinks (see the Dockerfile); a lock file with no stages
+# yet for a first run, as DVC reads an existing dvc.lock.
+state=/app/outputs/.dvc-state
+mkdir -p "$state/tmp" "$state/prepared"
+[ -e "$state/dvc.lock" ] || printf "schema: '2.0'\nstages: {}\n" >"$state/dvc.lock"
 # The SIGTERM of `docker stop` arrives as SIGINT (Ctrl-C) at the whole process group, dvc and
 # the running stage alike: dvc waits for the stage, tune keeps its finished trials and closes
 # its MLflow runs, and any other stage stops with one line.
