@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from unittest import mock
 from urllib.parse import quote
 
 import mlflow
@@ -22,7 +24,10 @@ import pytest
 from conftest import REPO, commit, dvc, make_project, run, subprocess_env, tiered, trial_records
 from distributed import Client, LocalCluster
 from mlflow.tracking import MlflowClient
-from services import PostgresServer, dask_cluster, free_port
+from recipes import documented_settings, healthy, port_open, resolving_example_hosts, site
+from services import dask_cluster, free_port, postgres_server
+
+from hpo.redaction import secrets_of
 
 # Trials of a second or two: long enough for a kill to land mid-trial, with pruning at work.
 SCALE = {
@@ -115,34 +120,94 @@ def test_a_local_cluster_gives_the_same_trials(
         assert trial_run.data.tags["hpo.workers"] == str(n_workers)
 
 
-def test_cli_cluster_postgres_and_mlflow_server_give_the_same_results(
-    reference: Path,
-    tmp_path: Path,
-    postgres: PostgresServer,
-    mlflow_server_url: str,
-    dask_cluster_address: str,
-) -> None:
-    """Trials on `dask worker` processes, the study in PostgreSQL, the runs on `mlflow server`."""
-    storage = postgres.create_database("scale_out_study")
-    env = {
-        "DASK_SCHEDULER_ADDRESS": dask_cluster_address,
-        "OPTUNA_STORAGE": storage,
-        "MLFLOW_TRACKING_URI": mlflow_server_url,
-    }
-    project = make_project(tmp_path / "p", SCALE)
-    done = dvc(project, "repro", env=env)
+def test_the_one_machine_recipe_gives_the_same_results(reference: Path, tmp_path: Path) -> None:
+    """docs/cluster.md's `dask scheduler` and `dask worker` processes on one machine, as written."""
+    with site(tmp_path / "home") as here:
+        project = make_project(tmp_path / "p", SCALE)
+        here.run("one-machine", cwd=project)
     _assert_same_results(project, reference)
-    assert not (project / "outputs/mlflow.db").exists(), "runs went to the server only"
 
-    # The study lives in PostgreSQL; outputs/optuna_study.db is its copy.
+
+def test_the_team_recipes_give_the_same_results(reference: Path, tmp_path: Path) -> None:
+    """docs/cluster.md's team deployment as written, each machine's block in turn: Dask over
+    TLS, the study on PostgreSQL with the password in ~/.pgpass, the runs on an MLflow server
+    with its basic-auth app, reached by a host name that is not localhost."""
+    admin_password, password = "4dmin/Pass@word:1%", "hpo-Pass/w@rd:2%"
+    with postgres_server(tmp_path / "db") as db, site(tmp_path / "home", db.port) as here:
+        db.create_database("hpo")
+        db.create_database("mlflow")
+        here.run("tls-certificates")
+        here.run("tls-config")
+        here.start("tls-scheduler", port_open(here.dask_port))
+        here.start("tls-workers", port_open(here.dask_port))
+        here.run("pgpass", typed=(db.password,))
+        here.start("mlflow-server", healthy(here.mlflow_port), typed=(admin_password,))
+        here.run("mlflow-account", typed=(admin_password, password))
+        project = make_project(tmp_path / "p", SCALE)
+        done = here.run("driver", typed=(password,), cwd=project)
+        _assert_same_results(project, reference)
+        assert not (project / "outputs/mlflow.db").exists(), "runs went to the server only"
+        uri = f"http://mlflow.example:{here.mlflow_port}"
+        with (
+            mock.patch.dict(
+                os.environ,
+                {"MLFLOW_TRACKING_USERNAME": "hpo", "MLFLOW_TRACKING_PASSWORD": password},
+            ),
+            resolving_example_hosts(),
+        ):
+            runs = _check_server_runs(project, uri, tmp_path)
+        registered = re.findall(
+            r"Register worker addr: (\w+)://127\.0\.0\.1:",
+            (here.home / "tls-scheduler.err").read_text(),
+        )
+        assert registered == ["tls", "tls"], "both workers joined over TLS"
+        assert {
+            r.data.tags.get("hpo.workers") for r in runs if "optuna.trial_number" in r.data.tags
+        } == {"2"}
+
+        # The study lives in PostgreSQL; outputs/optuna_study.db is its copy.
+        summary = json.loads((project / "outputs/tune_summary.json").read_text())
+        shared = optuna.load_study(study_name=summary["study_name"], storage=db.url("hpo"))
+        assert [(t.number, t.state.name, t.value) for t in shared.trials] == [
+            (*record[:2], record[3]) for record in trial_records(project)
+        ]
+        command_lines = [p.read_bytes() for p in Path("/proc").glob("[0-9]*/cmdline")]
+
+        # The team table of "When a setting is wrong": each row against this deployment.
+        for variables, printed in documented_settings("team"):
+            row = {name: here.on_loopback(value) for name, value in variables.items()}
+            env = {k: v for k, v in here.env.items() if k not in variables}
+            failed = subprocess.run(
+                [sys.executable, "stages/tune.py"],
+                cwd=project, env={**env, **row}, capture_output=True, text=True, timeout=120,
+            )  # fmt: skip
+            lines = [x for x in failed.stderr.splitlines() if not x.startswith("waiting for ")]
+            assert (failed.returncode, lines) == (2, [here.on_loopback(printed)]), failed.stderr
+            assert not _secrets_shown(row, failed.stderr)
+
+    # No password on any process's command line, in the output, the files, the runs' params
+    # and tags, or the model's artifacts: as typed or URL-quoted.
+    secrets = {
+        variant
+        for secret in (db.password, admin_password, password)
+        for variant in (secret, quote(secret, safe=""))
+    }
+    for secret in secrets:
+        assert secret not in done.stdout + done.stderr
+        assert not [line for line in command_lines if secret.encode() in line]
+    for path in (project / "outputs").rglob("*"):
+        if path.is_file():
+            assert not [s for s in secrets if s.encode() in path.read_bytes()], path
+    for logged in runs:
+        values = [*logged.data.params.values(), *logged.data.tags.values()]
+        assert not [v for v in values for s in secrets if s in v], logged.info.run_name
+
+
+def _check_server_runs(project: Path, uri: str, tmp_path: Path) -> list:
+    """Parent, trial and final-model runs, metrics, artifacts and the model version on the
+    server, as the project's outputs say; returns the runs."""
     summary = json.loads((project / "outputs/tune_summary.json").read_text())
-    shared = optuna.load_study(study_name=summary["study_name"], storage=storage)
-    assert [(t.number, t.state.name, t.value) for t in shared.trials] == [
-        (*record[:2], record[3]) for record in trial_records(project)
-    ]
-
-    # Parent, trial and final-model runs, metrics, artifacts and the model version on the server.
-    client = MlflowClient(mlflow_server_url)
+    client = MlflowClient(uri)
     experiment = client.get_experiment_by_name(EXPERIMENT)
     runs = client.search_runs([experiment.experiment_id], max_results=1000)
     (parent,) = [r for r in runs if "optuna.study_name" in r.data.tags]
@@ -158,7 +223,7 @@ def test_cli_cluster_postgres_and_mlflow_server_give_the_same_results(
         run_id=parent.info.run_id,
         artifact_path="tune_summary.json",
         dst_path=str(tmp_path / "fetched"),
-        tracking_uri=mlflow_server_url,
+        tracking_uri=uri,
     )
     assert json.loads(Path(fetched).read_text())["study_name"] == summary["study_name"]
     model_info = json.loads((project / "outputs/model_info.json").read_text())
@@ -166,31 +231,10 @@ def test_cli_cluster_postgres_and_mlflow_server_give_the_same_results(
         model_info["registered_model"], str(model_info["registered_model_version"])
     )
     assert version.run_id == final.info.run_id
-    mlflow.set_tracking_uri(mlflow_server_url)
+    mlflow.set_tracking_uri(uri)
     loaded = mlflow.xgboost.load_model(model_info["model_uri"])
     assert loaded.save_raw("ubj") == (project / "outputs/model.ubj").read_bytes()
-
-    # The database password appears nowhere, as typed or URL-quoted: output, files, MLflow
-    # params, tags, artifacts.
-    secrets = {postgres.password, quote(postgres.password, safe="")}
-    for secret in secrets:
-        assert secret not in done.stdout + done.stderr
-    for path in (project / "outputs").rglob("*"):
-        if path.is_file():
-            assert not [s for s in secrets if s.encode() in path.read_bytes()], path
-    for logged in runs:
-        values = [*logged.data.params.values(), *logged.data.tags.values()]
-        assert not [v for v in values for s in secrets if s in v], logged.info.run_name
-    artifacts = Path(
-        mlflow.artifacts.download_artifacts(
-            run_id=final.info.run_id,
-            dst_path=str(tmp_path / "model"),
-            tracking_uri=mlflow_server_url,
-        )
-    )
-    for path in artifacts.rglob("*"):
-        if path.is_file():
-            assert not [s for s in secrets if s.encode() in path.read_bytes()], path
+    return runs
 
 
 def test_a_worker_killed_mid_tune_changes_nothing(reference: Path, tmp_path: Path) -> None:
@@ -253,40 +297,29 @@ def _records_of_db(project: Path) -> list[tuple]:
     ]
 
 
-def _bad_settings(password: str) -> list[tuple[str, str]]:
-    closed = free_port()
-    return [
-        ("DASK_SCHEDULER_ADDRESS", "not an address"),
-        ("DASK_SCHEDULER_ADDRESS", f"tcp://127.0.0.1:{closed}"),
-        ("OPTUNA_STORAGE", "postgresql//missing-colon"),
-        ("OPTUNA_STORAGE", f"postgresql+psycopg://hpo:{password}@127.0.0.1:{closed}/study"),
-        ("MLFLOW_TRACKING_URI", "ftp://127.0.0.1/runs"),
-        ("MLFLOW_TRACKING_URI", f"http://hpo:{password}@127.0.0.1:{closed}"),
-        ("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{closed}"),
-    ]
-
-
-PASSWORD = "pw-Secret-42"
+# docs/cluster.md's "When a setting is wrong", row by row: tune for every row, train_best and
+# evaluate (which read only MLflow's) for the MLFLOW_TRACKING_URI rows.
+DOCUMENTED = documented_settings("alone")
 BAD_CASES = tiered(
     [
-        pytest.param(stage, variable, value, id=f"{stage}-{variable}-{index}")
-        for index, (variable, value) in enumerate(_bad_settings(PASSWORD))
+        pytest.param(stage, variables, printed, id=f"{stage}-row{index}")
+        for index, (variables, printed) in enumerate(DOCUMENTED)
         for stage in ("tune", "train_best", "evaluate")
-        if stage == "tune" or variable == "MLFLOW_TRACKING_URI"  # the others read only MLflow's
+        if stage == "tune" or set(variables) == {"MLFLOW_TRACKING_URI"}
     ],
-    # one malformed value of each variable, and a password-carrying unreachable server
-    {"tune-DASK_SCHEDULER_ADDRESS-0", "tune-OPTUNA_STORAGE-2", "tune-MLFLOW_TRACKING_URI-5"},
+    # raw passwords in two variables, and both unreachable servers with a secret in them
+    {"tune-row3", "tune-row7", "tune-row9", "tune-row15", "evaluate-row15"},
 )
 
 
-@pytest.mark.parametrize(("stage", "variable", "value"), BAD_CASES)
-def test_a_bad_setting_gives_one_line_and_writes_nothing(
+@pytest.mark.parametrize(("stage", "variables", "printed"), BAD_CASES)
+def test_a_bad_setting_gives_the_documented_line_and_writes_nothing(
     reference: Path,
     monkeypatch: pytest.MonkeyPatch,
     run_stage,
     stage: str,
-    variable: str,
-    value: str,
+    variables: dict[str, str],
+    printed: str,
 ) -> None:
     def files() -> dict[Path, int]:
         return {
@@ -295,12 +328,21 @@ def test_a_bad_setting_gives_one_line_and_writes_nothing(
             if ".git" not in p.parts and p.is_file()
         }
 
+    closed = str(free_port())
     before = files()
-    monkeypatch.setenv(variable, value)
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value.replace("CLOSED", closed))
     done = run_stage(stage, reference)
-    assert done.one_error().startswith(f"error: {variable}")
-    assert PASSWORD not in done.stdout + done.stderr
+    assert done.one_error() == printed.replace("CLOSED", closed)
+    assert not _secrets_shown(variables, done.stdout + done.stderr)
     assert files() == before, "a bad setting wrote or changed files"
+
+
+def _secrets_shown(variables: dict[str, str], text: str) -> set[str]:
+    secrets = {s for value in variables.values() for s in secrets_of(value) if len(s) >= 4}
+    if "MLFLOW_TRACKING_PASSWORD" in variables:
+        secrets.add(variables["MLFLOW_TRACKING_PASSWORD"])
+    return {secret for secret in secrets if secret in text}
 
 
 def test_a_dvc_remote_gives_a_teammate_the_results_without_recomputing(

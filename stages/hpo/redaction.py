@@ -45,6 +45,11 @@ def _query_start(rest: str) -> int:
     return min((i for i in (rest.find("?"), rest.find("#")) if i >= 0), default=len(rest))
 
 
+def userinfo(value: str) -> str | None:
+    """The `user:password` part of a URL-like setting, as typed (None without one)."""
+    return _split(value)[1]
+
+
 def redact(value: str) -> str:
     """The setting as it may be shown: userinfo, token-like path segments and secret query
     values replaced by ***."""

@@ -1,20 +1,26 @@
-"""Resolves every `*.example` host name to 127.0.0.1 in the Python processes of a test, as an
-/etc/hosts line would on a team's machines: the docs' recipes name their hosts (db.example,
-mlflow.example, scheduler.example), and the tests run them on loopback as written. Put on
-PYTHONPATH by tests/test_recipes.py; Python imports `sitecustomize` at start-up by itself.
+"""Resolves every `*.example` host name to 127.0.0.1, as an /etc/hosts line would on a team's
+machines: the docs' recipes name their hosts (mlflow.example, ...) and the tests run them on
+loopback as written. Python imports `sitecustomize` at start-up by itself: tests/recipes.py
+puts this folder on the PYTHONPATH of a recipe's processes, and loads `on_loopback` for its
+own client calls.
 """
 
 import socket
-
-_getaddrinfo = socket.getaddrinfo
-
-
-def _getaddrinfo_example_on_loopback(host, *args, **kwargs):  # type: ignore[no-untyped-def]
-    if isinstance(host, bytes):
-        host = host.decode()
-    if isinstance(host, str) and host.endswith(".example"):
-        host = "127.0.0.1"
-    return _getaddrinfo(host, *args, **kwargs)
+from collections.abc import Callable
+from typing import Any
 
 
-socket.getaddrinfo = _getaddrinfo_example_on_loopback
+def on_loopback(getaddrinfo: Callable[..., Any]) -> Callable[..., Any]:
+    """`getaddrinfo` that answers 127.0.0.1 for names in the reserved `.example` domain."""
+
+    def resolve(host: Any, *args: Any, **kwargs: Any) -> Any:
+        name = host.decode() if isinstance(host, bytes) else host
+        if isinstance(name, str) and name.endswith(".example"):
+            host = "127.0.0.1"
+        return getaddrinfo(host, *args, **kwargs)
+
+    return resolve
+
+
+if __name__ == "sitecustomize":
+    socket.getaddrinfo = on_loopback(socket.getaddrinfo)

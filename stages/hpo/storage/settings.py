@@ -17,14 +17,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 from hpo.errors import PipelineError
 from hpo.paths import STUDY_DB, STUDY_STORE
-from hpo.redaction import redact, scrub
+from hpo.redaction import redact, scrub, userinfo
 
 DASK_VAR = "DASK_SCHEDULER_ADDRESS"
 STORAGE_VAR = "OPTUNA_STORAGE"
@@ -61,7 +61,7 @@ def tracking_uri_from_environment() -> str | None:
         raise PipelineError(
             f"{TRACKING_VAR}: expected an MLflow server's http(s):// URL, got {redact(value)!r}"
         )
-    if parts.username or parts.password:
+    if userinfo(value) is not None:
         raise PipelineError(
             f"{TRACKING_VAR}: put the credentials in MLFLOW_TRACKING_USERNAME and "
             f"MLFLOW_TRACKING_PASSWORD, not in the URL ({redact(value)!r})"
@@ -119,14 +119,21 @@ def _dask_address(value: str | None) -> str | None:
         raise PipelineError(
             f"{DASK_VAR}: not a scheduler address {example} ({shown!r}: {scrub(str(exc))})"
         ) from None
+    security = Security()
+    if scheme == "tcp" and security.require_encryption:
+        raise PipelineError(
+            f"{DASK_VAR}: Dask's config requires encryption (distributed.comm.require-encryption)"
+            f"; give the scheduler's tls:// address, not {shown}"
+        )
     if scheme == "tls":
-        security = Security()
         if not (security.tls_ca_file and security.tls_client_cert):
             raise PipelineError(
-                f"{DASK_VAR}: {shown} needs Dask's TLS settings: set "
-                "DASK_DISTRIBUTED__COMM__TLS__CA_FILE, DASK_DISTRIBUTED__COMM__TLS__CLIENT__CERT "
-                "and DASK_DISTRIBUTED__COMM__TLS__CLIENT__KEY (docs/cluster.md)"
+                f"{DASK_VAR}: {shown} needs Dask's TLS settings: a CA file and a client "
+                'certificate and key in Dask\'s config (docs/cluster.md, "Dask over TLS")'
             )
+        for path in (security.tls_ca_file, security.tls_client_cert, security.tls_client_key):
+            if path and not os.access(path, os.R_OK):
+                raise PipelineError(f"{DASK_VAR}: cannot read {path}, named in Dask's TLS settings")
     return value
 
 
@@ -136,7 +143,7 @@ def _storage_url(value: str | None) -> URL | None:
     url = _try_url(value)
     if url is None or not url.drivername:
         raise PipelineError(
-            f"{STORAGE_VAR}: not a database URL like postgresql://user:password@host/db "
+            f"{STORAGE_VAR}: not a database URL like postgresql://db.example:5432/hpo "
             f"(got {redact(value)!r})"
         )
     if url.get_backend_name() not in ("postgresql", "sqlite"):
@@ -145,6 +152,14 @@ def _storage_url(value: str | None) -> URL | None:
         )
     if url.get_backend_name() == "sqlite":
         return _sqlite_file(url, value)
+    typed = userinfo(value)
+    if typed is not None and unquote(typed) != f"{url.username}:{url.password}".removesuffix(
+        ":None"
+    ):
+        raise PipelineError(
+            f"{STORAGE_VAR}: the password has a raw @ or / in it ({redact(value)!r}); "
+            "URL-quote it, or leave it out of the URL and put it in ~/.pgpass (docs/cluster.md)"
+        )
     if not url.host:
         raise PipelineError(f"{STORAGE_VAR}: no host in {redact(value)!r}")
     return url

@@ -12,12 +12,14 @@ import hashlib
 import json
 import logging
 import os
+import re
 import sqlite3
 import subprocess
 import time
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pandas as pd
 import requests
@@ -122,9 +124,13 @@ def _open_experiment(uri: str) -> tuple[MlflowClient, str]:
     insecure = os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() == "true"
     verify = False if insecure else os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH") or True
     try:
-        requests.get(uri.rstrip("/") + "/health", timeout=10, verify=verify).raise_for_status()
+        parts = urlsplit(uri)  # the server's /health, under its path prefix if it has one
+        health = parts._replace(path=parts.path.rstrip("/") + "/health", fragment="").geturl()
+        requests.get(health, timeout=10, verify=verify).raise_for_status()
     except requests.RequestException as exc:
-        reason = scrub(" ".join(str(exc).split()))[:300]
+        text = " ".join(str(exc).split())
+        cause = re.search(r"\[Errno -?\d+\] ([^'\")]+)", text)  # what the socket said
+        reason = cause.group(1) if cause else scrub(text)[:300]
         raise PipelineError(
             f"{TRACKING_VAR}: cannot reach the MLflow server at {redact(uri)} ({reason})"
         ) from None
@@ -141,8 +147,32 @@ def _open_experiment(uri: str) -> tuple[MlflowClient, str]:
         _open_on_training_runs(client, experiment)
         return client, experiment.experiment_id
     except (MlflowException, requests.RequestException) as exc:
-        reason = scrub(" ".join(str(exc).split()))[:300]
+        reason = _refusal(uri, exc)
         raise PipelineError(f"{TRACKING_VAR}: {redact(uri)} refused: {reason}") from None
+
+
+def _refusal(uri: str, exc: Exception) -> str:
+    """What to do about a server that answers /health but refuses the API, where the cause is
+    known (its host check, its basic-auth app); else MLflow's own text."""
+    text = " ".join(str(exc).split())
+    if "Invalid Host header" in text:
+        host = urlsplit(uri).netloc.rpartition("@")[2]
+        return f"it does not accept the host name {host}; start it with --allowed-hosts {host}"
+    if "error code 401" in text or "UNAUTHENTICATED" in text:
+        user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+        if user is None:
+            return "it asks for a login; set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
+        return (
+            f"it refused the login of user {user!r}; "
+            "check MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
+        )
+    if "Permission denied" in text or "PERMISSION_DENIED" in text:
+        user = os.environ.get("MLFLOW_TRACKING_USERNAME", "")
+        return (
+            f"user {user!r} may not use experiment {EXPERIMENT!r}; "
+            "an MLflow admin can grant EDIT on it"
+        )
+    return scrub(text)[:300]
 
 
 def _open_on_training_runs(client: MlflowClient, experiment: Experiment) -> None:
