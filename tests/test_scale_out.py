@@ -120,6 +120,7 @@ def test_a_local_cluster_gives_the_same_trials(
         assert trial_run.data.tags["hpo.workers"] == str(n_workers)
 
 
+@pytest.mark.exhaustive  # the team recipes below run the same CLI cluster, over TLS
 def test_the_one_machine_recipe_gives_the_same_results(reference: Path, tmp_path: Path) -> None:
     """docs/cluster.md's `dask scheduler` and `dask worker` processes on one machine, as written."""
     with site(tmp_path / "home") as here:
