@@ -4,6 +4,7 @@ changes what a study finds, and a lost worker, a lost scheduler or a bad setting
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import re
@@ -330,6 +331,7 @@ def test_a_bad_setting_gives_the_documented_line_and_writes_nothing(
         }
 
     closed = str(free_port())
+    gc.collect()  # closes an earlier test's unreferenced SQLite engines, and their -wal files
     before = files()
     for name, value in variables.items():
         monkeypatch.setenv(name, value.replace("CLOSED", closed))

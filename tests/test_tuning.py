@@ -30,7 +30,14 @@ from hpo.protocol.runner import (
 from hpo.session import injected_faults
 from hpo.storage import trial_rows
 from hpo.trial.data import FEATURES, TARGET, derive_features, read_raw
-from hpo.trial.evaluation import FoldPool, TrainingData, TrialOutcome, TrialTask, evaluate_trial
+from hpo.trial.evaluation import (
+    FoldPool,
+    PrunerEvidence,
+    TrainingData,
+    TrialOutcome,
+    TrialTask,
+    evaluate_trial,
+)
 from hpo.trial.model import booster_params
 from hpo.trial.space import distributions, make_sampler
 
@@ -351,7 +358,7 @@ def test_a_trial_that_trained_every_round_is_complete_even_if_worse_than_the_med
         update={"n_startup_trials": 1, "n_warmup_steps": 0, "interval_steps": 10}
     )
     # Earlier trials were far worse at round 10 and far better at round 20, the last.
-    snapshot = tuple((0.0, {10: 100.0, 20: 0.0}) for _ in range(3))
+    snapshot = PrunerEvidence.of([(0.0, {10: 100.0, 20: 0.0})] * 3)
     params = {"n_estimators": 20, "max_depth": 3, "learning_rate": 0.1, "subsample": 1.0,
               "colsample_bytree": 1.0, "min_child_weight": 1.0, "gamma": 0.0}  # fmt: skip
     task = TrialTask(

@@ -61,17 +61,17 @@ from hpo.storage.writer import (
     TrialRecorder,
     TrialWriter,
 )
-from hpo.trial.evaluation import TrialOutcome, TrialTask
+from hpo.trial.evaluation import PrunerEvidence, TrialOutcome, TrialTask
 from hpo.waits import announced
 
 # (trial number, sampled params, completed trials for its pruner) -> the task to evaluate
-TaskFactory = Callable[[int, dict[str, Any], list[FrozenTrial]], TrialTask]
+TaskFactory = Callable[[int, dict[str, Any], PrunerEvidence], TrialTask]
 
 # Trial user attribute: the study's tuning time when the trial was told, summed over the
-# sessions before it: wall time, and the main thread's time in the sampler, the study storage
-# and MLflow - its wall time (which includes waiting for a core that XGBoost holds) and its
-# CPU time (what it takes away from the fits). A study of N trials took the clock of its
-# last trial, however long the study has grown since.
+# sessions before it: wall time, and the main thread's time (sampling, building tasks,
+# handing writes to the writer process) - its wall time (which includes waiting for a core
+# that XGBoost holds) and its CPU time (what it takes away from the fits). A study of N
+# trials took the clock of its last trial, however long the study has grown since.
 CLOCK_ATTR = "tune_clock"
 # Study user attribute: the tune processes running the study now, so that the last one to
 # finish, and only that one, writes the stage's outputs and closes the MLflow study run.
@@ -224,8 +224,8 @@ class StudyRunner:
     ask_lock: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext
     fault_hook: Callable[[int], None] = lambda _number: None
     log: Callable[[str], None] = print
-    # Set from a signal handler. Checked at safe points only: a KeyboardInterrupt raised in the
-    # middle of a SQLite transaction would leave the database locked for the cleanup.
+    # Set by Ctrl-C or SIGTERM (hpo.waits.StopSignal) and checked every POLL_S: the run stops
+    # between asks and tells, and the writer process finishes what it was sent.
     stop: threading.Event = field(default_factory=threading.Event)
     _finished: dict[int, FrozenTrial] = field(default_factory=dict, init=False)
     _n_stored: int = field(default=0, init=False)  # trials in the storage when the run started

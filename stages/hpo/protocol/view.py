@@ -16,10 +16,13 @@ import datetime
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import optuna
 from optuna.distributions import BaseDistribution
 from optuna.storages import InMemoryStorage
 from optuna.trial import FrozenTrial, TrialState
+
+from hpo.trial.evaluation import PrunerEvidence
 
 SamplerFactory = Callable[[int], optuna.samplers.BaseSampler]
 
@@ -66,6 +69,8 @@ class ProtocolView:
         self._study = optuna.create_study(storage=self._storage, direction="minimize")
         self._study_id = self._study._study_id
         self._told: list[FrozenTrial] = []  # in number order
+        self._evidence = _EvidenceLog()  # the complete ones among them, for pruners
+        self._complete_before = [0]  # complete trials among the first i told
         self._applied = 0  # told trials the in-memory study shows as finished
         self.n_trials = 0  # trials added so far: the number the next trial gets
 
@@ -86,11 +91,14 @@ class ProtocolView:
         """The final record of the oldest trial not yet told (trials are told in number order)."""
         assert trial.number == len(self._told), "trials are told in number order"
         self._told.append(trial)
+        if trial.state == TrialState.COMPLETE:
+            self._evidence.add(trial.value, trial.intermediate_values)
+        self._complete_before.append(len(self._evidence))
 
-    def completed_for(self, number: int) -> list[FrozenTrial]:
+    def completed_for(self, number: int) -> PrunerEvidence:
         """The complete trials that trial `number`'s pruner compares against."""
-        seen = self._told[: max(0, number - self._window + 1)]
-        return [t for t in seen if t.state == TrialState.COMPLETE]
+        seen = min(max(0, number - self._window + 1), len(self._told))
+        return self._evidence.first(self._complete_before[seen])
 
     def _show_finished(self, last: int) -> None:
         """Show the told trials up to number `last` as finished, as trial last + window sees."""
@@ -103,3 +111,36 @@ class ProtocolView:
             values = None if trial.value is None else [trial.value]
             self._storage.set_trial_state_values(trial_id, trial.state, values)
             self._applied += 1
+
+
+class _EvidenceLog:
+    """Complete trials in the order they were told, as pruner evidence: its first n rows are
+    fixed once written, so each task shares them instead of copying trial by trial."""
+
+    def __init__(self) -> None:
+        self._steps: dict[int, int] = {}  # step -> column
+        self._values = np.empty(0)
+        self._curves = np.empty((0, 0))
+        self._rows = 0
+
+    def __len__(self) -> int:
+        return self._rows
+
+    def add(self, value: float, curve: dict[int, float]) -> None:
+        for step in curve:
+            if step not in self._steps:  # a new column, NaN for the trials before
+                self._steps[step] = len(self._steps)
+                column = np.full((len(self._curves), 1), np.nan)
+                self._curves = np.hstack([self._curves, column])
+        if self._rows == len(self._values):  # room for twice as many rows
+            size = max(64, 2 * self._rows)
+            values, curves = np.full(size, np.nan), np.full((size, len(self._steps)), np.nan)
+            values[: self._rows], curves[: self._rows] = self._values, self._curves
+            self._values, self._curves = values, curves
+        row = np.full(len(self._steps), np.nan)
+        row[[self._steps[step] for step in curve]] = list(curve.values())
+        self._values[self._rows], self._curves[self._rows] = value, row
+        self._rows += 1
+
+    def first(self, n: int) -> PrunerEvidence:
+        return PrunerEvidence(tuple(self._steps), self._values[:n], self._curves[:n])
