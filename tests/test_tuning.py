@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pytest
 from conftest import REPO
@@ -27,6 +28,7 @@ from hpo.protocol.runner import (
     TuningInterruptedError,
     summarize,
 )
+from hpo.protocol.view import ProtocolView
 from hpo.session import injected_faults
 from hpo.storage import trial_rows
 from hpo.trial.data import FEATURES, TARGET, derive_features, read_raw
@@ -413,3 +415,39 @@ def test_the_driver_tells_exactly_what_the_study_stores(small_data) -> None:
         return (*_records_of(trial), attrs, trial.datetime_start)
 
     assert [kept(t) for t in progress.trials] == [kept(t) for t in runner.study.trials]
+
+
+def test_pruner_evidence_gives_the_decisions_of_the_trials_it_holds() -> None:
+    """The driver's evidence matrix, rebuilt on a worker, prunes as the told trials would:
+    curves of different lengths (columns arriving after rows), a NaN, growth past the first
+    allocation; and a slice handed out earlier never changes."""
+    rng = np.random.default_rng(0)
+    view = ProtocolView({}, make_sampler=lambda number: optuna.samplers.RandomSampler(), window=1)
+    told = []
+    for number in range(150):
+        curve = {10 * (k + 1): float(rng.normal(1, 0.2)) for k in range(rng.integers(1, 12))}
+        if number == 7:
+            curve[20] = float("nan")
+        trial = optuna.trial.create_trial(value=min(curve.values()), intermediate_values=curve)
+        if number % 5 == 4:
+            trial = optuna.trial.create_trial(state=TrialState.PRUNED, intermediate_values=curve)
+        trial.number = number
+        view.tell(trial)
+        told.append(trial)
+    early = view.completed_for(40)
+    early_curves = early.curves.copy()
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=0, n_warmup_steps=0)
+    for seen in (1, 40, 63, 64, 65, 150):
+        evidence = view.completed_for(seen)
+        complete = [t for t in told[:seen] if t.state == TrialState.COMPLETE]
+        for step in range(10, 130, 10):
+            decisions = []
+            for trials in (complete, evidence.trials()):
+                study = optuna.create_study(pruner=pruner)
+                study.add_trials(trials)
+                probe = study.ask()
+                probe.report(1.0, step)
+                decisions.append(probe.should_prune())
+            assert decisions[0] == decisions[1], (seen, step)
+    np.testing.assert_array_equal(view.completed_for(40).curves, early_curves)
+    np.testing.assert_array_equal(early.curves, early_curves)

@@ -3,7 +3,7 @@
 A URL-like setting (OPTUNA_STORAGE, MLFLOW_TRACKING_URI, DASK_SCHEDULER_ADDRESS) may carry a
 password, typed raw (with `/`, `@`, `:` or `%` in it) or URL-quoted, and a token in its query
 or path. Regexes over the text miss raw ones, so the value is split by hand: the userinfo is
-everything between `://` and the last `@` before the query, whatever it contains. `redact`
+everything between `://` and the last `@`, whatever it contains. `redact`
 shows a setting without its secrets; `scrub` removes the secrets of every setting, and of the
 credential variables, from a message that any library produced.
 """
@@ -32,7 +32,9 @@ def _split(value: str) -> tuple[str, str | None, str, str]:
     if scheme_end < 0:
         return "", None, value, ""
     head, rest = value[: scheme_end + 3], value[scheme_end + 3 :]
-    at = rest.rfind("@", 0, _query_start(rest))
+    # The last @ anywhere: a raw password may hold /, ? or # too. An @ in a query (rare in
+    # these settings) then hides more than the userinfo, never less.
+    at = rest.rfind("@")
     userinfo = None
     if at >= 0:
         userinfo, rest = rest[:at], rest[at + 1 :]

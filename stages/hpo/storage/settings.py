@@ -153,13 +153,14 @@ def _storage_url(value: str | None) -> URL | None:
     if url.get_backend_name() == "sqlite":
         return _sqlite_file(url, value)
     typed = userinfo(value)
-    if typed is not None and unquote(typed) != f"{url.username}:{url.password}".removesuffix(
-        ":None"
-    ):
-        raise PipelineError(
-            f"{STORAGE_VAR}: the password has a raw @ or / in it ({redact(value)!r}); "
-            "URL-quote it, or leave it out of the URL and put it in ~/.pgpass (docs/cluster.md)"
-        )
+    if typed is not None:  # SQLAlchemy must read the user and password that were typed
+        user, colon, password = typed.partition(":")
+        if (url.username, url.password) != (unquote(user), unquote(password) if colon else None):
+            raise PipelineError(
+                f"{STORAGE_VAR}: the password has a raw @ or another reserved character in it "
+                f"({redact(value)!r}); URL-quote it, or leave it out of the URL and put it in "
+                "~/.pgpass (docs/cluster.md)"
+            )
     if not url.host:
         raise PipelineError(f"{STORAGE_VAR}: no host in {redact(value)!r}")
     return url

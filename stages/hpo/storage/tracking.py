@@ -166,7 +166,7 @@ def _refusal(uri: str, exc: Exception) -> str:
             f"it refused the login of user {user!r}; "
             "check MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
         )
-    if "Permission denied" in text or "PERMISSION_DENIED" in text:
+    if ("error code 403" in text and "Permission denied" in text) or "PERMISSION_DENIED" in text:
         user = os.environ.get("MLFLOW_TRACKING_USERNAME", "")
         return (
             f"user {user!r} may not use experiment {EXPERIMENT!r}; "
