@@ -248,7 +248,9 @@ class Screens:
         print(f"ok  dvc plots show: {len(shown)} charts drawn with local Vega, axis titles set")
 
 
-LIVE_TRIALS = 16
+# Enough trials that tune outlasts its writer process's start (its imports take seconds on a
+# busy machine, and the trials run meanwhile; they are then stored in one burst).
+LIVE_TRIALS = 40
 
 
 @contextlib.contextmanager
@@ -291,12 +293,15 @@ def _check_dashboard_while_tuning(
     some (tune is running: its writer process may store several trials at once on a busy
     machine, so a RUNNING row need not be there at the moment of a poll)."""
     deadline = time.monotonic() + 600
+    seen: list[int] = []  # the finished counts served, for the failure's message
     while repro.poll() is None and time.monotonic() < deadline:
         studies = get_json(f"{url}/api/studies")["study_summaries"]
         if studies:
             study_page = f"{url}/api/studies/{studies[0]['study_id']}?after=0"
             states = [t["state"] for t in get_json(study_page)["trials"]]
             finished = sum(state in ("Complete", "Pruned") for state in states)
+            if not seen or seen[-1] != finished:
+                seen.append(finished)
             if 0 < finished < LIVE_TRIALS:
                 browser.get(f"{url}/dashboard/studies/{studies[0]['study_id']}")
                 wait_for_text(browser, "History")
@@ -308,7 +313,10 @@ def _check_dashboard_while_tuning(
         raise CheckFailedError(
             f"live dashboard: dvc repro failed with exit code {repro.returncode}"
         )
-    raise CheckFailedError("live dashboard: tune ended before the dashboard served a trial")
+    raise CheckFailedError(
+        f"live dashboard: no poll while dvc repro ran saw between 1 and {LIVE_TRIALS - 1} "
+        f"finished trials (finished counts served, in order: {seen})"
+    )
 
 
 def write_docs_screenshots(shots: Path, project: Path) -> None:
