@@ -14,6 +14,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from unittest import mock
 from urllib.parse import quote
@@ -185,16 +186,22 @@ def test_the_team_recipes_give_the_same_results(reference: Path, tmp_path: Path)
         ]
         command_lines = [p.read_bytes() for p in Path("/proc").glob("[0-9]*/cmdline")]
 
-        # The team table of "When a setting is wrong": each row against this deployment.
-        for variables, printed in documented_settings("team"):
+        # The team table of "When a setting is wrong": each row against this deployment, the
+        # rows at once (each is a new interpreter that mostly imports and waits).
+        def try_row(variables: dict[str, str]) -> tuple[dict[str, str], StageRun]:
             row = {name: here.on_loopback(value) for name, value in variables.items()}
             env = {k: v for k, v in here.env.items() if k not in variables}
             failed = subprocess.run(
                 [sys.executable, "stages/tune.py"],
                 cwd=project, env={**env, **row}, capture_output=True, text=True, timeout=120,
             )  # fmt: skip
-            shown = StageRun(failed.returncode, failed.stdout, failed.stderr).one_error()
-            assert shown == here.on_loopback(printed)
+            return row, StageRun(failed.returncode, failed.stdout, failed.stderr)
+
+        rows = documented_settings("team")
+        with ThreadPoolExecutor(len(rows)) as pool:
+            tried = list(pool.map(try_row, [variables for variables, _ in rows]))
+        for (row, failed), (_, printed) in zip(tried, rows, strict=True):
+            assert failed.one_error() == here.on_loopback(printed)
             assert not _secrets_shown(row, failed.stderr)
 
     # No password on a running service's command line, in the driver's output, the files, or
