@@ -152,8 +152,10 @@ def test_experiments_grow_and_cut_the_study_without_recomputing_it(
         assert tags["mlflow.source.git.commit"] == head
     assert "eight-trials" in dvc(project, "exp", "show", "--json").stdout
 
-    dvc(project, "exp", "run", "-S", "tune.n_trials=3", "--name", "three-trials")
+    done = dvc(project, "exp", "run", "-S", "tune.n_trials=3", "--name", "three-trials")
     cut = trial_records(project)
+    said = f"tune.n_trials=3: the first {len(cut)} of the study's 8 stored trials; no trial"
+    assert said in done.stdout + done.stderr
     finished = [i for i, record in enumerate(committed) if record[1] in ("COMPLETE", "PRUNED")]
     assert cut == committed[: finished[2] + 1]  # the first trials holding 3 finished ones
     # The study run ends when its last trial did, not when the cut study was last opened.
@@ -161,6 +163,7 @@ def test_experiments_grow_and_cut_the_study_without_recomputing_it(
     study_run = client.get_run(results["mlflow"]["study_run_id"])
     assert study_run.info.end_time == int(last_told.timestamp() * 1000)
     assert study_run.info.run_name.endswith("(3 trials)")
+    assert study_run.data.tags["dvc_exp_name"] == "three-trials"
 
     run(project, "git", "checkout", "--", "params.yaml", "dvc.lock")
     dvc(project, "repro")
@@ -168,6 +171,10 @@ def test_experiments_grow_and_cut_the_study_without_recomputing_it(
     assert (project / "outputs/model.ubj").read_bytes() == committed_model
     assert _finished_at(project) == grown, "no trial ran after the 8-trial experiment"
     assert len(_trial_runs(project, results)) == len(grown)
+    # The study run says what its last session ran from: outside an experiment, none. (The
+    # repro above took tune's outputs from DVC's run cache, without a session.)
+    dvc(project, "repro", "--force", "tune")
+    assert "dvc_exp_name" not in client.get_run(study_run.info.run_id).data.tags
 
 
 def test_only_code_that_shapes_trials_renames_the_study(

@@ -100,12 +100,19 @@ class TuneSession:
         """Run the study; a stop or a failure closes the MLflow run as KILLED or FAILED."""
         try:
             with self.study_run.failing_on_error(TuningInterruptedError), self.polled():
-                return self.runner.run()
+                progress = self.runner.run()
         except TuningInterruptedError:
             raise PipelineError(
                 "tuning interrupted; finished trials are kept in the study, `dvc repro` resumes it",
                 exit_code=130,
             ) from None
+        stored = len(self.study.get_trials(deepcopy=False))
+        if progress.told_this_session == 0 and stored > len(progress.trials):
+            self.runner.log(  # a cut budget: say where the outputs' trials come from
+                f"tune.n_trials={progress.n_trials}: the first {len(progress.trials)} of the "
+                f"study's {stored} stored trials; no trial evaluated"
+            )
+        return progress
 
     def write_study_file(self, progress: Progress) -> None:
         """The stage's DVC output: this run's trials, written under the study lock so that a

@@ -14,14 +14,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import optuna
-from mlflow.entities import LifecycleStage, Metric, Param, RunTag
+from mlflow.entities import LifecycleStage, Metric, Param, Run, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo.storage.tracking import log_metrics, log_params_flat
+from hpo.storage.tracking import OPTIONAL_PROVENANCE, log_metrics, log_params_flat
 from hpo.trial.evaluation import TrialOutcome
 
 # Study user attribute: the id of the study's MLflow run, so that a resumed study reopens it.
@@ -57,10 +57,14 @@ class StudyRun:
         runs stay beside the new ones.)
         """
         run_id = study.user_attrs.get(STUDY_RUN_ID_ATTR)
-        if run_id is not None and _run_exists(client, run_id):
+        reopened = _active_run(client, run_id) if run_id is not None else None
+        if reopened is not None:
             client.update_run(run_id, status="RUNNING")
-            # where this session runs (executor, workers) replaces where the last one ran
+            # What this session runs from (commit, DVC experiment) and where (executor,
+            # workers) replaces what the last one said, a tag it does not carry included.
             client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+            for key in (OPTIONAL_PROVENANCE & reopened.data.tags.keys()) - tags.keys():
+                client.delete_tag(run_id, key)
             return cls(client, experiment_id, run_id, tags)
         run = client.create_run(
             experiment_id,
@@ -147,14 +151,15 @@ class StudyRun:
         self.client.set_terminated(run_id, _RUN_STATUS[trial.state], end_time=timestamp)
 
 
-def _run_exists(client: MlflowClient, run_id: str) -> bool:
+def _active_run(client: MlflowClient, run_id: str) -> Run | None:
+    """The run, unless it was deleted or its store lost it."""
     try:
         run = client.get_run(run_id)
     except MlflowException as error:
         if error.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
-            return False
+            return None
         raise
-    return run.info.lifecycle_stage == LifecycleStage.ACTIVE
+    return run if run.info.lifecycle_stage == LifecycleStage.ACTIVE else None
 
 
 def _curve(outcome: TrialOutcome) -> dict[int, float]:

@@ -216,6 +216,10 @@ def _make_artifact_location_relative(db: Path, experiment_id: str, artifacts: Pa
         )
 
 
+# Provenance tags that a run gets only when they are known (a git checkout, `dvc exp run`).
+OPTIONAL_PROVENANCE = frozenset({"mlflow.source.git.commit", "dvc_exp_name"})
+
+
 def provenance_tags(params: dict[str, Any]) -> dict[str, str]:
     """Tags that lead from a run back to the code and params that produced it."""
     canonical = json.dumps(params, sort_keys=True, separators=(",", ":"))
