@@ -41,7 +41,7 @@ from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial
 from sqlalchemy.engine import make_url
 
-from hpo.errors import PipelineError
+from hpo.errors import PipelineError, skip_exit_collection
 from hpo.redaction import redact, scrub, secrets_of
 from hpo.storage import tracking, trial_rows
 from hpo.storage.settings import STORAGE_VAR, TRACKING_VAR
@@ -337,3 +337,5 @@ if __name__ == "__main__":
             secrets = secrets_of(config.storage_url)
             channel.send(("error", scrub(_failure(exc, config), secrets)))
         sys.exit(1)
+    finally:
+        skip_exit_collection()
