@@ -7,9 +7,11 @@ exception escaping, and every other file of the project byte for byte as it was.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable
@@ -144,3 +146,21 @@ def _trial_states(project: Path) -> list[tuple[int, str]]:
     (summary,) = optuna.get_all_study_summaries(storage)
     study = optuna.load_study(study_name=summary.study_name, storage=storage)
     return [(t.number, t.state.name) for t in study.trials]
+
+
+def test_a_stage_exits_without_its_collections_yet_leaves_its_store_whole(
+    tiny_run: Path, tmp_path: Path, run_stage
+) -> None:
+    """Stages skip the interpreter's exit-time collections (hpo.errors.skip_exit_collection)
+    but close their SQLite connections: the MLflow store has no log left beside it. A stage run
+    inside another process leaves that process's collector and connections alone."""
+    project = shutil.copytree(tiny_run, tmp_path / "p", symlinks=True)
+    subprocess.run([sys.executable, "stages/evaluate.py"], cwd=project, check=True)
+    assert not (project / "outputs/mlflow.db-wal").exists()
+    runs = sqlite3.connect(f"file:{project / 'outputs/mlflow.db'}?mode=ro", uri=True)
+    assert runs.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+
+    held = sqlite3.connect(":memory:")
+    assert run_stage("evaluate", project).exit_code == 0
+    assert held.execute("SELECT 1").fetchone() == (1,)
+    assert gc.get_freeze_count() == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import gc
 import json
@@ -68,6 +69,9 @@ def _what_is_wrong(exc: BaseException) -> str:
 def run_stage(main: Callable[[], None]) -> None:
     """Run a stage's main; report a PipelineError on stderr, one line per problem, and exit
     non-zero. Whatever is printed, a traceback included, has its secrets masked (redaction)."""
+    # At the interpreter's exit, not here: the tests run stages inside their own process.
+    atexit.unregister(skip_exit_collection)
+    atexit.register(skip_exit_collection)
     try:
         main()
     except PipelineError as exc:
@@ -91,8 +95,6 @@ def run_stage(main: Callable[[], None]) -> None:
             raise SystemExit(1) from None
         print(scrub(f"error: {file_error(store, exc, CLOSE_THE_HOLDER)}"), file=sys.stderr)
         raise SystemExit(2) from None
-    finally:
-        skip_exit_collection()
 
 
 def skip_exit_collection() -> None:
@@ -101,7 +103,7 @@ def skip_exit_collection() -> None:
     They take about 1 s per stage process here, 2-3 s with Dask loaded, which a stop request
     would wait for; the OS frees the memory anyway. What those collections did that matters is
     done here: every SQLite connection still open is closed, so that the MLflow store (in WAL
-    mode) folds its log back into its file, as a clean exit does. atexit handlers still run.
+    mode) folds its log back into its file, as a clean exit does. Run it last, at exit.
     """
     for obj in gc.get_objects():
         if isinstance(obj, sqlite3.Connection):

@@ -17,6 +17,7 @@ dropped, its MLflow run included.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import queue
@@ -321,6 +322,7 @@ def _failure(exc: BaseException, config: WriterConfig) -> str:
 
 
 if __name__ == "__main__":
+    atexit.register(skip_exit_collection)
     # Ctrl-C and SIGTERM reach the whole process group: the driver decides when to stop, and
     # this process ends when the driver closes the pipe, after writing what it was sent.
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -337,5 +339,3 @@ if __name__ == "__main__":
             secrets = secrets_of(config.storage_url)
             channel.send(("error", scrub(_failure(exc, config), secrets)))
         sys.exit(1)
-    finally:
-        skip_exit_collection()
