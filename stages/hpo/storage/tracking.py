@@ -31,6 +31,7 @@ from mlflow.protos.databricks_pb2 import (
     ErrorCode,
 )
 from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT
 
 from hpo.errors import MOVE_STORE_ASIDE, PipelineError, file_error
 from hpo.paths import MLFLOW_ARTIFACTS, MLFLOW_DB
@@ -217,7 +218,8 @@ def _make_artifact_location_relative(db: Path, experiment_id: str, artifacts: Pa
 
 
 # Provenance tags that a run gets only when they are known (a git checkout, `dvc exp run`).
-OPTIONAL_PROVENANCE = frozenset({"mlflow.source.git.commit", "dvc_exp_name"})
+DVC_EXP_TAG = "dvc_exp_name"
+OPTIONAL_PROVENANCE = frozenset({MLFLOW_GIT_COMMIT, DVC_EXP_TAG})
 
 
 def provenance_tags(params: dict[str, Any]) -> dict[str, str]:
@@ -226,9 +228,9 @@ def provenance_tags(params: dict[str, Any]) -> dict[str, str]:
     tags = {"params_hash": hashlib.sha256(canonical.encode()).hexdigest()[:16]}
     commit = _git_commit()
     if commit:
-        tags["mlflow.source.git.commit"] = commit
+        tags[MLFLOW_GIT_COMMIT] = commit
     if os.environ.get("DVC_EXP_NAME"):
-        tags["dvc_exp_name"] = os.environ["DVC_EXP_NAME"]
+        tags[DVC_EXP_TAG] = os.environ["DVC_EXP_NAME"]
     return tags
 
 
