@@ -1,48 +1,50 @@
-"""Stage evaluate: tuned model and default-params baseline, judged once on the test split."""
+"""Stage evaluate: the tuned model and a default-params baseline, judged once on the test split."""
 
 import json
-
-import numpy as np
-import pandas as pd
-from numpy.typing import ArrayLike
-from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
+import logging
 
 from hpo import paths
 from hpo.config import load_params
-from hpo.errors import REBUILD, file_error, read_json, run_stage
-from hpo.storage import tracking
-from hpo.trial import model
-from hpo.trial.data import read_split
+from hpo.data import read_split
+from hpo.errors import REBUILD, file_error, read_json
+from hpo.figures import holdout_tables
+from hpo.models import load_family
+from hpo.stage import run_stage
+from hpo.tasks import HEADLINE, holdout_report
+from hpo.tracking import mlflow as tracking
 
 
 def main() -> None:
     params = load_params()
     summary = read_json(paths.TUNE_SUMMARY)
     model_info = read_json(paths.MODEL_INFO)
-    x_train, y_train = read_split(paths.TRAIN_CSV)
-    x_test, y_test = read_split(paths.TEST_CSV)
-    client, _ = tracking.connect()  # a bad MLFLOW_TRACKING_URI stops us before any write
-
+    train, test = read_split(paths.TRAIN, params.data), read_split(paths.TEST, params.data)
+    task, family = params.data.task, load_family(params.model.family)
+    # A bad MLFLOW_TRACKING_URI stops us here, before anything is written.
+    client, _ = tracking.connect(tracking.names(params.model.family, params.data.path))
+    model_file = paths.MODEL / family.MODEL_FILE
     try:
-        booster = model.load_model(paths.MODEL)
+        model = family.load(model_file)
     except (OSError, ValueError) as exc:
-        raise file_error(paths.MODEL, exc, REBUILD) from None
-    predicted = model.predict(booster, x_test)
-    tuned = regression_metrics(y_test, predicted)
-    baseline = regression_metrics(
-        y_test, model.train_baseline(params.model, x_train, y_train).predict(x_test)
-    )
+        raise file_error(model_file, exc, REBUILD) from None
+    predicted = family.predict(model, test.x)
+    tuned = holdout_report(task, test.y, predicted)
+    baseline_model = family.baseline(params.setup(train.n_classes), train.x, train.y)
+    baseline = holdout_report(task, test.y, family.predict(baseline_model, test.x))
 
+    headline = HEADLINE[task]
     quality = {
         **{f"test_{k}": v for k, v in tuned.items()},
         **{f"baseline_{k}": v for k, v in baseline.items()},
-        "best_cv_mse": summary["best_cv_mse"],
+        f"best_cv_{summary['metric']}": summary["best_value"],
         "trials": summary["n_trials"],
     }
     results = {
+        "task": task,
+        "family": params.model.family,
         "best_params": summary["best_params"],
         **quality,
-        "rmse_improvement_over_baseline": 1 - tuned["rmse"] / baseline["rmse"],
+        f"{headline}_improvement_over_baseline": 1 - tuned[headline] / baseline[headline],
         "optimization_time_seconds": summary["optimization_time_seconds"],
         "best_trial_number": summary["best_trial_number"],
         "study_name": summary["study_name"],
@@ -55,26 +57,14 @@ def main() -> None:
     }
     paths.METRICS.write_text(json.dumps(quality, indent=2) + "\n")
     paths.RESULTS.write_text(json.dumps(results, indent=2) + "\n")
-    paths.PLOT_DATA.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame({"actual": y_test, "predicted": predicted}).to_csv(
-        paths.PREDICTIONS_CSV, index=False
+    predictions, curve = holdout_tables(task, test.y, predicted, test.classes)
+    paths.PREDICTIONS_CSV.parent.mkdir(parents=True, exist_ok=True)
+    predictions.to_csv(paths.PREDICTIONS_CSV, index=False)
+    curve.to_csv(paths.CURVE_CSV, index=False)
+    tracking.log_metrics(client, model_info["mlflow_run_id"], {f"test_{k}": v for k, v in tuned.items()})
+    logging.getLogger("hpo.evaluate").info(
+        f"test {headline} {tuned[headline]:.4f} (baseline {baseline[headline]:.4f})"
     )
-
-    tracking.log_metrics(
-        client, model_info["mlflow_run_id"], {f"test_{k}": v for k, v in tuned.items()}
-    )
-    print(f"test RMSE {tuned['rmse']:.4f} (baseline {baseline['rmse']:.4f}), R2 {tuned['r2']:.4f}")
-
-
-def regression_metrics(y_true: ArrayLike, y_pred: ArrayLike) -> dict[str, float]:
-    """MSE, RMSE, MAE and R2 of one set of predictions, as plain floats for JSON and MLflow."""
-    mse = float(mean_squared_error(y_true, y_pred))
-    return {
-        "mse": mse,
-        "rmse": float(np.sqrt(mse)),
-        "mae": float(mean_absolute_error(y_true, y_pred)),
-        "r2": float(r2_score(y_true, y_pred)),
-    }
 
 
 if __name__ == "__main__":

@@ -1,44 +1,53 @@
-"""Stage plot: optimisation history and parameter importance, as PNGs and as DVC plot data."""
+"""Stage plot: the search's history and parameter importance, and the test split, as PNGs
+and as DVC plot data."""
+
+import logging
 
 import optuna
+import pandas as pd
 
 from hpo import paths
 from hpo.config import load_params
-from hpo.errors import REBUILD, PipelineError, file_error, read_json, run_stage
+from hpo.errors import REBUILD, PipelineError, file_error, read_json
 from hpo.figures import (
     history_figure,
     history_table,
+    holdout_figure,
     importance_evaluator,
     importance_figure,
     importance_table,
     save_png,
 )
+from hpo.stage import run_stage
 from hpo.storage.studies import close_storage, open_storage
 
 
 def main() -> None:
-    params = load_params().plot
+    params = load_params()
     study_name = read_json(paths.TUNE_SUMMARY)["study_name"]
-    if not paths.STUDY_DB.exists():
-        raise file_error(paths.STUDY_DB, FileNotFoundError(), REBUILD)
-    storage = open_storage(paths.STUDY_DB)
+    try:
+        predictions, curve = pd.read_csv(paths.PREDICTIONS_CSV), pd.read_csv(paths.CURVE_CSV)
+    except (OSError, ValueError) as exc:
+        raise file_error(paths.PREDICTIONS_CSV, exc, REBUILD) from None
+    if not paths.STUDY_COPY.exists():
+        raise file_error(paths.STUDY_COPY, FileNotFoundError(), REBUILD)
+    storage = open_storage(paths.STUDY_COPY)
     try:
         try:
             study = optuna.load_study(study_name=study_name, storage=storage)
         except KeyError:  # an empty file opens as a new, empty storage
-            raise PipelineError(
-                f"{paths.STUDY_DB}: holds no study {study_name}; {REBUILD}"
-            ) from None
-        paths.PLOT_DATA.mkdir(parents=True, exist_ok=True)
+            raise PipelineError(f"{paths.STUDY_COPY}: holds no study {study_name}; {REBUILD}") from None
         history_table(study).to_csv(paths.HISTORY_CSV, index=False)
-        evaluator = importance_evaluator(params.importance_evaluator, params.importance_seed)
+        settings = params.plot
+        evaluator = importance_evaluator(settings.importance_evaluator, settings.importance_seed)
         importances = importance_table(study, evaluator)
         importances.to_csv(paths.IMPORTANCE_CSV, index=False)
         save_png(history_figure(study), paths.HISTORY_PNG)
-        save_png(importance_figure(importances, params.importance_evaluator), paths.IMPORTANCE_PNG)
+        save_png(importance_figure(importances, settings.importance_evaluator), paths.IMPORTANCE_PNG)
     finally:
         close_storage(storage)
-    print(f"wrote {paths.HISTORY_PNG} and {paths.IMPORTANCE_PNG}")
+    save_png(holdout_figure(params.data.task, predictions, curve), paths.TEST_PNG)
+    logging.getLogger("hpo.plot").info(f"wrote {paths.HISTORY_PNG}, {paths.IMPORTANCE_PNG} and {paths.TEST_PNG}")
 
 
 if __name__ == "__main__":

@@ -1,18 +1,21 @@
-"""Stage prepare: verified raw data -> scikit-learn's 8 features -> seeded train/test split."""
+"""Stage prepare: the table params.yaml names, checked, then a seeded train/test split."""
+
+import logging
 
 from hpo import paths
 from hpo.config import load_params
-from hpo.errors import run_stage
-from hpo.trial.data import derive_features, read_raw, split, write_split
+from hpo.data import read_table, split, write_split
+from hpo.stage import run_stage
 
 
 def main() -> None:
-    params = load_params().prepare
-    frame = derive_features(read_raw())
-    train, test = split(frame, params.test_size, params.split_seed)
-    write_split(train, paths.TRAIN_CSV)
-    write_split(test, paths.TEST_CSV)
-    print(f"prepared {len(train)} training and {len(test)} test rows")
+    params = load_params()
+    table = read_table(params.data)
+    prepare = params.prepare
+    train, test = split(table, params.data, prepare.test_size, prepare.split_seed, params.tune.cv_folds)
+    write_split(train, paths.TRAIN)
+    write_split(test, paths.TEST)
+    logging.getLogger("hpo.prepare").info(f"prepared {len(train)} training and {len(test)} test rows")
 
 
 if __name__ == "__main__":

@@ -1,42 +1,35 @@
-"""Stage tune: Optuna search over the search space, every trial recorded in MLflow."""
+"""Stage tune: Optuna search over the chosen family's search space, every trial in MLflow."""
 
 import json
-import sys
 
-import optuna
-
-from hpo import paths
-from hpo.config import PARAMS_FILE, load_params
-from hpo.errors import PipelineError, run_stage
-from hpo.session import open_tune_session
-from hpo.storage.settings import from_environment
-from hpo.trial.data import read_split
-from hpo.trial.model import check_search_space
-from hpo.waits import StopSignal
+from hpo.stage import run_stage
 
 
 def main() -> None:
+    # Imported here, not above: the writer process (multiprocessing's spawn) runs this file's
+    # top level again, and needs none of this.
+    import optuna
+
+    from hpo import paths
+    from hpo.config import PARAMS_FILE, load_params
+    from hpo.data import read_split
+    from hpo.errors import PipelineError
+    from hpo.models import load_family
+    from hpo.session import open_tune_session
+    from hpo.waits import StopSignal
+
     params = load_params()
-    problems = check_search_space(params.tune.search_space)
+    split = read_split(paths.TRAIN, params.data)
+    family, chosen = load_family(params.model.family), params.model.chosen
+    problems = family.problems(params.setup(split.n_classes), chosen.search_space)
     if problems:
-        raise PipelineError("\n".join(f"{PARAMS_FILE}: {problem}" for problem in problems))
-    backends = from_environment()
-    x_train, y_train = read_split(paths.TRAIN_CSV)
+        prefix = f"{PARAMS_FILE}: model.families.{params.model.family}."
+        raise PipelineError("\n".join(prefix + problem for problem in problems))
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    # Ctrl-C, and SIGTERM from `docker stop` or a scheduler, end the stage within seconds.
-    stop = StopSignal()
+    stop = StopSignal()  # Ctrl-C, and SIGTERM from `docker stop`, end the stage within seconds
     stop.install()
-    with open_tune_session(params, backends, x_train, y_train, stop) as session:
-        progress = session.run()
-        if not progress.last_session:
-            print(
-                "another tune process is still running this study: the last one to finish "
-                "writes the outputs and closes the MLflow study run",
-                file=sys.stderr,
-            )
-            return
-        session.write_study_file(progress)
-    summary = session.finish(progress)
+    with open_tune_session(params, split, stop) as session:
+        summary = session.finish(session.run())
     paths.TUNE_SUMMARY.write_text(json.dumps(summary, indent=2) + "\n")
 
 

@@ -1,15 +1,17 @@
 """params.yaml, parsed and validated before any stage does work.
 
-Every section is a strict pydantic model: unknown keys, missing keys, wrong types (a float
-where an integer belongs) and impossible ranges are rejected with the key path that is wrong.
+Every section is a strict pydantic model: unknown keys, missing keys, repeated keys, wrong
+types (a float where an integer belongs) and impossible ranges are rejected with the key path
+that is wrong, one line each.
 """
 
 from __future__ import annotations
 
+import decimal
 import difflib
-import math
+import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_origin
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 import yaml
 from pydantic import (
@@ -26,13 +28,15 @@ from pydantic import (
 from pydantic_core import ErrorDetails
 
 from hpo.errors import PipelineError
+from hpo.models import Setup
+from hpo.tasks import DEFAULT_METRIC, METRICS, Task
 
 PARAMS_FILE = Path("params.yaml")
-# Rows of the shipped raw file (its checksum is verified): what the split and the folds divide.
-RAW_ROWS = 20640
-# Seeds go to NumPy, scikit-learn and Optuna, which take 0 <= seed < 2**32. The sampler of
-# trial k is seeded with seed + k: its seed leaves room for 2**31 trials.
+# The model families: the modules of hpo/models (hpo.models.load_family imports one).
+FAMILIES = tuple(sorted(p.stem for p in (Path(__file__).parent / "models").glob("[!_]*.py")))
+# Seeds go to NumPy, scikit-learn and Optuna, which take 0 <= seed < 2**32.
 Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
+Scalar = StrictStr | StrictInt | StrictFloat | StrictBool
 
 
 class _Strict(BaseModel):
@@ -48,9 +52,7 @@ class IntDimension(_Strict):
 
     @model_validator(mode="after")
     def _check_bounds(self) -> IntDimension:
-        _check_range(self.low, self.high, self.log)
-        if self.log and self.step != 1:
-            raise ValueError("log scale takes no step (Optuna samples it continuously)")
+        _check_range(self.low, self.high, self.log, self.step if self.step != 1 else None)
         return self
 
 
@@ -63,15 +65,13 @@ class FloatDimension(_Strict):
 
     @model_validator(mode="after")
     def _check_bounds(self) -> FloatDimension:
-        _check_range(self.low, self.high, self.log)
-        if self.log and self.step is not None:
-            raise ValueError("log scale takes no step (Optuna samples it continuously)")
+        _check_range(self.low, self.high, self.log, self.step)
         return self
 
 
 class CategoricalDimension(_Strict):
     type: Literal["categorical"]
-    choices: list[StrictStr | StrictInt | StrictFloat | StrictBool] = Field(min_length=1)
+    choices: list[Scalar] = Field(min_length=1)
 
     @model_validator(mode="after")
     def _check_choices(self) -> CategoricalDimension:
@@ -80,25 +80,41 @@ class CategoricalDimension(_Strict):
         return self
 
 
-def _check_range(low: float, high: float, log: bool) -> None:
+def _check_range(low: float, high: float, log: bool, step: float | None) -> None:
     if low > high:
         raise ValueError(f"low ({low}) is greater than high ({high})")
     if log and low <= 0:
         raise ValueError(f"log scale needs low > 0, got {low}")
+    if log and step is not None:
+        raise ValueError("log scale takes no step (Optuna samples it continuously)")
+    # Optuna would cut the range to the last step below high, with a warning.
+    if step is not None and decimal.Decimal(str(high - low)) % decimal.Decimal(str(step)):
+        raise ValueError(f"step {step} does not divide the range {low}..{high}")
 
 
 # One hyperparameter of the search space, by its `type`: int, float or categorical.
 Dimension = Annotated[
     IntDimension | FloatDimension | CategoricalDimension, Field(discriminator="type")
 ]
-DIMENSION = "dimension"  # a marker for _unknown_key's walk through the search space
-DIMENSION_KINDS = {
-    "int": IntDimension,
-    "float": FloatDimension,
-    "categorical": CategoricalDimension,
-}
+DIMENSION_KINDS = {"int": IntDimension, "float": FloatDimension, "categorical": CategoricalDimension}
 # Hyperparameter name -> its dimension, in params.yaml order (the order trials sample in).
 SearchSpace = dict[str, Dimension]
+
+
+class DataParams(_Strict):
+    path: str = Field(min_length=1)
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    target: str = Field(min_length=1)
+    task: Task
+    drop: list[str] = []
+
+    @model_validator(mode="after")
+    def _check_columns(self) -> DataParams:
+        if self.target in self.drop:
+            raise ValueError(f"drop: names the target {self.target!r}")
+        if len(set(self.drop)) != len(self.drop):
+            raise ValueError(f"drop: repeats a column: {self.drop}")
+        return self
 
 
 class PrepareParams(_Strict):
@@ -106,11 +122,35 @@ class PrepareParams(_Strict):
     split_seed: Seed
 
 
+class FamilyParams(_Strict):
+    fixed: dict[str, Scalar] = {}  # the library's own params, not tuned
+    search_space: SearchSpace = Field(min_length=1)
+
+
 class ModelParams(_Strict):
+    family: str
     seed: Seed
-    # The folds are quantised once (QuantileDMatrix), which only `hist` can train on.
-    tree_method: Literal["hist"]
-    max_bin: int = Field(ge=2, le=2**31 - 1)
+    families: dict[str, FamilyParams]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _check_family_names(cls, raw: Any) -> Any:
+        for name in raw.get("families", {}) if isinstance(raw, dict) else ():
+            if name not in FAMILIES:
+                raise ValueError(f"families.{name}: unknown family (one of {_or(FAMILIES)})")
+        return raw
+
+    @model_validator(mode="after")
+    def _check_family(self) -> ModelParams:
+        if self.family not in FAMILIES:
+            raise ValueError(f"family: unknown family {self.family!r} (one of {_or(FAMILIES)})")
+        if self.family not in self.families:
+            raise ValueError(f"families: no settings for the chosen family {self.family!r}")
+        return self
+
+    @property
+    def chosen(self) -> FamilyParams:
+        return self.families[self.family]
 
 
 class SamplerParams(_Strict):
@@ -130,6 +170,7 @@ class PrunerParams(_Strict):
 
 
 class TuneParams(_Strict):
+    metric: str  # one of the task's metrics, or "default"
     n_trials: int = Field(ge=1)
     parallel_trials: int = Field(ge=1)
     lookahead: int = Field(ge=0)
@@ -137,7 +178,6 @@ class TuneParams(_Strict):
     cv_seed: Seed
     sampler: SamplerParams
     pruner: PrunerParams
-    search_space: SearchSpace = Field(min_length=1)
 
 
 class PlotParams(_Strict):
@@ -146,89 +186,125 @@ class PlotParams(_Strict):
 
 
 class Params(_Strict):
+    data: DataParams
     prepare: PrepareParams
     model: ModelParams
     tune: TuneParams
     plot: PlotParams
 
     @model_validator(mode="after")
-    def _check_split_leaves_rows_for_the_folds(self) -> Params:
-        test_rows = math.ceil(RAW_ROWS * self.prepare.test_size)  # as scikit-learn rounds
-        train_rows = RAW_ROWS - test_rows
-        if train_rows < self.tune.cv_folds:
+    def _check_metric_fits_the_task(self) -> Params:
+        task, metric = self.data.task, self.tune.metric
+        if metric != "default" and metric not in METRICS[task]:
             raise ValueError(
-                f"prepare.test_size {self.prepare.test_size} leaves {train_rows} training rows "
-                f"for tune.cv_folds = {self.tune.cv_folds} folds"
+                f"tune.metric: {metric!r} does not fit data.task {task!r} "
+                f"(one of default, {_or(METRICS[task])})"
             )
         return self
+
+    @property
+    def metric(self) -> str:
+        """The metric trials are scored by: tune.metric, or the task's default."""
+        return DEFAULT_METRIC[self.data.task] if self.tune.metric == "default" else self.tune.metric
+
+    def setup(self, n_classes: int) -> Setup:
+        """What every fit of the chosen family shares, for a target of `n_classes` classes."""
+        return Setup(self.data.task, n_classes, self.model.seed, dict(self.model.chosen.fixed))
+
+
+def _or(names: Any) -> str:
+    return ", ".join(names)
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML that refuses a key given twice in one mapping (plain YAML keeps the last one)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen = set()
+        for key_node, _value in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} given twice", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 def load_params(path: Path = PARAMS_FILE) -> Params:
     """Read and validate the whole params file; raise PipelineError naming every bad key."""
     try:
-        raw: Any = yaml.safe_load(path.read_text())
+        raw: Any = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # noqa: S506 - safe loader
     except FileNotFoundError:
         raise PipelineError(
             f"{path.absolute()}: not found; stages run from the project root (the folder of "
             "dvc.yaml and params.yaml), e.g. `dvc repro` or `python stages/tune.py` there"
         ) from None
     except yaml.YAMLError as exc:
-        raise PipelineError(f"{path}: not valid YAML ({_one_line(str(exc))})") from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or " ".join(str(exc).split())
+        raise PipelineError(f"{path}: not valid YAML{where} ({problem})") from None
     if not isinstance(raw, dict):
         raise PipelineError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
     try:
         return Params.model_validate(raw)
     except ValidationError as exc:
-        problems = [f"{path}: {_describe(error)}" for error in exc.errors()]
-        raise PipelineError("\n".join(problems)) from None
+        raise PipelineError("\n".join(f"{path}: {_describe(e)}" for e in exc.errors())) from None
 
 
 def _describe(error: ErrorDetails) -> str:
     """One validation error as 'key.path: problem, got value'."""
-    loc = _without_dimension_tag(error["loc"])
-    key_path = ".".join(str(part) for part in loc)
+    loc = _as_written(error["loc"])
     message = error["msg"].removeprefix("Value error, ")
-    kinds = ", ".join(DIMENSION_KINDS)
+    kinds = _or(DIMENSION_KINDS)
     if error["type"] == "extra_forbidden":
         message = _unknown_key(error["loc"])
     elif error["type"] == "union_tag_not_found":
         message = f"missing key type ({kinds})"
     elif error["type"] == "union_tag_invalid":
         message = f"unknown type {error['ctx']['tag']!r} (one of {kinds})"
-    elif error["type"] == "model_attributes_type" and loc[:2] == ("tune", "search_space"):
-        message = (
-            f"expected a mapping like {{type: float, low: 0.0, high: 1.0}}, got {error['input']!r}"
-        )
+    elif error["type"] == "model_attributes_type" and "search_space" in loc[:-1]:
+        message = f"expected a mapping like {{type: float, low: 0.0, high: 1.0}}, got {error['input']!r}"
     elif error["type"] == "missing":
         message = "missing key"
     elif error["type"] == "int_type" and isinstance(error.get("input"), float):
         message = f"must be an integer (no decimal point), got {error['input']!r}"
     elif "input" in error and not isinstance(error["input"], dict):
         message = f"{message}, got {error['input']!r}"
-    # A check across sections (no key path) names its keys in its message.
+    # A check of a whole section starts its message with the key it is about ("family: ...").
+    key_path = ".".join(str(part) for part in loc)
+    if key_path and re.match(r"[\w.]+: ", message):
+        return f"{key_path}.{message}"
     return f"{key_path}: {message}" if key_path else message
 
 
-def _without_dimension_tag(loc: tuple[str | int, ...]) -> tuple[str | int, ...]:
-    """The key path as the user wrote it: pydantic adds a dimension's `type` after its name."""
-    if loc[:2] == ("tune", "search_space") and len(loc) > 3 and loc[3] in DIMENSION_KINDS:
-        return loc[:3] + loc[4:]
-    return loc
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
+def _as_written(loc: tuple[str | int, ...]) -> tuple[str | int, ...]:
+    """The key path as the user wrote it: pydantic adds a dimension's `type` after its name,
+    and a dict's key-validation step after the key."""
+    parts = list(loc)
+    if "search_space" in parts:
+        at = parts.index("search_space") + 2
+        if len(parts) > at and parts[at] in DIMENSION_KINDS:
+            del parts[at]
+    return tuple(part for part in parts if part != "[key]")
 
 
 def _unknown_key(loc: tuple[str | int, ...]) -> str:
     """'unknown key', with the closest known key of that section when there is one."""
     section: Any = Params
     for part in loc[:-1]:
-        if get_origin(section) is dict:  # the search space: any name is a hyperparameter
-            section = DIMENSION
-        elif section is DIMENSION:  # pydantic puts the dimension's `type` in the path
+        if section == "dimension":  # pydantic names the dimension's `type` after its name
             section = DIMENSION_KINDS[str(part)]
+        elif get_origin(section) is dict:  # a key of a mapping (a family, a hyperparameter)
+            value_type = get_args(section)[1]
+            section = "dimension" if value_type is Dimension else value_type
         else:
             section = section.model_fields[str(part)].annotation
-    close = difflib.get_close_matches(str(loc[-1]), list(section.model_fields), n=1)
+    known = list(section.model_fields) if _is_model(section) else []
+    close = difflib.get_close_matches(str(loc[-1]), known, n=1)
     return f"unknown key (did you mean {close[0]}?)" if close else "unknown key (typo?)"
+
+
+def _is_model(section: Any) -> bool:
+    return isinstance(section, type) and issubclass(section, BaseModel)

@@ -1,27 +1,33 @@
-"""Where each stage reads and writes; the same names appear in dvc.yaml."""
+"""Where the stages read and write: the `paths` variables of dvc.yaml, the one place they are
+written (its stages use them as ${paths.NAME}). `paths.TRAIN` is dvc.yaml's `paths.train`,
+relative to the project root, where every stage runs."""
 
+from __future__ import annotations
+
+import functools
 from pathlib import Path
 
-PREPARED = Path("data/prepared")
-TRAIN_CSV = PREPARED / "train.csv"
-TEST_CSV = PREPARED / "test.csv"
+import yaml
 
-OUTPUTS = Path("outputs")
-# Every study tune has run, kept across runs and experiments (not a DVC output: DVC deletes
-# or restores outputs); STUDY_DB, the stage's output, is a copy of this run's trials.
-STUDY_STORE = OUTPUTS / "optuna_store.db"
-STUDY_DB = OUTPUTS / "optuna_study.db"
-TUNE_SUMMARY = OUTPUTS / "tune_summary.json"
-MODEL = OUTPUTS / "model.ubj"
-MODEL_INFO = OUTPUTS / "model_info.json"
-RESULTS = OUTPUTS / "results.json"
-METRICS = OUTPUTS / "metrics.json"
-HISTORY_PNG = OUTPUTS / "optimization_history.png"
-IMPORTANCE_PNG = OUTPUTS / "param_importance.png"
-PLOT_DATA = OUTPUTS / "plots"
-HISTORY_CSV = PLOT_DATA / "optimization_history.csv"
-PREDICTIONS_CSV = PLOT_DATA / "test_predictions.csv"
-IMPORTANCE_CSV = PLOT_DATA / "param_importance.csv"
+from hpo.errors import PipelineError
 
-MLFLOW_DB = OUTPUTS / "mlflow.db"
-MLFLOW_ARTIFACTS = OUTPUTS / "mlruns"
+DVC_YAML = Path("dvc.yaml")
+
+
+@functools.cache
+def _declared(project: Path) -> dict[str, str]:
+    try:
+        entries = yaml.safe_load((project / DVC_YAML).read_text())["vars"]
+    except FileNotFoundError:
+        raise PipelineError(
+            f"{project / DVC_YAML}: not found; stages run from the project root (the folder of "
+            "dvc.yaml and params.yaml), e.g. `dvc repro` or `python stages/tune.py` there"
+        ) from None
+    return next(entry["paths"] for entry in entries if "paths" in entry)
+
+
+def __getattr__(name: str) -> Path:
+    declared = _declared(Path.cwd())
+    if name.lower() not in declared:
+        raise AttributeError(f"dvc.yaml declares no path {name.lower()!r}")
+    return Path(declared[name.lower()])

@@ -1,9 +1,10 @@
-"""The tune session, built in one place: executor, study storage, MLflow tracking, runner.
+"""The tune session, built in one place: the study's name, where trials run, the study store,
+the MLflow run, the writer process and the runner.
 
-stages/tune.py opens it with `open_tune_session`, which reaches every service in a safe order;
-the benchmarks build the same session around their own executor and stores with
-`start_session`. Either way the study is named by everything that shapes its trials, its
-MLflow run is opened under the study lock, and the runner walks the ask/tell protocol.
+`open_tune_session` reaches every service in a safe order before anything is written, so a bad
+setting loses nothing: a tracking server first, the local stores last. A stop request while
+reaching them ends the stage at once (KeyboardInterrupt); while the study runs, at the
+runner's next check.
 """
 
 from __future__ import annotations
@@ -11,73 +12,62 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
-import sys
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 import optuna
-import pandas as pd
-from mlflow.tracking import MlflowClient
-from optuna.storages import RDBStorage
 
 from hpo import paths
 from hpo.config import Params
+from hpo.data import Split
 from hpo.errors import PipelineError
-from hpo.execution.dask import DaskExecutor, connect_dask
+from hpo.execution.dask import DaskExecutor, address_from_environment, connect_dask
 from hpo.execution.local import LocalExecutor
 from hpo.protocol.identity import this_process_identity
-from hpo.protocol.runner import (
-    Progress,
-    StudyRunner,
-    TrialExecutor,
-    TuningInterruptedError,
-    summarize,
-)
-from hpo.storage import tracking
-from hpo.storage.settings import Backends
-from hpo.storage.studies import (
-    close_storage,
-    load_or_create,
-    open_study_storage,
-    study_lock,
-    write_study_file,
-)
-from hpo.storage.study_run import StudyRun
+from hpo.protocol.runner import Progress, StudyRunner, TrialExecutor, TuningInterruptedError, summarize
+from hpo.search.evaluation import TrainingData
+from hpo.search.space import distributions, make_sampler
+from hpo.search.trial import TrialTask
+from hpo.storage import studies
 from hpo.storage.writer import WriteBehind, WriterConfig
-from hpo.trial.evaluation import TrainingData, TrialTask
-from hpo.trial.space import distributions, make_sampler
+from hpo.tasks import direction
+from hpo.tracking import mlflow as tracking
+from hpo.tracking.study_run import StudyRun
 from hpo.waits import StopSignal
 
+log = logging.getLogger(__name__)
 # Test hook: trial numbers (comma-separated, or "all") whose objective raises, so that the
 # failure path runs the real code without editing it.
 FAULTS_VAR = "HPO_INJECT_FAULT_TRIALS"
+# Seconds a finished or stopped run gives its writer process to store what it was sent.
+WRITER_EXIT_S = 30.0
+STOPPED_WRITER_EXIT_S = 3.0
 
 
 def study_name(params: Params, train_sha256: str, faults: str = "") -> str:
     """A name derived from everything that shapes the trial sequence, and nothing else.
 
     The same settings resume the same study after a crash; any change (search space, seeds,
-    folds, data, trial code, a library's version) starts a fresh study instead of mixing trials
-    from different setups. The budget only says how many trials to take from the study, so a
-    study grows and shrinks under one name.
+    folds, data, metric, family, trial code, a library's version) starts a fresh study instead
+    of mixing trials from different setups. The budget only says how many trials to take from
+    the study, so a study grows and shrinks under one name.
     """
+    family = params.model.family
     identity = {
         "tune": params.tune.model_dump(mode="json", exclude={"n_trials"}),
-        "model": params.model.model_dump(mode="json"),
-        "train_sha256": train_sha256,
-        "code": this_process_identity(),
+        "metric": params.metric,
+        "model": {"family": family, "seed": params.model.seed,
+                  "settings": params.model.chosen.model_dump(mode="json")},  # fmt: skip
+        "data": {"task": params.data.task, "target": params.data.target, "train": train_sha256},
+        "code": this_process_identity(family),
         "injected_faults": faults,  # a test's failing trials must not enter a real study
     }
     canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"))
-    return "xgb-cv-" + hashlib.sha256(canonical.encode()).hexdigest()[:12]
-
-
-# Seconds a finished run waits for its writer process to exit.
-WRITER_EXIT_S = 30
+    return f"{family}-{params.metric}-{hashlib.sha256(canonical.encode()).hexdigest()[:12]}"
 
 
 @dataclass
@@ -86,42 +76,29 @@ class TuneSession:
     study_run: StudyRun
     runner: StudyRunner
     writer: WriteBehind
-    lock: Callable[[], contextlib.AbstractContextManager[Any]]
-    # Around the runner, which checks the stop request itself (waits.StopSignal.polled).
-    polled: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext
-
-    def close(self, wait: bool = True) -> None:
-        """End the writer process; without `wait`, it finishes its writes on its own."""
-        self.writer.close()
-        if wait:
-            self.writer.wait(WRITER_EXIT_S)
+    stop: StopSignal
 
     def run(self) -> Progress:
         """Run the study; a stop or a failure closes the MLflow run as KILLED or FAILED."""
         try:
-            with self.study_run.failing_on_error(TuningInterruptedError), self.polled():
+            with self.study_run.failing_on_error(TuningInterruptedError), self.stop.polled():
                 progress = self.runner.run()
         except TuningInterruptedError:
             raise PipelineError(
-                "tuning interrupted; finished trials are kept in the study, `dvc repro` resumes it",
+                f"tuning interrupted; the study keeps {self.writer.kept} finished trials and "
+                "`dvc repro` resumes it",
                 exit_code=130,
             ) from None
-        stored = len(self.study.get_trials(deepcopy=False))
-        if progress.told_this_session == 0 and stored > len(progress.trials):
-            self.runner.log(  # a cut budget: say where the outputs' trials come from
+        if progress.told_this_session == 0 and len(self.study.trials) > len(progress.trials):
+            log.info(  # a cut budget: say where the outputs' trials come from
                 f"tune.n_trials={progress.n_trials}: the first {len(progress.trials)} of the "
-                f"study's {stored} stored trials; no trial evaluated"
+                f"study's {len(self.study.trials)} stored trials; no trial evaluated"
             )
         return progress
 
-    def write_study_file(self, progress: Progress) -> None:
-        """The stage's DVC output: this run's trials, written under the study lock so that a
-        process starting now does not read the study half-way."""
-        with self.lock():
-            write_study_file(self.study, progress.trials, paths.STUDY_DB)
-
     def finish(self, progress: Progress) -> dict[str, Any]:
-        """The study's summary, logged on its MLflow run, which is then closed."""
+        """The stage's outputs (the study copy, the summary), then the MLflow run closed."""
+        studies.write_study_file(self.study, progress.trials, paths.STUDY_COPY)
         summary = summarize(self.study.study_name, progress)
         summary["mlflow_parent_run_id"] = self.study_run.run_id
         finished_at = max(t.datetime_complete for t in progress.trials).timestamp()
@@ -129,108 +106,65 @@ class TuneSession:
         return summary
 
 
-def start_session(
-    params: Params,
-    storage: RDBStorage,
-    executor: TrialExecutor,
-    client: MlflowClient,
-    experiment_id: str,
-    name: str,
-    stop: threading.Event | None = None,
-    log: Callable[[str], None] = print,
-    fault_hook: Callable[[int], None] = lambda _number: None,
-    writer: WriteBehind | None = None,
-) -> TuneSession:
-    """The study `name` in `storage`, its MLflow run, and the runner that drives it, whose
-    writes a child process applies; the caller closes the session (`TuneSession.close`)."""
-    tune = params.tune
-    # The study's run outlives budget changes: the budget is logged when it closes.
-    run_params = params.model_dump(mode="json", exclude={"tune": {"n_trials"}})
-    run_tags = {**tracking.provenance_tags(run_params), **executor.tags}
-    lock = partial(study_lock, storage)
-    with lock():
-        study = load_or_create(storage, name)
-        study_run = StudyRun.open(client, experiment_id, study, run_params, run_tags)
-    writer = writer or WriteBehind()
-    writer.configure(
-        WriterConfig(
-            storage_url=storage.engine.url.render_as_string(hide_password=False),
-            study_name=name,
-            tracking_uri=client.tracking_uri,
-            experiment_id=experiment_id,
-            run_id=study_run.run_id,
-            tags=run_tags,
-        )
-    )
-    runner = StudyRunner(
-        study=study,
-        distributions=distributions(tune.search_space),
-        n_trials=tune.n_trials,
-        parallel_trials=tune.parallel_trials,
-        lookahead=tune.lookahead,
-        make_sampler=partial(make_sampler, tune.sampler),
-        make_task=partial(TrialTask.build, tune, params.model),
-        executor=executor,
-        recorder=study_run,
-        writer=writer,
-        ask_lock=lock,
-        fault_hook=fault_hook,
-        log=log,
-        stop=stop or threading.Event(),
-    )
-    return TuneSession(study, study_run, runner, writer, lock)
-
-
 @contextlib.contextmanager
-def open_tune_session(
-    params: Params, backends: Backends, x: pd.DataFrame, y: pd.Series, stop: StopSignal
-) -> Iterator[TuneSession]:
-    """The tune stage's session on the configured services; released when the block ends.
-
-    Every service is reached before anything is written, so a bad setting loses nothing: a
-    tracking server first, the local stores last. A stop request while reaching them ends the
-    stage at once (KeyboardInterrupt, `stop`); while the study runs, at the runner's next check.
-    """
-    tune = params.tune
+def open_tune_session(params: Params, split: Split, stop: StopSignal) -> Iterator[TuneSession]:
+    """The tune stage's session on the configured services; released when the block ends."""
+    tune, family, metric = params.tune, params.model.family, params.metric
     faults = os.environ.get(FAULTS_VAR, "")
-    name = study_name(params, hashlib.sha256(paths.TRAIN_CSV.read_bytes()).hexdigest(), faults)
+    name = study_name(params, hashlib.sha256(paths.TRAIN.read_bytes()).hexdigest(), faults)
+    dask_address = address_from_environment()
+    storage_url = studies.storage_url_from_environment()
+    remote = tracking.tracking_uri_from_environment() is not None
+    experiment = tracking.names(family, params.data.path)
     writer = WriteBehind()  # it imports its libraries while the services are reached
     try:
-        remote = backends.tracking_uri is not None
         if remote:
-            client, experiment_id = tracking.connect()
-        data = TrainingData(x, y, tune.cv_folds, tune.cv_seed, params.model.max_bin)
-        if backends.dask_address is None:
+            client, experiment_id = tracking.connect(experiment)
+        data = TrainingData(split.x, split.y, family, params.setup(split.n_classes), metric,
+                            tune.cv_folds, tune.cv_seed, tune.pruner)  # fmt: skip
+        if dask_address is None:
             executor: TrialExecutor = LocalExecutor(data, tune.parallel_trials)
         else:
-            dask_client = connect_dask(backends.dask_address)
-            executor = DaskExecutor(dask_client, backends.dask_address, data)
+            executor = DaskExecutor(connect_dask(dask_address, family), dask_address, data)
         try:
-            storage = open_study_storage(backends.study_storage, paths.STUDY_STORE)
-            try:
-                if not remote:
-                    client, experiment_id = tracking.connect()
-                session = start_session(
-                    params,
-                    storage,
-                    executor,
-                    client,
-                    experiment_id,
-                    name,
-                    stop=stop.requested,
-                    log=partial(print, file=sys.stderr, flush=True),
-                    fault_hook=injected_faults(faults),
-                    writer=writer,
-                )
-                session.polled = stop.polled
-                yield session
-                session.close(wait=True)
-            finally:
-                close_storage(storage)
+            with studies.hold_study(storage_url, name) as holder:
+                storage = studies.open_storage_url(storage_url)
+                try:
+                    if not remote:
+                        client, experiment_id = tracking.connect(experiment)
+                    study = studies.load_or_create(storage, name, direction(metric), metric)
+                    study.set_user_attr(studies.HOLDER_ATTR, holder)
+                    run_params = params.model_dump(mode="json", exclude={"tune": {"n_trials"}})
+                    tags = {**tracking.provenance_tags(run_params), **executor.tags}
+                    study_run = StudyRun.open(client, experiment_id, study, metric, run_params, tags)
+                    writer.configure(WriterConfig(
+                        storage_url=None if storage_url is None else storage_url.render_as_string(hide_password=False),
+                        study_name=name, study_label=studies.label(storage_url),
+                        tracking_uri=client.tracking_uri, tracking_label=tracking.label(),
+                        experiment_id=experiment_id, run_id=study_run.run_id, metric=metric,
+                        tags=tags, patient=tuple(tracking.BOUNDED_HERE),
+                    ))  # fmt: skip
+                    runner = StudyRunner(
+                        study=study,
+                        distributions=distributions(params.model.chosen.search_space),
+                        metric=metric,
+                        n_trials=tune.n_trials,
+                        window=tune.parallel_trials + tune.lookahead,
+                        make_sampler=partial(make_sampler, tune.sampler),
+                        make_task=TrialTask,
+                        executor=executor,
+                        writer=writer,
+                        fault_hook=injected_faults(faults),
+                        stop=stop.requested,
+                    )
+                    yield TuneSession(study, study_run, runner, writer, stop)
+                    writer.close(WRITER_EXIT_S)
+                finally:
+                    studies.close_storage(storage)
         finally:
             executor.shutdown(cancel=True)
     finally:
-        writer.close()  # after a failure or a stop the child finishes its writes on its own
+        writer.close(STOPPED_WRITER_EXIT_S)
 
 
 def injected_faults(spec: str) -> Callable[[int], None]:

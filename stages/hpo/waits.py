@@ -4,26 +4,22 @@ SIGTERM ends it within seconds, whatever phase the stage is in."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import signal
-import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from types import FrameType
 
+log = logging.getLogger(__name__)
 # Seconds of silence before a wait is announced.
 ANNOUNCE_AFTER_S = 5.0
 
 
-def _to_stderr(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
-
-
 @contextlib.contextmanager
-def announced(
-    what: str, after_s: float = ANNOUNCE_AFTER_S, log: Callable[[str], None] = _to_stderr
-) -> Iterator[None]:
-    """Say once, after `after_s` seconds, that the block is still waiting for `what`."""
-    timer = threading.Timer(after_s, log, [f"waiting for {what} ..."])
+def announced(what: str, after_s: float = ANNOUNCE_AFTER_S) -> Iterator[None]:
+    """Say once, after `after_s` seconds, that the block is still waiting for `what` (a
+    warning: it shows at every log level)."""
+    timer = threading.Timer(after_s, log.warning, [f"waiting for {what} ..."])
     timer.daemon = True
     timer.start()
     try:

@@ -1,1 +1,1 @@
-"""Where trials run: threads in this process, or a Dask cluster."""
+"""Where trials run: threads in this process (local), or a Dask cluster (dask)."""

@@ -21,15 +21,17 @@ from typing import TYPE_CHECKING
 import optuna
 
 from hpo.errors import PipelineError
+from hpo.models import available_cores
 from hpo.protocol.identity import this_process_identity
-from hpo.storage.settings import DASK_VAR
-from hpo.trial.evaluation import TrainingData, TrialOutcome, TrialTask, evaluate_trial
-from hpo.trial.model import available_cores
+from hpo.redaction import redact, scrub
+from hpo.search.evaluation import TrainingData, evaluate_trial
+from hpo.search.trial import TrialOutcome, TrialTask
 from hpo.waits import announced
 
 if TYPE_CHECKING:
     from distributed import Client
 
+DASK_VAR = "DASK_SCHEDULER_ADDRESS"
 # Seconds to reach the scheduler before giving up with one line.
 CONNECT_TIMEOUT_S = 15
 
@@ -51,7 +53,7 @@ class DaskExecutor:
     def __init__(self, client: Client, address: str, data: TrainingData) -> None:
         self._client = client
         self._address = address
-        self._digest = this_process_identity()
+        self._digest = this_process_identity(data.family)
         self._data = client.submit(_pass_through, data, pure=False)
         self._executor = client.get_executor()
         self.tags = {"hpo.executor": "dask", "hpo.workers": str(len(client.nthreads()))}
@@ -104,11 +106,70 @@ class DaskExecutor:
         )
 
 
+def address_from_environment() -> str | None:
+    """DASK_SCHEDULER_ADDRESS checked for form: a scheduler's tcp:// or tls:// address; tls://
+    only with Dask's TLS settings. None when unset: trials run on local threads."""
+    value = os.environ.get(DASK_VAR, "").strip()
+    if not value:
+        return None
+    try:
+        from distributed.comm.addressing import parse_address, parse_host_port
+        from distributed.security import Security
+    except ImportError:
+        raise PipelineError(
+            f"{DASK_VAR} is set but Dask is not installed: pip install -c constraints.txt "
+            "-e '.[cluster]'"
+        ) from None
+    shown = redact(value)
+    example = "like tcp://127.0.0.1:8786"
+    scheme = value.split("://")[0].lower() if "://" in value else "tcp"
+    if scheme in ("http", "https"):
+        raise PipelineError(
+            f"{DASK_VAR}: {shown!r} is a web address (the Dask dashboard's?); give the "
+            f"scheduler's address, {example}"
+        )
+    if scheme not in ("tcp", "tls"):
+        raise PipelineError(
+            f"{DASK_VAR}: the scheme {scheme}:// is not supported here; give a tcp:// or tls:// "
+            f"scheduler address, {example}"
+        )
+    if "@" in value:
+        raise PipelineError(
+            f"{DASK_VAR}: a scheduler address carries no credentials ({shown!r}); Dask "
+            "authenticates with TLS certificates (tls://, docs/cluster.md)"
+        )
+    try:
+        _scheme, location = parse_address(value)
+        host, _port = parse_host_port(location)
+        if not host:
+            raise ValueError("no host")
+    except ValueError as exc:
+        raise PipelineError(
+            f"{DASK_VAR}: not a scheduler address {example} ({shown!r}: {scrub(str(exc))})"
+        ) from None
+    security = Security()
+    if scheme == "tcp" and security.require_encryption:
+        raise PipelineError(
+            f"{DASK_VAR}: Dask's config requires encryption (distributed.comm.require-encryption)"
+            f"; give the scheduler's tls:// address, not {shown}"
+        )
+    if scheme == "tls":
+        if not (security.tls_ca_file and security.tls_client_cert):
+            raise PipelineError(
+                f"{DASK_VAR}: {shown} needs Dask's TLS settings: a CA file and a client "
+                'certificate and key in Dask\'s config (docs/cluster.md, "Dask over TLS")'
+            )
+        for path in (security.tls_ca_file, security.tls_client_cert, security.tls_client_key):
+            if path and not os.access(path, os.R_OK):
+                raise PipelineError(f"{DASK_VAR}: cannot read {path}, named in Dask's TLS settings")
+    return value
+
+
 class StaleWorkerError(RuntimeError):
     """Raised on a worker whose trial code differs from the driver's."""
 
 
-def connect_dask(address: str) -> Client:
+def connect_dask(address: str, family: str) -> Client:
     """A client of the scheduler whose workers run this very code; one line if not.
 
     Dask's client logs each failed reconnection with a traceback; the stage reports a lost
@@ -129,7 +190,7 @@ def connect_dask(address: str) -> Client:
             f"{DASK_VAR}: cannot reach the Dask scheduler at {address} ({type(exc).__name__})"
         ) from None
     try:
-        _check_workers(client, address)
+        _check_workers(client, address, family)
     except BaseException:  # a stop request too: close now, not in a 30-s `__del__`
         client.close(timeout=2)
         raise
@@ -158,7 +219,7 @@ def _wait_for_scheduler(address: str) -> None:
             time.sleep(0.2)
 
 
-def _check_workers(client: Client, address: str) -> None:
+def _check_workers(client: Client, address: str, family: str) -> None:
     """At least one worker, and every worker runs this very code; one line if not."""
     try:
         with announced(f"a worker to join the Dask scheduler at {address}"):
@@ -169,13 +230,13 @@ def _check_workers(client: Client, address: str) -> None:
             f"`dask worker {address}`"
         ) from None
     try:
-        theirs = client.run(this_process_identity)
+        theirs = client.run(this_process_identity, family)
     except Exception as exc:  # a worker that cannot even import the code
         raise PipelineError(
             f"{DASK_VAR}: the workers at {address} cannot run the trial code "
             f"({type(exc).__name__}: {exc}); install this project on them"
         ) from None
-    ours = this_process_identity()
+    ours = this_process_identity(family)
     stale = sorted(worker for worker, digest in theirs.items() if digest != ours)
     if stale:
         raise PipelineError(
@@ -186,7 +247,7 @@ def _check_workers(client: Client, address: str) -> None:
 
 def evaluate_on_worker(task: TrialTask, data: TrainingData, digest: str) -> TrialOutcome:
     """A Dask task: the trial with as many threads per fit as this worker gives each task."""
-    if this_process_identity() != digest:
+    if this_process_identity(data.family) != digest:
         raise StaleWorkerError(
             "a worker runs other trial code than the driver; start every worker from the same "
             "version of the project"

@@ -8,8 +8,8 @@ Dask worker runs) leave a core idle whenever the oldest trial is long and the in
 lets no new trial be asked; `benchmarks/bench_executors.py` measures the two side by side.
 
 Results do not depend on which thread ran what: each booster is advanced by one thread at a
-time with a fixed thread count, samples rows and columns from (seed, round) rather than from
-the thread's generator, and each trial prunes against its own fixed snapshot. Each trial
+time, its family makes its result independent of the thread count and of the thread that runs
+it, and each trial prunes against its own fixed evidence. Each trial
 trains on fold matrices of its own, taken from a `FoldPool` and given back once none of its
 fold tasks runs any more.
 """
@@ -22,15 +22,9 @@ import threading
 from concurrent.futures import Future
 from dataclasses import dataclass
 
-from hpo.trial.evaluation import (
-    FoldPool,
-    TrainingData,
-    TrialEvaluation,
-    TrialOutcome,
-    TrialTask,
-    fold_pool,
-)
-from hpo.trial.model import threads_per_fit
+from hpo.models import available_cores
+from hpo.search.evaluation import FoldPool, TrainingData, TrialEvaluation, fold_pool
+from hpo.search.trial import TrialOutcome, TrialTask
 
 
 @dataclass
@@ -47,6 +41,7 @@ class FoldScheduler:
 
     def __init__(self, n_threads: int, pool: FoldPool, nthread_per_fit: int) -> None:
         self._pool = pool
+        self._data = pool.data
         self._n_folds = pool.data.n_folds
         self._nthread = nthread_per_fit
         # (trial number, fold, tie-breaker, job): the oldest trial's tasks come first
@@ -65,7 +60,7 @@ class FoldScheduler:
         future: Future[TrialOutcome] = Future()
         folds = self._pool.take()
         try:
-            evaluation = TrialEvaluation(task, folds, self._nthread)
+            evaluation = TrialEvaluation(task, self._data, folds, self._nthread)
         except Exception as exc:  # e.g. XGBoost rejects a booster param: the trial fails
             self._pool.give_back(folds)
             future.set_result(TrialOutcome.failed(task, exc))
@@ -144,9 +139,9 @@ class LocalExecutor:
     """`parallel_trials` threads in this process, each fit on cores // parallel_trials cores."""
 
     def __init__(self, data: TrainingData, parallel_trials: int) -> None:
-        self._scheduler = FoldScheduler(
-            parallel_trials, fold_pool(data), threads_per_fit(parallel_trials)
-        )
+        # cores // parallel trials, at least 1: parallel fits must not oversubscribe the cores
+        nthread = max(1, available_cores() // parallel_trials)
+        self._scheduler = FoldScheduler(parallel_trials, fold_pool(data), nthread)
         self.tags = {"hpo.executor": "local-threads", "hpo.workers": str(parallel_trials)}
 
     def submit(self, task: TrialTask) -> Future[TrialOutcome]:

@@ -13,36 +13,33 @@ import hashlib
 import importlib
 from pathlib import Path
 
-# The code that decides what a trial is: the params schema, the model and its CV, the
-# evaluation, the search, and the protocol that fixes each trial's history. Storage, tracking,
-# executors and the stage scripts are left out: editing them must not start a new study.
+# The code that decides what a trial is: the model family's module and its interface, the
+# metrics, the evaluation, the search, and the protocol that fixes each trial's history.
+# Storage, tracking, executors, the params schema and the stage scripts are left out: editing
+# them must not start a new study.
 TRIAL_CODE = (
-    "hpo.config",
-    "hpo.trial.model",
-    "hpo.trial.evaluation",
-    "hpo.trial.space",
+    "hpo.models",
+    "hpo.tasks",
+    "hpo.search.trial",
+    "hpo.search.evaluation",
+    "hpo.search.space",
     "hpo.protocol.view",
     "hpo.protocol.runner",
 )
-# Libraries whose version can change a trial: the model, the sampler and pruner, the folds
-# (scikit-learn's KFold on NumPy's generator), the data frames.
-TRIAL_LIBRARIES = ("xgboost", "optuna", "sklearn", "numpy", "pandas")
-
-
-def code_identity(
-    modules: tuple[str, ...] = TRIAL_CODE, libraries: tuple[str, ...] = TRIAL_LIBRARIES
-) -> str:
-    """sha256 over the source of `modules` and the versions of the `libraries` imported."""
-    digest = hashlib.sha256()
-    for name in modules:
-        source = Path(importlib.import_module(name).__file__)
-        digest.update(name.encode() + b"\0" + source.read_bytes())
-    for name in libraries:
-        digest.update(f"{name}=={importlib.import_module(name).__version__}\0".encode())
-    return digest.hexdigest()
+# Libraries whose version can change a trial, besides the family's own: the sampler and
+# pruner, the folds (scikit-learn's KFold on NumPy's generator), the data frames.
+TRIAL_LIBRARIES = ("optuna", "sklearn", "numpy", "pandas")
 
 
 @functools.cache
-def this_process_identity() -> str:
-    """The identity of the code this process runs (computed once: it reads files)."""
-    return code_identity()
+def this_process_identity(family: str) -> str:
+    """sha256 over the trial code's sources and the versions of the libraries it runs on, for
+    model family `family` (computed once per process: it reads files)."""
+    digest = hashlib.sha256()
+    family_module = importlib.import_module(f"hpo.models.{family}")
+    for name in (*TRIAL_CODE, family_module.__name__):
+        source = Path(importlib.import_module(name).__file__)
+        digest.update(name.encode() + b"\0" + source.read_bytes())
+    for name in (*TRIAL_LIBRARIES, *family_module.LIBRARIES):
+        digest.update(f"{name}=={importlib.import_module(name).__version__}\0".encode())
+    return digest.hexdigest()

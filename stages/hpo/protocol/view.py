@@ -22,7 +22,7 @@ from optuna.distributions import BaseDistribution
 from optuna.storages import InMemoryStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo.trial.evaluation import PrunerEvidence
+from hpo.search.trial import PrunerEvidence
 
 SamplerFactory = Callable[[int], optuna.samplers.BaseSampler]
 
@@ -61,13 +61,14 @@ class ProtocolView:
         distributions: dict[str, BaseDistribution],
         make_sampler: SamplerFactory,
         window: int,
+        direction: str,
     ) -> None:
         self._distributions = distributions
         self._make_sampler = make_sampler
         self._window = window
         self._storage = InMemoryStorage()
-        self._study = optuna.create_study(storage=self._storage, direction="minimize")
-        self._study_id = self._study._study_id
+        self._study = optuna.create_study(storage=self._storage, direction=direction)
+        self._study_id = self._storage.get_study_id_from_name(self._study.study_name)
         self._told: list[FrozenTrial] = []  # in number order
         self._evidence = _EvidenceLog()  # the complete ones among them, for pruners
         self._complete_before = [0]  # complete trials among the first i told

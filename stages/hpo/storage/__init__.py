@@ -1,1 +1,1 @@
-"""Where studies and runs are kept: the Optuna study store, the MLflow store, their settings."""
+"""Where studies are kept: the Optuna study store, and the process that writes to it."""

@@ -1,93 +1,128 @@
 """The Optuna study store: SQLite in outputs/optuna_store.db by default, or OPTUNA_STORAGE.
 
-Either way a study is named by what shapes its trials, opened safely for several writers,
-and kept across runs and experiments; the tune stage leaves outputs/optuna_study.db, its
-DVC output, as a copy of the trials this run's budget takes from the study.
+Either way a study is named by what shapes its trials, run by one tune process at a time
+(`hold_study`), and kept across runs and experiments; the tune stage leaves
+outputs/optuna_study.db, its DVC output, as a copy of the trials this run's budget takes from
+the study.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import os
-import sqlite3
+import socket
+import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import optuna
 import sqlalchemy
 from optuna.exceptions import StorageInternalError
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial
-from sqlalchemy.engine import URL
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
 
+from hpo import paths
 from hpo.errors import MOVE_STORE_ASIDE, REBUILD, PipelineError, file_error
-from hpo.redaction import redact, scrub, secrets_of
-from hpo.storage.settings import STORAGE_VAR
-from hpo.storage.sqlite import check_intact, process_lock
+from hpo.redaction import redact, scrub, secrets_of, userinfo
+from hpo.storage.sqlite import check_intact
 from hpo.waits import announced
 
-# The objective's name in the study (the mean k-fold CV MSE that trials minimise).
-OBJECTIVE_NAME = "cv_mse"
-# Seconds a writer waits for SQLite's lock before "database is locked"; a second tune process
-# on the same study waits its turn instead of failing.
+STORAGE_VAR = "OPTUNA_STORAGE"
+# Seconds a writer waits for SQLite's lock before "database is locked".
 LOCK_TIMEOUT_S = 60
-# Seconds to reach a database server before giving up with one line.
+# Seconds to reach a database server, and to wait for a study another process is running.
 CONNECT_TIMEOUT_S = 10
-# The PostgreSQL advisory lock that tune processes on any host take around ask and tell.
-_ADVISORY_LOCK_KEY = int.from_bytes(hashlib.sha256(b"optuna-mlflow-pipeline").digest()[:7])
+HOLD_TIMEOUT_S = 10
+# Study user attribute: who runs the study now (PostgreSQL's lock cannot say).
+HOLDER_ATTR = "tune_holder"
 
 
-def open_study_storage(url: URL | None, default: Path) -> RDBStorage:
-    """The storage named by OPTUNA_STORAGE, or the SQLite file `default`; one line if unusable."""
-    if url is None:
-        return open_storage(default, MOVE_STORE_ASIDE)
-    return open_storage_url(url)
-
-
-def open_storage_url(url: URL) -> RDBStorage:
-    """The storage at `url`: a SQLite file, or a database server reached within seconds."""
-    if url.get_backend_name() == "sqlite":
-        try:
-            return open_storage(Path(url.database))
-        except (OSError, sqlalchemy.exc.SQLAlchemyError) as exc:
-            reason = " ".join(str(exc).split("\n")[0].split())
-            raise PipelineError(f"{STORAGE_VAR}: cannot open {url.database}: {reason}") from None
-    engine_kwargs = {
-        "pool_pre_ping": True,
-        "connect_args": {"connect_timeout": CONNECT_TIMEOUT_S},
-    }
-    typed = url.render_as_string(hide_password=False)
+def storage_url_from_environment() -> URL | None:
+    """OPTUNA_STORAGE checked for form: a PostgreSQL URL or a SQLite file; None when unset or
+    naming the default store."""
+    value = os.environ.get(STORAGE_VAR, "").strip()
+    if not value:
+        return None
     try:
-        # Two processes creating the tables at once fail: create them under the lock.
-        engine = sqlalchemy.create_engine(url, **engine_kwargs)
-        try:
-            waiting = announced(f"the study database at {redact(typed)} ({STORAGE_VAR})")
-            with waiting, _advisory_lock(engine):
-                return RDBStorage(typed, engine_kwargs=engine_kwargs)
-        finally:
-            engine.dispose()
+        url = make_url(value)
+    except (ArgumentError, ValueError):
+        url = None
+    if url is None or not url.drivername:
+        raise PipelineError(
+            f"{STORAGE_VAR}: not a database URL like postgresql://db.example:5432/hpo "
+            f"(got {redact(value)!r})"
+        )
+    if url.get_backend_name() == "sqlite":
+        return _sqlite_file(url, value)
+    if url.get_backend_name() != "postgresql":
+        raise PipelineError(f"{STORAGE_VAR}: the study can live in PostgreSQL or SQLite, got {redact(value)!r}")
+    typed = userinfo(value)
+    if typed is not None:  # SQLAlchemy must read the user and password that were typed
+        user, colon, password = typed.partition(":")
+        if (url.username, url.password) != (unquote(user), unquote(password) if colon else None):
+            raise PipelineError(
+                f"{STORAGE_VAR}: the password has a raw @ or another reserved character in it "
+                f"({redact(value)!r}); URL-quote it, or leave it out of the URL and put it in "
+                "~/.pgpass (docs/cluster.md)"
+            )
+    if not url.host:
+        raise PipelineError(f"{STORAGE_VAR}: no host in {redact(value)!r}")
+    return url
+
+
+def _sqlite_file(url: URL, value: str) -> URL | None:
+    if not url.database or url.database == ":memory:":
+        raise PipelineError(f"{STORAGE_VAR}: a SQLite study needs a file path, got {value!r}")
+    path = Path(url.database)
+    if not path.parent.is_dir():
+        raise PipelineError(f"{STORAGE_VAR}: folder {path.parent} does not exist")
+    if path.resolve() == paths.STUDY_COPY.resolve():
+        raise PipelineError(
+            f"{STORAGE_VAR}: {paths.STUDY_COPY} is the tune stage's output, rewritten by every "
+            f"run; name another file, or unset it for the default store {paths.STUDY_STORE}"
+        )
+    return None if path.resolve() == paths.STUDY_STORE.resolve() else url
+
+
+def label(url: URL | None) -> str:
+    """How messages name the study store: its file, or the variable and its redacted URL."""
+    if url is None:
+        return str(paths.STUDY_STORE)
+    return f"{STORAGE_VAR} {redact(url.render_as_string(hide_password=False))}"
+
+
+def open_storage_url(url: URL | None) -> RDBStorage:
+    """The storage at `url` (None: the default store), reached within seconds; one line if not."""
+    if url is None:
+        return open_storage(paths.STUDY_STORE, MOVE_STORE_ASIDE)
+    if url.get_backend_name() == "sqlite":
+        return open_storage(Path(url.database), MOVE_STORE_ASIDE)
+    typed = url.render_as_string(hide_password=False)
+    engine_kwargs = {"pool_pre_ping": True, "connect_args": {"connect_timeout": CONNECT_TIMEOUT_S}}
+    try:
+        with announced(f"the study database at {redact(typed)} ({STORAGE_VAR})"):
+            return RDBStorage(typed, engine_kwargs=engine_kwargs)
     except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as exc:
         reason = scrub(" ".join(str(exc).split("\n")[0].split()), secrets_of(typed))
         raise PipelineError(f"{STORAGE_VAR}: cannot open {redact(typed)}: {reason}") from None
 
 
 def open_storage(path: Path, remedy: str = REBUILD) -> RDBStorage:
-    """RDB storage on a SQLite file in WAL mode (readers never block the writer).
-
-    Opened under the file's process lock: two processes creating the tables at once fail.
-    A file that cannot be used (damaged, a folder, read-only, locked too long) gives one line
-    naming it, with `remedy`.
-    """
+    """RDB storage on a SQLite file in WAL mode (readers never block the writer); a file that
+    cannot be used (damaged, a folder, read-only, locked too long) gives one line naming it."""
     try:
         check_intact(path)
-        with process_lock(path):
-            storage = RDBStorage(
-                f"sqlite:///{path}", engine_kwargs={"connect_args": {"timeout": LOCK_TIMEOUT_S}}
-            )
-    except (OSError, sqlite3.Error, sqlalchemy.exc.SQLAlchemyError, StorageInternalError) as exc:
+        storage = RDBStorage(
+            f"sqlite:///{path}", engine_kwargs={"connect_args": {"timeout": LOCK_TIMEOUT_S}}
+        )
+    except (OSError, sqlalchemy.exc.SQLAlchemyError, StorageInternalError) as exc:
         raise file_error(path, exc, remedy) from None
     sqlalchemy.event.listen(storage.engine, "connect", _sqlite_pragmas)
     storage.engine.dispose()  # drop connections opened before the listener existed
@@ -108,71 +143,107 @@ def close_storage(storage: RDBStorage) -> None:
     storage.engine.dispose()
 
 
-def load_or_create(storage: RDBStorage, name: str) -> optuna.Study:
+@contextlib.contextmanager
+def hold_study(url: URL | None, name: str) -> Iterator[str]:
+    """Run study `name` alone: a second tune process waits up to HOLD_TIMEOUT_S, then stops
+    with one line that says who holds it. On PostgreSQL an advisory lock per study, held by a
+    connection (it ends with the process, on any host); on SQLite a lock on the whole store,
+    taken before the store is opened. Yields who holds it now, for HOLDER_ATTR."""
+    me = f"tune process {os.getpid()} on {socket.gethostname()} since {time.strftime('%H:%M:%S')}"
+    if url is not None and url.get_backend_name() == "postgresql":
+        key = {"key": int.from_bytes(hashlib.sha256(name.encode()).digest()[:7])}
+        engine = sqlalchemy.create_engine(url, connect_args={"connect_timeout": CONNECT_TIMEOUT_S})
+        try:
+            with engine.connect() as connection:
+                try_lock = sqlalchemy.text("SELECT pg_try_advisory_lock(:key)")
+                _wait_for(lambda: connection.execute(try_lock, key).scalar(),
+                          lambda: _holder_of(url, name), label(url), name)  # fmt: skip
+                yield me
+        finally:
+            engine.dispose()
+        return
+    store = paths.STUDY_STORE if url is None else Path(url.database)
+    store.parent.mkdir(parents=True, exist_ok=True)
+    # By hand, not with filelock: it truncates the file at each try, which would erase who
+    # holds the lock. The OS releases it when this process ends, however it ends.
+    descriptor = os.open(f"{store}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        _wait_for(lambda: _try_flock(descriptor), lambda: os.pread(descriptor, 300, 0).decode(),
+                  str(store), name)  # fmt: skip
+        os.ftruncate(descriptor, 0)
+        os.pwrite(descriptor, me.encode(), 0)
+        yield me
+    finally:
+        os.close(descriptor)
+
+
+def _try_flock(descriptor: int) -> bool:
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def _wait_for(acquired: Any, holder: Any, store: str, name: str) -> None:
+    deadline = time.monotonic() + HOLD_TIMEOUT_S
+    with announced(f"study {name}, which another tune process is running"):
+        while not acquired():
+            if time.monotonic() > deadline:
+                raise PipelineError(
+                    f"{store}: study {name} is being tuned by {holder() or 'another process'}; "
+                    "wait for it to end, or stop it (its finished trials are kept)"
+                )
+            time.sleep(0.2)
+
+
+def _holder_of(url: URL, name: str) -> str:
+    with contextlib.suppress(Exception):
+        storage = open_storage_url(url)
+        try:
+            return str(storage.get_study_user_attrs(storage.get_study_id_from_name(name))[HOLDER_ATTR])
+        finally:
+            close_storage(storage)
+    return ""
+
+
+def load_or_create(storage: RDBStorage, name: str, direction: str, metric: str) -> optuna.Study:
     study = optuna.create_study(
-        storage=storage, study_name=name, direction="minimize", load_if_exists=True
+        storage=storage, study_name=name, direction=direction, load_if_exists=True
     )
     if study.metric_names is None:
-        _name_objective(study)
+        _name_objective(study, metric)
     return study
 
 
-def _name_objective(study: optuna.Study) -> None:
-    """Name the objective, so the Optuna dashboard labels its axes "cv_mse", not "Objective 0".
-    (Study metadata only: the sampler and the trials do not see it.)"""
+def _name_objective(study: optuna.Study, metric: str) -> None:
+    """Name the objective, so the Optuna dashboard labels its axes "cv_mse", not "Objective 0"."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        study.set_metric_names([OBJECTIVE_NAME])
-
-
-@contextlib.contextmanager
-def study_lock(storage: RDBStorage) -> Iterator[None]:
-    """An exclusive lock among tune processes sharing the storage, held around ask and tell.
-
-    Held while creating the study, and while checking the trial budget and asking, so that
-    workers sharing a study never ask more than n_trials trials between them. On PostgreSQL it
-    is an advisory lock, which holds across hosts; on SQLite a file lock beside the database.
-    """
-    if storage.engine.dialect.name == "sqlite":
-        with process_lock(Path(storage.engine.url.database)):
-            yield
-        return
-    with _advisory_lock(storage.engine):
-        yield
-
-
-@contextlib.contextmanager
-def _advisory_lock(engine: sqlalchemy.Engine) -> Iterator[None]:
-    """PostgreSQL's session-level advisory lock, on a connection of its own."""
-    key = {"key": _ADVISORY_LOCK_KEY}
-    with engine.connect() as connection:
-        connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), key)
-        try:
-            yield
-        finally:
-            connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), key)
+        study.set_metric_names([f"cv_{metric}"])
 
 
 def write_study_file(study: optuna.Study, trials: list[FrozenTrial], path: Path) -> None:
     """Replace `path` with a SQLite study holding `trials`: the stage's DVC output, the run's
     first trials taken from a store that may hold more. Written beside it and renamed, so a
-    reader never sees half a file. Call it under `study_lock`: two tune processes sharing the
-    study write it one after the other."""
+    reader never sees half a file."""
     for stale in path.parent.glob(path.name + ".partial*"):  # left by a killed copy
         stale.unlink()
     partial = path.with_name(f"{path.name}.partial-{os.getpid()}")
     target = open_storage(partial)
     try:
         copy = optuna.create_study(
-            storage=target, study_name=study.study_name, direction="minimize"
+            storage=target, study_name=study.study_name, direction=study.direction
         )
-        _name_objective(copy)
+        _name_objective(copy, study.metric_names[0].removeprefix("cv_"))
         for key, value in study.user_attrs.items():
-            copy.set_user_attr(key, value)
+            if key != HOLDER_ATTR:
+                copy.set_user_attr(key, value)
         copy.add_trials(trials)
+    except (OSError, sqlalchemy.exc.SQLAlchemyError) as exc:
+        raise file_error(path, exc, "free the space or the permission and rerun") from None
     finally:
         close_storage(target)
     for suffix in ("-wal", "-shm"):
         Path(str(path) + suffix).unlink(missing_ok=True)
     os.replace(partial, path)
-    Path(str(partial) + ".lock").unlink(missing_ok=True)

@@ -4,6 +4,7 @@ every flag set explicitly."""
 from __future__ import annotations
 
 import warnings
+from typing import TYPE_CHECKING
 
 import optuna
 from optuna.distributions import (
@@ -15,29 +16,20 @@ from optuna.distributions import (
 from optuna.pruners import BasePruner, MedianPruner, NopPruner
 from optuna.samplers import TPESampler
 
-from hpo.config import (
-    CategoricalDimension,
-    FloatDimension,
-    PrunerParams,
-    SamplerParams,
-    SearchSpace,
-)
+if TYPE_CHECKING:
+    from hpo.config import PrunerParams, SamplerParams, SearchSpace
 
 
 def distributions(space: SearchSpace) -> dict[str, BaseDistribution]:
     """One Optuna distribution per hyperparameter, in params.yaml order."""
     result: dict[str, BaseDistribution] = {}
-    for name, dimension in space.items():
-        if isinstance(dimension, CategoricalDimension):
-            result[name] = CategoricalDistribution(dimension.choices)
-        elif isinstance(dimension, FloatDimension):
-            result[name] = FloatDistribution(
-                dimension.low, dimension.high, log=dimension.log, step=dimension.step
-            )
+    for name, dim in space.items():
+        if dim.type == "categorical":
+            result[name] = CategoricalDistribution(dim.choices)
+        elif dim.type == "float":
+            result[name] = FloatDistribution(dim.low, dim.high, log=dim.log, step=dim.step)
         else:
-            result[name] = IntDistribution(
-                dimension.low, dimension.high, log=dimension.log, step=dimension.step
-            )
+            result[name] = IntDistribution(dim.low, dim.high, log=dim.log, step=dim.step)
     return result
 
 

@@ -2,8 +2,8 @@
 
 `StudyRun` owns the parent run's whole life (open, finish, fail, kill) and writes the trial
 records under it. A trial's run holds its params, its final CV metrics and its learning curve
-as the metric history `cv_mse_curve` (step = boosting rounds), which the MLflow UI plots.
-Three store calls per trial and no artifact file: the main thread writes these between asks.
+as the metric history `cv_<metric>_curve` (step = boosting rounds), which the MLflow UI plots.
+Three store calls per trial and no artifact file.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo.storage.tracking import OPTIONAL_PROVENANCE, log_metrics, log_params_flat
-from hpo.trial.evaluation import TrialOutcome
+from hpo.search.trial import TrialOutcome
+from hpo.tracking.mlflow import OPTIONAL_PROVENANCE, log_metrics, log_params_flat
 
 # Study user attribute: the id of the study's MLflow run, so that a resumed study reopens it.
 STUDY_RUN_ID_ATTR = "mlflow_parent_run_id"
@@ -38,6 +38,7 @@ class StudyRun:
     client: MlflowClient
     experiment_id: str
     run_id: str
+    metric: str  # what trials are scored by (mse, auc, ...)
     tags: dict[str, str]
 
     @classmethod
@@ -46,6 +47,7 @@ class StudyRun:
         client: MlflowClient,
         experiment_id: str,
         study: optuna.Study,
+        metric: str,
         params: dict[str, Any],
         tags: dict[str, str],
     ) -> StudyRun:
@@ -65,7 +67,7 @@ class StudyRun:
             client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
             for key in (OPTIONAL_PROVENANCE & reopened.data.tags.keys()) - tags.keys():
                 client.delete_tag(run_id, key)
-            return cls(client, experiment_id, run_id, tags)
+            return cls(client, experiment_id, run_id, metric, tags)
         run = client.create_run(
             experiment_id,
             run_name=study.study_name,
@@ -73,7 +75,7 @@ class StudyRun:
         )
         log_params_flat(client, run.info.run_id, params)
         study.set_user_attr(STUDY_RUN_ID_ATTR, run.info.run_id)
-        return cls(client, experiment_id, run.info.run_id, tags)
+        return cls(client, experiment_id, run.info.run_id, metric, tags)
 
     @contextlib.contextmanager
     def failing_on_error(self, interrupted: type[BaseException]) -> Iterator[None]:
@@ -93,8 +95,7 @@ class StudyRun:
         and so the duration, of the trials it holds)."""
         counts = summary["n_trials"]
         values = {
-            "best_cv_mse": summary["best_cv_mse"],
-            "best_cv_rmse": summary["best_cv_mse"] ** 0.5,
+            f"best_cv_{self.metric}": summary["best_value"],
             "trial_budget": summary["trial_budget"],
             "trials_complete": counts["complete"],
             "trials_pruned": counts["pruned"],
@@ -103,9 +104,6 @@ class StudyRun:
         }
         log_metrics(self.client, self.run_id, values)
         self.client.log_dict(self.run_id, summary, "tune_summary.json")
-        # The name says what the run holds now: a grown or cut study changes its trial count.
-        name = f"{summary['study_name']} ({summary['trial_budget']} trials)"
-        self.client.update_run(self.run_id, name=name)
         self.client.set_terminated(self.run_id, "FINISHED", end_time=int(finished_at * 1000))
 
     def recorded_numbers(self) -> set[int]:
@@ -141,8 +139,8 @@ class StudyRun:
         timestamp = int(outcome.finished_at * 1000)
         metrics = [Metric("trial_number", trial.number, timestamp, 0)]
         curve = _curve(outcome).items()
-        metrics += [Metric("cv_mse_curve", v, timestamp, rounds) for rounds, v in curve]
-        metrics += [Metric(k, v, timestamp, 0) for k, v in _trial_metrics(outcome).items()]
+        metrics += [Metric(f"cv_{self.metric}_curve", v, timestamp, step) for step, v in curve]
+        metrics += [Metric(k, v, timestamp, 0) for k, v in _trial_metrics(outcome, self.metric).items()]
         self.client.log_batch(
             run_id,
             metrics=metrics,
@@ -166,15 +164,10 @@ def _curve(outcome: TrialOutcome) -> dict[int, float]:
     return outcome.result.curve if outcome.result is not None else {}
 
 
-def _trial_metrics(outcome: TrialOutcome) -> dict[str, float]:
+def _trial_metrics(outcome: TrialOutcome, metric: str) -> dict[str, float]:
     result = outcome.result
     if result is None or result.stopped_early:
         return {}
-    metrics = {f"fold_{i}_mse": v for i, v in enumerate(result.fold_mse)}
-    metrics |= {f"fold_{i}_r2": v for i, v in enumerate(result.fold_r2)}
-    metrics |= {
-        "cv_mse": result.mean_mse,
-        "cv_rmse": result.mean_mse**0.5,
-        "cv_r2": sum(result.fold_r2) / len(result.fold_r2),
+    return {f"fold_{i}_{metric}": v for i, v in enumerate(result.fold_scores)} | {
+        f"cv_{metric}": result.mean
     }
-    return metrics

@@ -1,0 +1,173 @@
+"""The user's table (data.path in params.yaml): read, checked, and split for training and test.
+
+Any CSV (gzip allowed) or Parquet file with a header works. Text columns become categoricals,
+which every model family trains on natively, with their categories taken from the whole
+table so that both splits share them; empty and `NA` cells stay missing. A classification
+target is stored as a categorical of its sorted labels: its codes 0..k-1 are the classes the
+models predict. The prepared splits are Parquet files, which keep those types exactly and
+cannot be read half-written. Every check runs on the table and again on each split that a
+stage reads, and each problem is one line that names the file.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from hpo.config import DataParams
+from hpo.errors import REBUILD, PipelineError, file_error
+
+READERS = {".csv": pd.read_csv, ".gz": pd.read_csv, ".parquet": pd.read_parquet, ".pq": pd.read_parquet}
+
+
+@dataclass(frozen=True)
+class Split:
+    """Features and target of one split, as models take them."""
+
+    x: pd.DataFrame
+    y: np.ndarray  # float targets, or class codes 0..k-1
+    classes: list  # the class labels in code order; empty for regression
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.classes)
+
+
+def read_table(data: DataParams) -> pd.DataFrame:
+    """The table at data.path, its checksum verified when data.sha256 is given, checked."""
+    path = Path(data.path)
+    if path.suffix not in READERS or (path.suffix == ".gz" and Path(path.stem).suffix != ".csv"):
+        raise PipelineError(f"data.path: {path} is not a CSV (.csv, .csv.gz) or Parquet file")
+    try:
+        content = path.read_bytes()
+        digest = hashlib.sha256(content).hexdigest()
+        if data.sha256 is not None and digest != data.sha256:
+            raise PipelineError(
+                f"{path}: checksum mismatch (sha256 {digest}, data.sha256 {data.sha256}); "
+                "the file is truncated or modified"
+            )
+        frame = READERS[path.suffix](path)
+    except (OSError, ValueError, UnicodeDecodeError, pd.errors.ParserError) as exc:
+        raise file_error(path, exc, "give data.path a CSV or Parquet file with a header") from None
+    frame.columns = [str(column) for column in frame.columns]
+    return _as_model_input(frame, data, path)
+
+
+def _as_model_input(frame: pd.DataFrame, data: DataParams, path: Path) -> pd.DataFrame:
+    """The features (text as categoricals) and the target, after the checks of `check`."""
+    if data.target not in frame.columns:
+        close = difflib.get_close_matches(data.target, list(frame.columns), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise PipelineError(f"data.target: {path} has no column {data.target!r}{hint}")
+    missing = [column for column in data.drop if column not in frame.columns]
+    if missing:
+        raise PipelineError(f"data.drop: {path} has no column {missing[0]!r}")
+    frame = frame.drop(columns=data.drop)
+    for column in frame.columns:
+        values = frame[column]
+        if pd.api.types.is_bool_dtype(values):
+            frame[column] = values.astype(float)
+        elif not pd.api.types.is_numeric_dtype(values):
+            labels = sorted(values.dropna().astype(str).unique())
+            frame[column] = pd.Categorical(values.astype("str").where(values.notna()), labels)
+    check(frame, data, path)
+    return frame
+
+
+def check(frame: pd.DataFrame, data: DataParams, path: Path) -> None:
+    """One line for the first problem of a table or split: no rows, no features, a type the
+    models cannot take, an infinite value, a missing target, a wrong number of classes."""
+    features = [column for column in frame.columns if column != data.target]
+    if frame.empty or not features:
+        raise PipelineError(f"{path}: {'no rows' if frame.empty else 'no feature columns'}")
+    for column in frame.columns:
+        values = frame[column]
+        if not (isinstance(values.dtype, pd.CategoricalDtype) or pd.api.types.is_numeric_dtype(values)):
+            raise PipelineError(f"{path}: column {column!r} is {values.dtype}; give numbers or text")
+        if pd.api.types.is_numeric_dtype(values) and np.isinf(values).any():
+            raise PipelineError(f"{path}: infinite values in column {column!r} (rows {_rows(np.isinf(values))})")
+    target = frame[data.target]
+    if target.isna().any():
+        raise PipelineError(
+            f"{path}: the target {data.target!r} is missing in rows {_rows(target.isna())}; "
+            "drop or fill those rows"
+        )
+    if data.task == "regression" and not pd.api.types.is_numeric_dtype(target):
+        raise PipelineError(
+            f"{path}: the target {data.target!r} is not numeric; data.task regression needs "
+            "numbers (binary and multiclass take labels)"
+        )
+    classes = target.nunique()
+    if data.task != "regression" and classes < 2:
+        raise PipelineError(f"{path}: the target {data.target!r} has one class; classification needs 2 or more")
+    if data.task == "binary" and classes > 2:
+        raise PipelineError(
+            f"{path}: the target {data.target!r} has {classes} classes; data.task binary "
+            "takes 2 (multiclass takes more)"
+        )
+
+
+def _rows(mask: pd.Series) -> str:
+    """The first few rows where `mask` holds, numbered as data rows of the file (from 1)."""
+    return ", ".join(str(i + 1) for i in np.flatnonzero(mask.to_numpy())[:5])
+
+
+def split(
+    frame: pd.DataFrame, data: DataParams, test_size: float, seed: int, cv_folds: int
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Seeded train/test split, stratified for classification; the training split must hold
+    two rows a fold, and each class as many rows as there are folds."""
+    from sklearn.model_selection import train_test_split
+
+    classified = data.task != "regression"
+    if classified:  # the target as a categorical of its sorted labels: its codes are classes
+        labels = sorted(frame[data.target].unique())
+        frame = frame.assign(**{data.target: pd.Categorical(frame[data.target], labels)})
+    try:
+        train, test = train_test_split(
+            frame, test_size=test_size, random_state=seed,
+            stratify=frame[data.target] if classified else None,
+        )  # fmt: skip
+    except ValueError as exc:
+        raise PipelineError(f"prepare.test_size {test_size}: {' '.join(str(exc).split())}") from None
+    if len(train) < 2 * cv_folds:
+        raise PipelineError(
+            f"{data.path}: the training split has {len(train)} rows; tune.cv_folds = {cv_folds} "
+            f"needs at least {2 * cv_folds} (2 a fold)"
+        )
+    if classified:
+        counts = train[data.target].value_counts()
+        if counts.min() < cv_folds:
+            raise PipelineError(
+                f"{data.path}: class {counts.idxmin()!r} has {counts.min()} training rows, "
+                f"fewer than tune.cv_folds = {cv_folds}; lower the folds or drop the class"
+            )
+    return train.reset_index(drop=True), test.reset_index(drop=True)
+
+
+def write_split(frame: pd.DataFrame, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_parquet(path, index=False)
+
+
+def read_split(path: Path, data: DataParams) -> Split:
+    """A split the prepare stage wrote, checked again: one line if it is missing or damaged."""
+    try:
+        frame = pd.read_parquet(path)
+    except (OSError, ValueError) as exc:  # ValueError: not Parquet, or cut short
+        raise file_error(path, exc, REBUILD) from None
+    if data.target not in frame.columns:
+        raise PipelineError(f"{path}: no column {data.target!r} (data.target); {REBUILD}")
+    check(frame, data, path)
+    target = frame[data.target]
+    x = frame.drop(columns=data.target)
+    if data.task == "regression":
+        return Split(x, target.to_numpy(dtype=np.float64), [])
+    if not isinstance(target.dtype, pd.CategoricalDtype):
+        raise PipelineError(f"{path}: the target {data.target!r} holds no classes; {REBUILD}")
+    return Split(x, target.cat.codes.to_numpy(dtype=np.int64), list(target.cat.categories))

@@ -1,0 +1,43 @@
+"""What the driver writes while it runs a study, and the attributes it keeps on trials.
+
+The driver decides everything a trial is (its number, params and outcome); a `TrialWriter`
+only keeps it, in the order it was sent, off the driver's thread (hpo.storage.writer). The
+driver learns back which trials are stored, and shows a trial as done only then.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from optuna.trial import FrozenTrial
+
+from hpo.search.trial import TrialOutcome
+
+# Trial user attributes: a finished trial's outcome while it waits for its turn to be told;
+# the study's tuning time when the trial was told (TuneClock); each fold's final score.
+PENDING_ATTR = "pending_outcome"
+CLOCK_ATTR = "tune_clock"
+FOLD_SCORES_ATTR = "fold_scores"
+
+
+class TrialWriter(Protocol):
+    """Every call returns at once; the writes happen in order, elsewhere."""
+
+    def create(self, number: int, trial: FrozenTrial) -> None:
+        """Trial `number` (the next one), running, as `trial` describes it."""
+
+    def save_pending(self, number: int, outcome: TrialOutcome) -> None:
+        """Keep a finished trial's outcome in the study until its turn to be told."""
+
+    def tell(self, trial: FrozenTrial, outcome: TrialOutcome) -> None:
+        """Store the finished `trial` over its running version, then record it (MLflow)."""
+
+    def stored(self) -> list[int]:
+        """Trials told and stored since the last call, in order; raises the writer's failure
+        as a PipelineError that says how many finished trials the study keeps."""
+
+    def flush(self, timeout: float) -> bool:
+        """Whether every write so far was applied within `timeout` seconds."""
+
+    def close(self, timeout: float) -> None:
+        """Let the writes sent so far finish, for at most `timeout` seconds."""

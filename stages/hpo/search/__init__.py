@@ -1,0 +1,1 @@
+"""What a trial is: the task and outcome that travel, its evaluation, and the search space."""

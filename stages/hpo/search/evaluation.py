@@ -1,0 +1,211 @@
+"""How one trial is evaluated, whatever runs it: k-fold CV advanced checkpoint by checkpoint.
+
+All folds of a trial move to the same checkpoint (every `pruner.interval_steps` boosting
+rounds) before the mean validation score is known there, so a pruner can stop a poor trial
+after a few rounds rather than after whole folds, and each fold's step to the next checkpoint
+is a small task that any free core may run. The objective is unchanged: the mean over folds of
+the validation score of a model with exactly n_estimators rounds.
+
+A trial is a pure function of its `TrialTask` and the `TrainingData`: it reads nothing from
+the study and writes nothing anywhere, and its result does not depend on the thread count of
+its fits (each family promises that). So the same trial gives the same `TrialOutcome` on a
+local thread or on a Dask worker, and a task that an executor runs twice is harmless. Its
+pruner judges it against the evidence in its task, not the live study, which keeps pruning
+decisions independent of timing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import optuna
+import pandas as pd
+from optuna.trial import TrialState
+
+from hpo.models import N_ROUNDS, Setup, load_family
+from hpo.search.space import make_pruner
+from hpo.search.trial import CVResult, TrialOutcome, TrialTask
+from hpo.tasks import direction, score
+
+if TYPE_CHECKING:
+    from hpo.config import PrunerParams
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """The training split and how the study scores it: sent once to each process that runs
+    trials."""
+
+    x: pd.DataFrame
+    y: np.ndarray
+    family: str
+    setup: Setup
+    metric: str
+    n_folds: int
+    cv_seed: int
+    pruner: PrunerParams
+    key: str = field(init=False)  # what the folds are built from, for the fold pool
+
+    def __post_init__(self) -> None:
+        digest = hashlib.sha256(pd.util.hash_pandas_object(self.x).to_numpy().tobytes())
+        digest.update(self.y.tobytes())
+        digest.update(repr((self.family, self.setup, self.n_folds, self.cv_seed)).encode())
+        object.__setattr__(self, "key", digest.hexdigest())
+
+
+@dataclass(frozen=True)
+class Fold:
+    model_input: Any  # the family's own form of the fold (hpo.models.Family.fold)
+    y_valid: np.ndarray
+
+
+def make_folds(data: TrainingData) -> list[Fold]:
+    """A seeded k-fold split (stratified for classification), in the family's form."""
+    from sklearn.model_selection import KFold, StratifiedKFold
+
+    kind = KFold if data.setup.task == "regression" else StratifiedKFold
+    family = load_family(data.family)
+    folds = []
+    for train, valid in kind(data.n_folds, shuffle=True, random_state=data.cv_seed).split(data.x, data.y):
+        model_input = family.fold(data.setup, data.x.iloc[train], data.y[train], data.x.iloc[valid])
+        folds.append(Fold(model_input, data.y[valid]))
+    return folds
+
+
+@dataclass
+class TrialEvaluation:
+    """One trial's folds moved from checkpoint to checkpoint, with its pruner at each one.
+
+    Drivers call `advance(i)` for every fold (each fold by one thread at a time, different folds
+    possibly at once), then `at_checkpoint()`, which returns the outcome once the trial is over
+    and otherwise moves every fold's target to the next checkpoint.
+    """
+
+    task: TrialTask
+    data: TrainingData
+    folds: list[Fold]
+    nthread: int
+    started_at: float = field(default_factory=time.time)
+    reported: dict[int, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        family, setup = load_family(self.data.family), self.data.setup
+        self._boosters = [
+            family.fold_booster(setup, self.task.params, fold.model_input, self.nthread)
+            for fold in self.folds
+        ]
+        self._rounds = self.task.params[N_ROUNDS]
+        self._every = self.data.pruner.interval_steps
+        self.checkpoint = min(self._every, self._rounds)
+        self._scores = [float("nan")] * len(self.folds)
+        self._curve: dict[int, float] = {}
+        self._probe: optuna.Trial | None = None
+
+    def advance(self, fold_index: int) -> None:
+        """Boost one fold up to the current checkpoint and score its validation rows."""
+        booster, fold = self._boosters[fold_index], self.folds[fold_index]
+        booster.boost_to(self.checkpoint)
+        self._scores[fold_index] = score(self.data.metric, fold.y_valid, booster.predict_valid())
+
+    def at_checkpoint(self) -> TrialOutcome | None:
+        """All folds are at the checkpoint: report, then stop, finish or go on."""
+        step, last = self.checkpoint, self.checkpoint == self._rounds
+        value = self._curve[step] = float(np.mean(self._scores))
+        pruned = False
+        if step % self._every == 0:
+            self.reported[step] = value
+            # A trial that trained every round is finished: pruning it would discard its result.
+            if not last:
+                probe = self._probe or self._open_probe()
+                probe.report(value, step)
+                pruned = bool(probe.should_prune())
+        if not (pruned or last):
+            self.checkpoint = min(step + self._every, self._rounds)
+            return None
+        result = CVResult(dict(self._curve), [] if pruned else list(self._scores), pruned)
+        state = TrialState.PRUNED if pruned else TrialState.COMPLETE
+        return TrialOutcome(self.task.number, self.task.params, state, result, self.reported,
+                            None, self.started_at, time.time())  # fmt: skip
+
+    def failed(self, exc: BaseException) -> TrialOutcome:
+        return TrialOutcome.failed(self.task, exc, self.reported, self.started_at)
+
+    def _open_probe(self) -> optuna.Trial:
+        """The trial's own in-memory study, holding only its evidence, judged by the pruner."""
+        study = optuna.create_study(
+            direction=direction(self.data.metric), pruner=make_pruner(self.data.pruner)
+        )
+        study.add_trials(self.task.evidence.trials())
+        self._probe = study.ask()
+        return self._probe
+
+
+class FoldPool:
+    """Fold data for the trials running at once: each running trial holds a set of its own.
+
+    A library need not let two models train on one matrix at once (XGBoost's maintainers:
+    "XGBoost is not thread safe"; a DMatrix builds some of its formats lazily, on first use),
+    so no two trials share a set, and within a trial each fold is advanced by one thread at a
+    time. A set is built when no free one is left and reused afterwards: as many sets as trials
+    ever ran at once.
+    """
+
+    def __init__(self, data: TrainingData) -> None:
+        self.data = data
+        self._free: list[list[Fold]] = []
+        self._lock = threading.Lock()
+        self.built = 0
+
+    def take(self) -> list[Fold]:
+        with self._lock:
+            if self._free:
+                return self._free.pop()
+            self.built += 1
+        return make_folds(self.data)
+
+    def give_back(self, folds: list[Fold]) -> None:
+        with self._lock:
+            self._free.append(folds)
+
+
+_POOLS: dict[str, FoldPool] = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def fold_pool(data: TrainingData) -> FoldPool:
+    """This process's fold pool for `data` (one training split at a time)."""
+    with _POOLS_LOCK:
+        if data.key not in _POOLS:
+            _POOLS.clear()
+            _POOLS[data.key] = FoldPool(data)
+        return _POOLS[data.key]
+
+
+def evaluate_trial(task: TrialTask, data: TrainingData, nthread: int) -> TrialOutcome:
+    """The whole trial in the calling thread: every fold to each checkpoint, then the pruner.
+
+    A failing configuration is an outcome (FAIL with its error), not an exception: the study
+    records it and goes on.
+    """
+    started = time.time()
+    pool = fold_pool(data)
+    folds = pool.take()
+    evaluation = None
+    try:
+        evaluation = TrialEvaluation(task, data, folds, nthread, started)
+        while True:
+            for fold_index in range(len(folds)):
+                evaluation.advance(fold_index)
+            outcome = evaluation.at_checkpoint()
+            if outcome is not None:
+                return outcome
+    except Exception as exc:  # e.g. the library rejects a param
+        reported = evaluation.reported if evaluation is not None else None
+        return TrialOutcome.failed(task, exc, reported, started)
+    finally:
+        pool.give_back(folds)

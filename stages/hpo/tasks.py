@@ -1,0 +1,85 @@
+"""What the task decides: the metrics a trial may be scored by, their direction, and what the
+final model is judged by on the test split.
+
+Predictions arrive as every model family gives them: values for regression, the probability of
+class 1 for binary, one probability per class (a row each) for multiclass. Class labels are
+the codes 0..k-1 of the classes in sorted order (hpo.data). Scores are computed here from the
+predictions, not by the model library, so that they do not depend on its thread count.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+
+Task = Literal["regression", "binary", "multiclass"]
+METRICS: dict[str, tuple[str, ...]] = {
+    "regression": ("mse", "rmse", "mae"),
+    "binary": ("logloss", "auc", "error"),
+    "multiclass": ("mlogloss", "merror"),
+}
+DEFAULT_METRIC = {task: names[0] for task, names in METRICS.items()}
+# The test metric a run is summed up by (beside the baseline's), lower is better.
+HEADLINE = {"regression": "rmse", "binary": "logloss", "multiclass": "logloss"}
+MAXIMISED = frozenset({"auc"})
+
+
+def direction(metric: str) -> Literal["minimize", "maximize"]:
+    return "maximize" if metric in MAXIMISED else "minimize"
+
+
+def score(metric: str, y: np.ndarray, predicted: np.ndarray) -> float:
+    """One fold's (or split's) score; float64 arithmetic on the predictions as given."""
+    if metric in ("mse", "rmse"):
+        mse = float(np.mean((y - predicted) ** 2))
+        return mse if metric == "mse" else float(np.sqrt(mse))
+    if metric == "mae":
+        return float(np.mean(np.abs(y - predicted)))
+    if metric == "auc":
+        from sklearn.metrics import roc_auc_score
+
+        return float(roc_auc_score(y, predicted))
+    if metric in ("error", "merror"):
+        return float(np.mean(predicted_labels(predicted) != y))
+    if metric in ("logloss", "mlogloss"):
+        return _log_loss(y, predicted)
+    raise ValueError(f"unknown metric {metric!r}")
+
+
+def predicted_labels(predicted: np.ndarray) -> np.ndarray:
+    """Class codes: the likeliest class, or class 1 above probability 0.5 for binary."""
+    if predicted.ndim == 1:
+        return (predicted > 0.5).astype(np.int64)
+    return np.argmax(predicted, axis=1)
+
+
+def _log_loss(y: np.ndarray, predicted: np.ndarray) -> float:
+    probabilities = predicted.astype(np.float64)
+    if probabilities.ndim == 1:
+        probabilities = np.column_stack([1 - probabilities, probabilities])
+    eps = np.finfo(np.float64).eps
+    of_truth = np.clip(probabilities[np.arange(len(y)), y.astype(np.int64)], eps, 1 - eps)
+    return float(-np.mean(np.log(of_truth)))
+
+
+def holdout_report(task: Task, y: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
+    """What the final model and the baseline are judged by on the test split."""
+    from sklearn import metrics
+
+    if task == "regression":
+        mse = score("mse", y, predicted)
+        r2 = metrics.r2_score(y, predicted)
+        return {"mse": mse, "rmse": float(np.sqrt(mse)), "mae": score("mae", y, predicted),
+                "r2": float(r2)}  # fmt: skip
+    labels = predicted_labels(predicted)
+    if task == "binary":
+        auc = metrics.roc_auc_score(y, predicted)
+    else:
+        auc = metrics.roc_auc_score(y, predicted, multi_class="ovr", labels=range(predicted.shape[1]))
+    return {
+        "logloss": _log_loss(y, predicted),
+        "accuracy": float(metrics.accuracy_score(y, labels)),
+        "f1_macro": float(metrics.f1_score(y, labels, average="macro")),
+        "roc_auc": float(auc),
+    }

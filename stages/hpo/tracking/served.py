@@ -1,0 +1,69 @@
+"""The refit model as `mlflow models serve` answers: for regression a `prediction` column; for
+classification the predicted `label` and a `probability_<class>` column per class.
+
+MLflow logs this file as the model's code ("models from code", no pickle), with the hpo package
+beside it and the saved model as an artifact; `model_config` holds what the model was trained
+on: the family, the task, the classes and each text column's categories. A caller sends text
+columns as text; they become the categoricals the model was trained on.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import mlflow.models
+import mlflow.pyfunc
+import numpy as np
+import pandas as pd
+
+from hpo.models import load_family
+
+
+def model_config(family: str, task: str, classes: list[Any], x: pd.DataFrame) -> dict[str, Any]:
+    categories = {
+        column: [str(c) for c in x[column].cat.categories]
+        for column in x.columns
+        if isinstance(x[column].dtype, pd.CategoricalDtype)
+    }
+    plain = [c.item() if isinstance(c, np.generic) else c for c in classes]
+    return {"family": family, "task": task, "classes": plain, "categories": categories}
+
+
+def as_input(config: dict[str, Any], x: pd.DataFrame) -> pd.DataFrame:
+    """Features as a caller sends them: categoricals as text (None where missing)."""
+    x = x.copy()
+    for column in config["categories"]:
+        x[column] = x[column].astype(object).where(x[column].notna(), None)
+    return x
+
+
+def served_frame(config: dict[str, Any], predicted: np.ndarray) -> pd.DataFrame:
+    """Predictions as served: values, or a label and one probability per class."""
+    if config["task"] == "regression":
+        return pd.DataFrame({"prediction": np.asarray(predicted, dtype=np.float64)})
+    classes = config["classes"]
+    probabilities = predicted if predicted.ndim == 2 else np.column_stack([1 - predicted, predicted])
+    frame = pd.DataFrame(
+        {f"probability_{c}": probabilities[:, i].astype(np.float64) for i, c in enumerate(classes)}
+    )
+    # The likeliest class; for binary, class 1 above 0.5 (as hpo.tasks decides it).
+    frame.insert(0, "label", np.asarray(classes, dtype=object)[probabilities.argmax(axis=1)])
+    return frame
+
+
+class ServedModel(mlflow.pyfunc.PythonModel):
+    def load_context(self, context: Any) -> None:
+        self.config = context.model_config
+        self.family = load_family(self.config["family"])
+        self.model = self.family.load(Path(context.artifacts["model"]))
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: Any = None) -> pd.DataFrame:
+        x = model_input.copy()
+        for column, categories in self.config["categories"].items():
+            values = x[column]
+            x[column] = pd.Categorical(values.astype("str").where(values.notna()), categories)
+        return served_frame(self.config, self.family.predict(self.model, x))
+
+
+mlflow.models.set_model(ServedModel())
