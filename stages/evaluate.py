@@ -61,7 +61,9 @@ def main() -> None:
     paths.PREDICTIONS_CSV.parent.mkdir(parents=True, exist_ok=True)
     predictions.to_csv(paths.PREDICTIONS_CSV, index=False)
     curve.to_csv(paths.CURVE_CSV, index=False)
-    tracking.log_metrics(client, model_info["mlflow_run_id"], {f"test_{k}": v for k, v in tuned.items()})
+    tracking.log_metrics(
+        client, model_info["mlflow_run_id"], {f"test_{k}": v for k, v in tuned.items()}
+    )
     logging.getLogger("hpo.evaluate").info(
         f"test {headline} {tuned[headline]:.4f} (baseline {baseline[headline]:.4f})"
     )

@@ -36,18 +36,24 @@ def main() -> None:
         try:
             study = optuna.load_study(study_name=study_name, storage=storage)
         except KeyError:  # an empty file opens as a new, empty storage
-            raise PipelineError(f"{paths.STUDY_COPY}: holds no study {study_name}; {REBUILD}") from None
+            raise PipelineError(
+                f"{paths.STUDY_COPY}: holds no study {study_name}; {REBUILD}"
+            ) from None
         history_table(study).to_csv(paths.HISTORY_CSV, index=False)
         settings = params.plot
         evaluator = importance_evaluator(settings.importance_evaluator, settings.importance_seed)
         importances = importance_table(study, evaluator)
         importances.to_csv(paths.IMPORTANCE_CSV, index=False)
         save_png(history_figure(study), paths.HISTORY_PNG)
-        save_png(importance_figure(importances, settings.importance_evaluator), paths.IMPORTANCE_PNG)
+        save_png(
+            importance_figure(importances, settings.importance_evaluator), paths.IMPORTANCE_PNG
+        )
     finally:
         close_storage(storage)
     save_png(holdout_figure(params.data.task, predictions, curve), paths.TEST_PNG)
-    logging.getLogger("hpo.plot").info(f"wrote {paths.HISTORY_PNG}, {paths.IMPORTANCE_PNG} and {paths.TEST_PNG}")
+    logging.getLogger("hpo.plot").info(
+        f"wrote {paths.HISTORY_PNG}, {paths.IMPORTANCE_PNG} and {paths.TEST_PNG}"
+    )
 
 
 if __name__ == "__main__":

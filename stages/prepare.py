@@ -12,10 +12,14 @@ def main() -> None:
     params = load_params()
     table = read_table(params.data)
     prepare = params.prepare
-    train, test = split(table, params.data, prepare.test_size, prepare.split_seed, params.tune.cv_folds)
+    train, test = split(
+        table, params.data, prepare.test_size, prepare.split_seed, params.tune.cv_folds
+    )
     write_split(train, paths.TRAIN)
     write_split(test, paths.TEST)
-    logging.getLogger("hpo.prepare").info(f"prepared {len(train)} training and {len(test)} test rows")
+    logging.getLogger("hpo.prepare").info(
+        f"prepared {len(train)} training and {len(test)} test rows"
+    )
 
 
 if __name__ == "__main__":

@@ -35,7 +35,11 @@ def main() -> None:
         (config, distributions),
         (as_input(config, example), served_frame(config, family.predict(model, example))),
         {
-            "model": {"family": family_name, "seed": params.model.seed, "fixed": params.model.chosen.fixed},
+            "model": {
+                "family": family_name,
+                "seed": params.model.seed,
+                "fixed": params.model.chosen.fixed,
+            },
             "best_params": summary["best_params"],
         },
         study_run_id=summary["mlflow_parent_run_id"],

@@ -96,7 +96,11 @@ def _check_range(low: float, high: float, log: bool, step: float | None) -> None
 Dimension = Annotated[
     IntDimension | FloatDimension | CategoricalDimension, Field(discriminator="type")
 ]
-DIMENSION_KINDS = {"int": IntDimension, "float": FloatDimension, "categorical": CategoricalDimension}
+DIMENSION_KINDS = {
+    "int": IntDimension,
+    "float": FloatDimension,
+    "categorical": CategoricalDimension,
+}
 # Hyperparameter name -> its dimension, in params.yaml order (the order trials sample in).
 SearchSpace = dict[str, Dimension]
 
@@ -265,7 +269,9 @@ def _describe(error: ErrorDetails) -> str:
     elif error["type"] == "union_tag_invalid":
         message = f"unknown type {error['ctx']['tag']!r} (one of {kinds})"
     elif error["type"] == "model_attributes_type" and "search_space" in loc[:-1]:
-        message = f"expected a mapping like {{type: float, low: 0.0, high: 1.0}}, got {error['input']!r}"
+        message = (
+            f"expected a mapping like {{type: float, low: 0.0, high: 1.0}}, got {error['input']!r}"
+        )
     elif error["type"] == "missing":
         message = "missing key"
     elif error["type"] == "int_type" and isinstance(error.get("input"), float):

@@ -22,7 +22,12 @@ import pandas as pd
 from hpo.config import DataParams
 from hpo.errors import REBUILD, PipelineError, file_error
 
-READERS = {".csv": pd.read_csv, ".gz": pd.read_csv, ".parquet": pd.read_parquet, ".pq": pd.read_parquet}
+READERS = {
+    ".csv": pd.read_csv,
+    ".gz": pd.read_csv,
+    ".parquet": pd.read_parquet,
+    ".pq": pd.read_parquet,
+}
 
 
 @dataclass(frozen=True)
@@ -87,10 +92,16 @@ def check(frame: pd.DataFrame, data: DataParams, path: Path) -> None:
         raise PipelineError(f"{path}: {'no rows' if frame.empty else 'no feature columns'}")
     for column in frame.columns:
         values = frame[column]
-        if not (isinstance(values.dtype, pd.CategoricalDtype) or pd.api.types.is_numeric_dtype(values)):
-            raise PipelineError(f"{path}: column {column!r} is {values.dtype}; give numbers or text")
+        if not (
+            isinstance(values.dtype, pd.CategoricalDtype) or pd.api.types.is_numeric_dtype(values)
+        ):
+            raise PipelineError(
+                f"{path}: column {column!r} is {values.dtype}; give numbers or text"
+            )
         if pd.api.types.is_numeric_dtype(values) and np.isinf(values).any():
-            raise PipelineError(f"{path}: infinite values in column {column!r} (rows {_rows(np.isinf(values))})")
+            raise PipelineError(
+                f"{path}: infinite values in column {column!r} (rows {_rows(np.isinf(values))})"
+            )
     target = frame[data.target]
     if target.isna().any():
         raise PipelineError(
@@ -104,7 +115,9 @@ def check(frame: pd.DataFrame, data: DataParams, path: Path) -> None:
         )
     classes = target.nunique()
     if data.task != "regression" and classes < 2:
-        raise PipelineError(f"{path}: the target {data.target!r} has one class; classification needs 2 or more")
+        raise PipelineError(
+            f"{path}: the target {data.target!r} has one class; classification needs 2 or more"
+        )
     if data.task == "binary" and classes > 2:
         raise PipelineError(
             f"{path}: the target {data.target!r} has {classes} classes; data.task binary "
@@ -134,7 +147,9 @@ def split(
             stratify=frame[data.target] if classified else None,
         )  # fmt: skip
     except ValueError as exc:
-        raise PipelineError(f"prepare.test_size {test_size}: {' '.join(str(exc).split())}") from None
+        raise PipelineError(
+            f"prepare.test_size {test_size}: {' '.join(str(exc).split())}"
+        ) from None
     if len(train) < 2 * cv_folds:
         raise PipelineError(
             f"{data.path}: the training split has {len(train)} rows; tune.cv_folds = {cv_folds} "

@@ -31,7 +31,12 @@ def file_error(path: Path | str, exc: BaseException, remedy: str) -> PipelineErr
     """One line for a file a stage cannot use: which, what is wrong with it, what to do."""
     if is_locked(exc):
         return PipelineError(f"{path}: locked by another process; {CLOSE_THE_HOLDER}")
-    return PipelineError(f"{path}: {what_is_wrong(exc)}; {remedy}")
+    reason = what_is_wrong(exc)
+    if "disk is full" in reason or "No space left" in reason:
+        remedy = "free space on its disk and rerun `dvc repro`: finished trials are kept"
+    elif "readonly database" in reason or "Read-only file system" in reason:
+        remedy = "make it writable and rerun `dvc repro`: finished trials are kept"
+    return PipelineError(f"{path}: {reason}; {remedy}")
 
 
 def read_json(path: Path) -> Any:
@@ -50,6 +55,8 @@ def what_is_wrong(exc: BaseException) -> str:
         return "is a folder, not a file"
     if isinstance(exc, PermissionError):
         return "permission denied"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
     lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
     first = " ".join(lines[0].split(" Stack trace:")[0].split()) if lines else ""
     return first or type(exc).__name__

@@ -43,7 +43,9 @@ def _objective(study: optuna.Study) -> str:
 def history_table(study: optuna.Study) -> pd.DataFrame:
     """One row per completed trial: its CV score and the best so far."""
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    table = pd.DataFrame({"trial": [t.number for t in complete], "cv_score": [t.value for t in complete]})
+    table = pd.DataFrame(
+        {"trial": [t.number for t in complete], "cv_score": [t.value for t in complete]}
+    )
     maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
     table["best_cv_score"] = table["cv_score"].cummax() if maximize else table["cv_score"].cummin()
     return table
@@ -69,10 +71,18 @@ def history_figure(study: optuna.Study) -> Figure:
     axes = figure.subplots()
     axes.scatter([t.number for t in pruned], pruned_at, marker="x", s=18, color="tab:gray",
                  label=f"pruned ({len(pruned)}), at its last check")  # fmt: skip
-    axes.scatter(table["trial"], table["value"], s=18, color="tab:blue", label=f"complete ({len(table)})")
-    axes.step(table["trial"], table["best_cv_score"], where="post", color="tab:red", label="best so far")
+    axes.scatter(
+        table["trial"], table["value"], s=18, color="tab:blue", label=f"complete ({len(table)})"
+    )
+    axes.step(
+        table["trial"], table["best_cv_score"], where="post", color="tab:red", label="best so far"
+    )
     title = f"Optimisation history of {study.study_name}"
-    if len(table) and study.direction == optuna.study.StudyDirection.MINIMIZE and table["value"].min() > 0:
+    if (
+        len(table)
+        and study.direction == optuna.study.StudyDirection.MINIMIZE
+        and table["value"].min() > 0
+    ):
         axes.set_yscale("log")
         for axis_format in (axes.yaxis.set_major_formatter, axes.yaxis.set_minor_formatter):
             axis_format(FormatStrFormatter("%.2f"))  # 0.40, not 4x10^-1
@@ -120,7 +130,9 @@ def holdout_tables(
         errors = np.quantile(np.abs(y - predicted), shares)
         return predictions, pd.DataFrame({"series": "REC", "x": errors, "y": shares})
     names = np.asarray([str(c) for c in classes], dtype=object)
-    predictions = pd.DataFrame({"actual": names[y], "predicted": names[predicted_labels(predicted)]})
+    predictions = pd.DataFrame(
+        {"actual": names[y], "predicted": names[predicted_labels(predicted)]}
+    )
     scores = np.column_stack([1 - predicted, predicted]) if predicted.ndim == 1 else predicted
     curves = []
     for code in range(1, 2) if predicted.ndim == 1 else range(len(classes)):
@@ -137,7 +149,11 @@ def holdout_figure(task: str, predictions: pd.DataFrame, curve: pd.DataFrame) ->
         left.scatter(predictions["actual"], predictions["predicted"], s=3, alpha=0.3)
         low, high = predictions["actual"].min(), predictions["actual"].max()
         left.plot([low, high], [low, high], color="black", linestyle="--", linewidth=1)
-        left.set(title="Predicted against actual (test split; dashed: y = x)", xlabel="actual", ylabel="predicted")
+        left.set(
+            title="Predicted against actual (test split; dashed: y = x)",
+            xlabel="actual",
+            ylabel="predicted",
+        )
         right.plot(curve["x"], curve["y"], color="tab:blue")
         right.set(title="REC curve: share of test rows within an error", xlabel="absolute error",
                   ylabel="share of test rows", ylim=(0, 1.01))  # fmt: skip

@@ -28,7 +28,13 @@ from hpo.errors import PipelineError
 from hpo.execution.dask import DaskExecutor, address_from_environment, connect_dask
 from hpo.execution.local import LocalExecutor
 from hpo.protocol.identity import this_process_identity
-from hpo.protocol.runner import Progress, StudyRunner, TrialExecutor, TuningInterruptedError, summarize
+from hpo.protocol.runner import (
+    Progress,
+    StudyRunner,
+    TrialExecutor,
+    TuningInterruptedError,
+    summarize,
+)
 from hpo.search.evaluation import TrainingData
 from hpo.search.space import distributions, make_sampler
 from hpo.search.trial import TrialTask
@@ -60,8 +66,11 @@ def study_name(params: Params, train_sha256: str, faults: str = "") -> str:
     identity = {
         "tune": params.tune.model_dump(mode="json", exclude={"n_trials"}),
         "metric": params.metric,
-        "model": {"family": family, "seed": params.model.seed,
-                  "settings": params.model.chosen.model_dump(mode="json")},  # fmt: skip
+        "model": {
+            "family": family,
+            "seed": params.model.seed,
+            "settings": params.model.chosen.model_dump(mode="json"),
+        },  # fmt: skip
         "data": {"task": params.data.task, "target": params.data.target, "train": train_sha256},
         "code": this_process_identity(family),
         "injected_faults": faults,  # a test's failing trials must not enter a real study
@@ -136,13 +145,15 @@ def open_tune_session(params: Params, split: Split, stop: StopSignal) -> Iterato
                     study.set_user_attr(studies.HOLDER_ATTR, holder)
                     run_params = params.model_dump(mode="json", exclude={"tune": {"n_trials"}})
                     tags = {**tracking.provenance_tags(run_params), **executor.tags}
-                    study_run = StudyRun.open(client, experiment_id, study, metric, run_params, tags)
+                    study_run = StudyRun.open(
+                        client, experiment_id, study, metric, run_params, tags
+                    )
                     writer.configure(WriterConfig(
                         storage_url=None if storage_url is None else storage_url.render_as_string(hide_password=False),
                         study_name=name, study_label=studies.label(storage_url),
                         tracking_uri=client.tracking_uri, tracking_label=tracking.label(),
                         experiment_id=experiment_id, run_id=study_run.run_id, metric=metric,
-                        tags=tags, patient=tuple(tracking.BOUNDED_HERE),
+                        tags=tags, patient=tuple(tracking.BOUNDED_HERE), files=local_stores(storage_url, client),
                     ))  # fmt: skip
                     runner = StudyRunner(
                         study=study,
@@ -165,6 +176,16 @@ def open_tune_session(params: Params, split: Split, stop: StopSignal) -> Iterato
             executor.shutdown(cancel=True)
     finally:
         writer.close(STOPPED_WRITER_EXIT_S)
+
+
+def local_stores(storage_url: Any, client: Any) -> dict[str, str]:
+    """The SQLite files of the study store and the MLflow store, by their labels."""
+    files = {}
+    if storage_url is None or storage_url.get_backend_name() == "sqlite":
+        files[studies.label(storage_url)] = str(paths.STUDY_STORE if storage_url is None else storage_url.database)
+    if client.tracking_uri.startswith("sqlite:///"):
+        files[tracking.label()] = client.tracking_uri.removeprefix("sqlite:///")
+    return files
 
 
 def injected_faults(spec: str) -> Callable[[int], None]:

@@ -14,7 +14,7 @@ import traceback
 from collections.abc import Callable
 
 from hpo import paths
-from hpo.errors import CLOSE_THE_HOLDER, PipelineError, file_error, is_locked
+from hpo.errors import MOVE_STORE_ASIDE, PipelineError, file_error
 from hpo.redaction import scrub
 
 # quiet: warnings and errors only; normal: a line per trial; verbose: what each store and
@@ -64,14 +64,18 @@ def run_stage(main: Callable[[], None]) -> None:
         # Writing an output into a read-only folder, a full disk, a folder in a file's place.
         _fail(f"{exc.filename}: {(exc.strerror or str(exc)).lower()}", 2)
     except Exception as exc:
-        if not is_locked(exc):  # a bug: its traceback, without secrets
+        root = exc
+        while root.__cause__ is not None or root.__context__ is not None:
+            root = root.__cause__ or root.__context__
+        if not isinstance(root, sqlite3.Error):  # a bug: its traceback, without secrets
             sys.stderr.write(scrub("".join(traceback.format_exception(exc))))
             raise SystemExit(1) from None
-        _fail(str(file_error(_locked_store(exc), exc, CLOSE_THE_HOLDER)), 2)
+        # A SQLite store (locked too long, full, read-only): the library that wrapped it tells.
+        _fail(str(file_error(_store_of(exc), root, MOVE_STORE_ASIDE)), 2)
 
 
-def _locked_store(exc: BaseException) -> str:
-    """The SQLite store whose busy timeout ran out: the library that wrapped the error tells."""
+def _store_of(exc: BaseException) -> str:
+    """The SQLite store an error came from: MLflow's, if MLflow wrapped it, else the study's."""
     chain, cause = [], exc
     while cause is not None and cause not in chain:
         chain.append(cause)

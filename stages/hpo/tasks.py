@@ -76,7 +76,9 @@ def holdout_report(task: Task, y: np.ndarray, predicted: np.ndarray) -> dict[str
     if task == "binary":
         auc = metrics.roc_auc_score(y, predicted)
     else:
-        auc = metrics.roc_auc_score(y, predicted, multi_class="ovr", labels=range(predicted.shape[1]))
+        auc = metrics.roc_auc_score(
+            y, predicted, multi_class="ovr", labels=range(predicted.shape[1])
+        )
     return {
         "logloss": _log_loss(y, predicted),
         "accuracy": float(metrics.accuracy_score(y, labels)),

@@ -122,7 +122,12 @@ def fit(setup: Setup, tuned: dict[str, Any], x: pd.DataFrame, y: np.ndarray) -> 
 def baseline(setup: Setup, x: pd.DataFrame, y: np.ndarray) -> lgb.LGBMModel:
     """LightGBM's defaults, with the seed, the thread count and determinism set."""
     kind = lgb.LGBMRegressor if setup.task == "regression" else lgb.LGBMClassifier
-    settings = {**_DETERMINISM, "random_state": setup.seed, "n_jobs": available_cores(), "verbosity": -1}
+    settings = {
+        **_DETERMINISM,
+        "random_state": setup.seed,
+        "n_jobs": available_cores(),
+        "verbosity": -1,
+    }
     return kind(**settings).fit(x, y)
 
 
@@ -142,4 +147,3 @@ def load(path: Path) -> lgb.Booster:
         return lgb.Booster(model_file=path)
     except lgb.basic.LightGBMError as exc:
         raise ValueError(" ".join(str(exc).split())) from None
-

@@ -113,7 +113,9 @@ def fit(setup: Setup, tuned: dict[str, Any], x: pd.DataFrame, y: np.ndarray) -> 
 def baseline(setup: Setup, x: pd.DataFrame, y: np.ndarray) -> xgb.XGBModel:
     """XGBoost's defaults, with only the seed and the thread count set."""
     kind = xgb.XGBRegressor if setup.task == "regression" else xgb.XGBClassifier
-    return kind(random_state=setup.seed, n_jobs=available_cores(), enable_categorical=True).fit(x, y)
+    return kind(random_state=setup.seed, n_jobs=available_cores(), enable_categorical=True).fit(
+        x, y
+    )
 
 
 def predict(model: xgb.Booster | xgb.XGBModel, x: pd.DataFrame) -> np.ndarray:
@@ -134,4 +136,3 @@ def load(path: Path) -> xgb.Booster:
         return xgb.Booster(model_file=path)
     except xgb.core.XGBoostError as exc:
         raise ValueError(" ".join(str(exc).split(" Stack trace:")[0].split())) from None
-

@@ -71,7 +71,9 @@ def make_folds(data: TrainingData) -> list[Fold]:
     kind = KFold if data.setup.task == "regression" else StratifiedKFold
     family = load_family(data.family)
     folds = []
-    for train, valid in kind(data.n_folds, shuffle=True, random_state=data.cv_seed).split(data.x, data.y):
+    for train, valid in kind(data.n_folds, shuffle=True, random_state=data.cv_seed).split(
+        data.x, data.y
+    ):
         model_input = family.fold(data.setup, data.x.iloc[train], data.y[train], data.x.iloc[valid])
         folds.append(Fold(model_input, data.y[valid]))
     return folds

@@ -46,7 +46,9 @@ class PrunerEvidence:
             optuna.trial.create_trial(
                 value=float(value),
                 intermediate_values={
-                    step: float(x) for step, x in zip(self.steps, row, strict=True) if not math.isnan(x)
+                    step: float(x)
+                    for step, x in zip(self.steps, row, strict=True)
+                    if not math.isnan(x)
                 },
             )
             for value, row in zip(self.values, self.curves, strict=True)
@@ -115,7 +117,9 @@ class TrialOutcome:
         result = None
         if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
             scores = trial.user_attrs.get("fold_scores", [])
-            result = CVResult(dict(trial.intermediate_values), scores, trial.state == TrialState.PRUNED)
+            result = CVResult(
+                dict(trial.intermediate_values), scores, trial.state == TrialState.PRUNED
+            )
         return cls(trial.number, trial.params, trial.state, result, dict(trial.intermediate_values),
                    trial.user_attrs.get("error"), _timestamp(trial.datetime_start),
                    _timestamp(trial.datetime_complete))  # fmt: skip

@@ -4,6 +4,7 @@ the lock around their creation, and the check that they are intact before use.""
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 from pathlib import Path
 
@@ -33,3 +34,12 @@ def check_intact(database: Path) -> None:
         result = connection.execute("PRAGMA quick_check").fetchone()[0]
     if result != "ok":
         raise sqlite3.DatabaseError(f"damaged (SQLite quick_check: {result})")
+
+
+def file_identity(path: Path | str) -> tuple[int, int] | None:
+    """Which file `path` is now (device and inode), None if there is none."""
+    try:
+        status = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return status.st_dev, status.st_ino

@@ -62,7 +62,9 @@ def storage_url_from_environment() -> URL | None:
     if url.get_backend_name() == "sqlite":
         return _sqlite_file(url, value)
     if url.get_backend_name() != "postgresql":
-        raise PipelineError(f"{STORAGE_VAR}: the study can live in PostgreSQL or SQLite, got {redact(value)!r}")
+        raise PipelineError(
+            f"{STORAGE_VAR}: the study can live in PostgreSQL or SQLite, got {redact(value)!r}"
+        )
     typed = userinfo(value)
     if typed is not None:  # SQLAlchemy must read the user and password that were typed
         user, colon, password = typed.partition(":")
@@ -166,7 +168,10 @@ def hold_study(url: URL | None, name: str) -> Iterator[str]:
     store.parent.mkdir(parents=True, exist_ok=True)
     # By hand, not with filelock: it truncates the file at each try, which would erase who
     # holds the lock. The OS releases it when this process ends, however it ends.
-    descriptor = os.open(f"{store}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        descriptor = os.open(f"{store}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise file_error(store, exc, "tune needs to write in its folder") from None
     try:
         _wait_for(lambda: _try_flock(descriptor), lambda: os.pread(descriptor, 300, 0).decode(),
                   str(store), name)  # fmt: skip
@@ -201,7 +206,9 @@ def _holder_of(url: URL, name: str) -> str:
     with contextlib.suppress(Exception):
         storage = open_storage_url(url)
         try:
-            return str(storage.get_study_user_attrs(storage.get_study_id_from_name(name))[HOLDER_ATTR])
+            return str(
+                storage.get_study_user_attrs(storage.get_study_id_from_name(name))[HOLDER_ATTR]
+            )
         finally:
             close_storage(storage)
     return ""

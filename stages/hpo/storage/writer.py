@@ -25,6 +25,7 @@ from typing import Any
 from optuna.trial import FrozenTrial
 
 from hpo.errors import PipelineError, what_is_wrong
+from hpo.storage.sqlite import file_identity
 from hpo.protocol.writes import PENDING_ATTR
 from hpo.search.trial import TrialOutcome
 
@@ -45,6 +46,7 @@ class WriterConfig:
     metric: str
     tags: dict[str, str]
     patient: tuple[str, ...]  # MLflow retry bounds the driver set, which the child drops
+    files: dict[str, str]  # label -> path of each local SQLite store, watched while it writes
 
 
 class WriteBehind:
@@ -110,17 +112,18 @@ class WriteBehind:
                         "`dvc repro` evaluates the rest again")  # fmt: skip
             self._process.kill()
             self._process.join()
+        self._connection.close()
 
     def _send(self, command: Any) -> None:
         self._raise_error()
         self._outbox.put(command)
 
     def _send_queued(self) -> None:
-        """Write queued commands until `close`, then end the child's input."""
+        """Write queued commands until `close`, then tell the child that nothing follows."""
         with contextlib.suppress(OSError):  # the child ended: `_receive` reports why
             while (command := self._outbox.get()) is not None:
                 self._connection.send(command)
-        self._connection.close()
+            self._connection.send(("stop",))
 
     def _receive(self, timeout: float) -> None:
         """Take the child's answers that arrive within `timeout` seconds (0: those there)."""
@@ -139,9 +142,11 @@ class WriteBehind:
                 timeout = 0
         except (EOFError, OSError):
             self._process.join(1)
+            code = self._process.exitcode
+            how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
             self._error = self._error or (
-                f"the study writer process ended unexpectedly (exit code {self._process.exitcode}); "
-                f"the study keeps {self.kept} finished trials and `dvc repro` resumes it"
+                f"the study writer process ended unexpectedly ({how}); the study keeps its "
+                f"finished trials ({self.kept}), and `dvc repro` resumes it"
             )
         self._raise_error()
 
@@ -201,7 +206,9 @@ class StoreWriter:
     def _id(self, number: int) -> int:
         """A trial created here, or left running by a stopped run."""
         if number not in self._ids:
-            self._ids[number] = self.storage.get_trial_id_from_study_id_trial_number(self.study_id, number)
+            self._ids[number] = self.storage.get_trial_id_from_study_id_trial_number(
+                self.study_id, number
+            )
         return self._ids[number]
 
     def _record(self, trial: FrozenTrial, outcome: TrialOutcome) -> None:
@@ -222,21 +229,26 @@ def _serve(connection: Connection) -> None:
     # Ctrl-C and SIGTERM reach the whole process group: the driver decides when to stop.
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, signal.SIG_IGN)
-    try:
-        config: WriterConfig = connection.recv()
-    except EOFError:  # the driver stopped before it reached its stores
+    config = next(_commands(connection), None)
+    if not isinstance(config, WriterConfig):  # the driver stopped before it reached its stores
         return
     for name in config.patient:
         os.environ.pop(name, None)
     writer = None
     try:
-        storage = open_storage_url(None if config.storage_url is None else make_url(config.storage_url))
+        storage = open_storage_url(
+            None if config.storage_url is None else make_url(config.storage_url)
+        )
         try:
             recorder = StudyRun(MlflowClient(config.tracking_uri), config.experiment_id,
                                 config.run_id, config.metric, config.tags)  # fmt: skip
             writer = StoreWriter(storage, config.study_name, recorder)
             connection.send(("kept", writer.kept))
+            files = {label: file_identity(path) for label, path in config.files.items()}
             for name, *args in _commands(connection):
+                for label, identity in files.items():
+                    if file_identity(config.files[label]) != identity:
+                        raise VanishedError(label)
                 if name == "flush":
                     connection.send(("flushed",))
                     continue
@@ -250,12 +262,21 @@ def _serve(connection: Connection) -> None:
             connection.send(("error", _failure(exc, config, writer)))
 
 
+class VanishedError(Exception):
+    """A store's file was deleted or replaced while tune ran (SQLite goes on writing to the
+    file it opened, so nothing else would tell)."""
+
+
 def _failure(exc: BaseException, config: WriterConfig, writer: StoreWriter | None) -> str:
     """One line: the store at fault, what it said, and what the study keeps."""
+    kept = "" if writer is None else f"; the study keeps its finished trials ({writer.kept})"
+    if isinstance(exc, VanishedError):
+        if str(exc) == config.study_label:
+            return f"{exc}: deleted or replaced while tune ran; `dvc repro` starts the study again"
+        return f"{exc}: deleted or replaced while tune ran{kept}, and `dvc repro` records them anew"
     while exc.__cause__ is not None:  # Optuna wraps the database's own error
         exc = exc.__cause__
     reason = what_is_wrong(exc)[:300]
-    kept = "" if writer is None else f"; the study keeps {writer.kept} finished trials"
     if writer is None or writer.recording is None:
         return f"{config.study_label}: the study store failed ({reason}){kept}, and `dvc repro` resumes once it is fixed"
     return (f"{config.tracking_label}: recording trial {writer.recording} failed ({reason}){kept}, "
@@ -263,6 +284,7 @@ def _failure(exc: BaseException, config: WriterConfig, writer: StoreWriter | Non
 
 
 def _commands(connection: Connection) -> Any:
+    """The driver's commands until it says stop, or until the pipe closes (it was killed)."""
     with contextlib.suppress(EOFError):
-        while True:
-            yield connection.recv()
+        while (command := connection.recv()) != ("stop",):
+            yield command

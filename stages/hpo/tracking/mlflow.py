@@ -78,7 +78,9 @@ def tracking_uri_from_environment() -> str | None:
     except ValueError as exc:  # e.g. an IPv6 host without its closing bracket, a bad port
         raise PipelineError(f"{TRACKING_VAR}: not a URL ({redact(value)!r}: {exc})") from None
     if parts.scheme not in ("http", "https"):
-        raise PipelineError(f"{TRACKING_VAR}: expected an MLflow server's http(s):// URL, got {redact(value)!r}")
+        raise PipelineError(
+            f"{TRACKING_VAR}: expected an MLflow server's http(s):// URL, got {redact(value)!r}"
+        )
     if userinfo(value) is not None:
         raise PipelineError(
             f"{TRACKING_VAR}: put the credentials in MLFLOW_TRACKING_USERNAME and "

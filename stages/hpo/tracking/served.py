@@ -43,7 +43,9 @@ def served_frame(config: dict[str, Any], predicted: np.ndarray) -> pd.DataFrame:
     if config["task"] == "regression":
         return pd.DataFrame({"prediction": np.asarray(predicted, dtype=np.float64)})
     classes = config["classes"]
-    probabilities = predicted if predicted.ndim == 2 else np.column_stack([1 - predicted, predicted])
+    probabilities = (
+        predicted if predicted.ndim == 2 else np.column_stack([1 - predicted, predicted])
+    )
     frame = pd.DataFrame(
         {f"probability_{c}": probabilities[:, i].astype(np.float64) for i, c in enumerate(classes)}
     )

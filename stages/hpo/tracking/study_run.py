@@ -79,14 +79,14 @@ class StudyRun:
 
     @contextlib.contextmanager
     def failing_on_error(self, interrupted: type[BaseException]) -> Iterator[None]:
-        """Mark the run KILLED when `interrupted` escapes the block, FAILED on any other error."""
+        """Mark the run KILLED when `interrupted` escapes the block, FAILED on any other error
+        (as far as the store still answers: its own failure may be what escaped)."""
         try:
             yield
-        except interrupted:
-            self.client.set_terminated(self.run_id, "KILLED")
-            raise
-        except BaseException:
-            self.client.set_terminated(self.run_id, "FAILED")
+        except BaseException as exc:
+            with contextlib.suppress(Exception):
+                status = "KILLED" if isinstance(exc, interrupted) else "FAILED"
+                self.client.set_terminated(self.run_id, status)
             raise
 
     def finish(self, summary: dict[str, Any], finished_at: float) -> None:
@@ -140,7 +140,9 @@ class StudyRun:
         metrics = [Metric("trial_number", trial.number, timestamp, 0)]
         curve = _curve(outcome).items()
         metrics += [Metric(f"cv_{self.metric}_curve", v, timestamp, step) for step, v in curve]
-        metrics += [Metric(k, v, timestamp, 0) for k, v in _trial_metrics(outcome, self.metric).items()]
+        metrics += [
+            Metric(k, v, timestamp, 0) for k, v in _trial_metrics(outcome, self.metric).items()
+        ]
         self.client.log_batch(
             run_id,
             metrics=metrics,
