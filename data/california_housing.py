@@ -59,4 +59,7 @@ def derived_csv() -> bytes:
 if __name__ == "__main__":
     # mtime=0: no timestamp in the gzip header, so the same table gives the same bytes.
     DERIVED.write_bytes(gzip.compress(derived_csv(), compresslevel=9, mtime=0))
-    print(f"{DERIVED}: sha256 {hashlib.sha256(DERIVED.read_bytes()).hexdigest()}")
+    # The checksum the prepare stage verifies, in sha256sum's format.
+    digest = hashlib.sha256(DERIVED.read_bytes()).hexdigest()
+    Path(f"{DERIVED}.sha256").write_text(f"{digest}  {DERIVED.name}\n")
+    print(f"{DERIVED}: sha256 {digest}")

@@ -31,13 +31,27 @@ PROJECT_FILES = [
     "dvc.yaml",
     "params.yaml",
     "stages",
-    "data/raw",
+    "data",
     "notebooks",
     ".dvcignore",
     ".gitignore",
 ]
 # The plots page's custom Vega templates and HTML template, copied after `dvc init` makes .dvc/.
 DVC_DIR_FILES = ["plots", "plots_page.html"]
+
+def deep_update(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            deep_update(base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
+def space(family: str, dimensions: dict[str, Any]) -> dict[str, Any]:
+    """Params overrides for the search space of `family`."""
+    return {"model": {"families": {family: {"search_space": dimensions}}}}
+
 
 # A few seconds per trial instead of minutes: small rounds, 2 folds, a handful of trials.
 TINY_PARAMS: dict[str, Any] = {
@@ -46,24 +60,23 @@ TINY_PARAMS: dict[str, Any] = {
         "cv_folds": 2,
         "sampler": {"n_startup_trials": 3},
         "pruner": {"n_startup_trials": 2, "n_warmup_steps": 10, "interval_steps": 10},
-        "search_space": {
-            "n_estimators": {"low": 20, "high": 60},
-            "max_depth": {"low": 3, "high": 5},
-        },
-    }
+    },
+    **deep_update(
+        space("xgboost", {"n_estimators": {"low": 20, "high": 60}, "max_depth": {"low": 3, "high": 5}}),
+        space("lightgbm", {"n_estimators": {"low": 20, "high": 60}, "num_leaves": {"low": 8, "high": 32}}),
+    ),
 }
 
 
 # Two hyperparameters beyond the shipped seven, one categorical, in the shared tiny run: the
 # space is params.yaml's alone, and every stage takes them without a line of code changed.
-GROWN_SPACE: dict[str, Any] = {
-    "tune": {
-        "search_space": {
-            "reg_lambda": {"type": "float", "low": 0.1, "high": 10.0, "log": True},
-            "grow_policy": {"type": "categorical", "choices": ["depthwise", "lossguide"]},
-        }
-    }
-}
+GROWN_SPACE: dict[str, Any] = space(
+    "xgboost",
+    {
+        "reg_lambda": {"type": "float", "low": 0.1, "high": 10.0, "log": True},
+        "grow_policy": {"type": "categorical", "choices": ["depthwise", "lossguide"]},
+    },
+)
 
 
 def tiered(cases: list[Any], default: set[str]) -> list[Any]:
@@ -77,15 +90,6 @@ def tiered(cases: list[Any], default: set[str]) -> list[Any]:
         else pytest.param(*case.values, marks=[*case.marks, pytest.mark.exhaustive], id=case.id)
         for case in cases
     ]
-
-
-def deep_update(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            deep_update(base[key], value)
-        else:
-            base[key] = value
-    return base
 
 
 def write_params(project: Path, overrides: dict[str, Any]) -> None:
@@ -195,7 +199,8 @@ def _project_template() -> Path:
     for name in PROJECT_FILES:
         source, target = REPO / name, template / name
         if source.is_dir():
-            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
+            ignored = shutil.ignore_patterns("__pycache__", "prepared", "*.egg-info")
+            shutil.copytree(source, target, ignore=ignored, symlinks=True)
         else:
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, target)
@@ -207,7 +212,7 @@ def _project_template() -> Path:
     for name in DVC_DIR_FILES:
         source, target = REPO / ".dvc" / name, template / ".dvc" / name
         if source.is_dir():
-            shutil.copytree(source, target)
+            shutil.copytree(source, target, symlinks=True)
         else:
             shutil.copy2(source, target)
     dvc(template, "config", "plots.html_template", "plots_page.html")

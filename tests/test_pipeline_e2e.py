@@ -22,8 +22,7 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from hpo.config import load_params
-from hpo.trial.data import FEATURES
-from hpo.trial.space import distributions
+from hpo.search.space import distributions
 
 N_TRIALS = TINY_PARAMS["tune"]["n_trials"]
 EXPERIMENT = "xgboost-california-housing"
@@ -39,7 +38,7 @@ def _client(project: Path) -> MlflowClient:
 
 def test_results_json_has_every_key_in_range(tiny_run: Path) -> None:
     results = _results(tiny_run)
-    space = distributions(load_params(tiny_run / "params.yaml").tune.search_space)
+    space = distributions(load_params(tiny_run / "params.yaml").model.chosen.search_space)
     assert {"reg_lambda", "grow_policy"} < set(space)  # params.yaml's additions, no code
     assert set(results["best_params"]) == set(space)
     for name, value in results["best_params"].items():
@@ -66,6 +65,7 @@ def test_study_holds_the_trials(tiny_run: Path) -> None:
     assert TrialState.RUNNING not in states
     assert study.best_trial.params == results["best_params"]
     assert study.best_value == pytest.approx(results["best_cv_mse"])
+    assert study.metric_names == ["cv_mse"]
     # intermediate values were reported every interval_steps rounds, for the pruner
     assert all(step % 10 == 0 for t in study.trials for step in t.intermediate_values)
     assert any(t.intermediate_values for t in study.trials)
@@ -86,6 +86,7 @@ def test_mlflow_has_parent_run_with_a_child_per_trial(
     # The budget is a metric of the study's run, not a param: the study outlives a change of it.
     assert "tune.n_trials" not in parent.data.params
     assert parent.data.params["tune.cv_folds"] == "2"
+    assert parent.info.run_name == results["study_name"]  # no trial count: it could go stale
     assert parent.data.metrics["trial_budget"] == N_TRIALS
     assert "tune_summary.json" in [a.path for a in client.list_artifacts(parent.info.run_id)]
     provenance = {
@@ -110,7 +111,7 @@ def test_mlflow_has_parent_run_with_a_child_per_trial(
         if child.data.tags["optuna.state"] == "COMPLETE":
             assert steps[-1] == int(child.data.params["n_estimators"])
             metrics = child.data.metrics
-            assert {"cv_mse", "cv_rmse", "cv_r2", "fold_0_mse", "fold_1_mse"} <= set(metrics)
+            assert {"cv_mse", "fold_0_mse", "fold_1_mse"} <= set(metrics)
             assert metrics["cv_mse"] == pytest.approx(
                 (metrics["fold_0_mse"] + metrics["fold_1_mse"]) / 2
             )
@@ -135,7 +136,7 @@ def test_a_lost_mlflow_store_is_rebuilt_from_the_study(tiny_run: Path, tmp_path:
     )
     numbers = sorted(int(child.data.tags["optuna.trial_number"]) for child in children)
     assert numbers == list(range(N_TRIALS))  # every trial recorded again, none run again
-    assert summary["best_cv_mse"] == _results(tiny_run)["best_cv_mse"]
+    assert summary["best_value"] == _results(tiny_run)["best_cv_mse"]
 
 
 def test_registered_model_loads_and_predicts(
@@ -149,10 +150,12 @@ def test_registered_model_loads_and_predicts(
         results["mlflow"]["registered_model_version"],
     )
     model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
-    test = pd.read_csv(tiny_run / "data/prepared/test.csv")
-    predicted = np.asarray(model.predict(test[FEATURES]))
+    test = pd.read_parquet(tiny_run / "data/prepared/test.parquet").drop(columns="MedHouseVal")
+    predicted = model.predict(test)
+    assert list(predicted.columns) == ["prediction"]
+    assert model.metadata.signature.outputs.input_names() == ["prediction"]
     expected = pd.read_csv(tiny_run / "outputs/plots/test_predictions.csv")["predicted"]
-    np.testing.assert_allclose(predicted, expected, rtol=1e-6)
+    np.testing.assert_allclose(predicted["prediction"], expected, rtol=1e-6)
     # What `mlflow models serve` installs: the pinned packages the model was trained with.
     requirements = mlflow.pyfunc.get_model_dependencies(f"models:/{name}/{version}")
     pinned = Path(requirements).read_text().split()
@@ -163,7 +166,9 @@ def test_registered_model_loads_and_predicts(
     assert model_run.data.metrics["test_rmse"] == pytest.approx(results["test_rmse"])
 
 
-@pytest.mark.parametrize("name", ["optimization_history.png", "param_importance.png"])
+@pytest.mark.parametrize(
+    "name", ["optimization_history.png", "param_importance.png", "test_evaluation.png"]
+)
 def test_pngs_are_real_images(tiny_run: Path, name: str) -> None:
     pixels = image.imread(tiny_run / "outputs" / name)
     assert pixels.shape[0] > 200
@@ -180,7 +185,7 @@ def test_dvc_plots_and_metrics_read_the_outputs(tiny_run: Path) -> None:
     plots = rendered["data"]
     declared = yaml.safe_load((tiny_run / "dvc.yaml").read_text())["plots"]
     vega_titles = [title for plot in declared if isinstance(plot, dict) for title in plot]
-    assert len(vega_titles) == 3
+    assert len(vega_titles) == 4
     for title in vega_titles:
         (plot,) = plots[title]
         assert plot["type"] == "vega"
@@ -191,7 +196,11 @@ def test_dvc_plots_and_metrics_read_the_outputs(tiny_run: Path) -> None:
         assert not axis_titles & {"x", "y", "trial", "importance", "param"}, axis_titles
     (importance,) = plots["Parameter importance"]
     assert next(_encodings(importance["content"], ("y",)))["sort"] == "-x"  # largest on top
-    for image_plot in ("outputs/optimization_history.png", "outputs/param_importance.png"):
+    for image_plot in (
+        "outputs/optimization_history.png",
+        "outputs/param_importance.png",
+        "outputs/test_evaluation.png",
+    ):
         assert plots[image_plot], f"{image_plot}: not rendered"
 
 
@@ -233,5 +242,7 @@ def test_notebook_runs_on_the_outputs(
     printed = "".join(o.get("text", "") for o in outputs)
     assert "Warning" not in printed
     assert f"{N_TRIALS} trials (" in printed
+    results = _results(tiny_run)
+    assert f"best mean cv_mse: {results['best_cv_mse']:.4f} (trial {results['best_trial_number']})" in printed
     figures = [o for o in outputs if "image/png" in o.get("data", {})]
-    assert len(figures) == 5  # history, learning curves, importance, residuals, fold spread
+    assert len(figures) == 5  # history, learning curves, importance, test split, fold spread

@@ -44,16 +44,19 @@ class Split:
 
 
 def read_table(data: DataParams) -> pd.DataFrame:
-    """The table at data.path, its checksum verified when data.sha256 is given, checked."""
+    """The table at data.path, checked; its checksum verified when data.sha256 gives one, or
+    a file beside it does (`<file>.sha256`, as `sha256sum` writes it)."""
     path = Path(data.path)
+    sidecar = Path(f"{path}.sha256")
+    expected = data.sha256 or (sidecar.read_text().split()[0] if sidecar.is_file() else None)
     if path.suffix not in READERS or (path.suffix == ".gz" and Path(path.stem).suffix != ".csv"):
         raise PipelineError(f"data.path: {path} is not a CSV (.csv, .csv.gz) or Parquet file")
     try:
         content = path.read_bytes()
         digest = hashlib.sha256(content).hexdigest()
-        if data.sha256 is not None and digest != data.sha256:
+        if expected is not None and digest != expected:
             raise PipelineError(
-                f"{path}: checksum mismatch (sha256 {digest}, data.sha256 {data.sha256}); "
+                f"{path}: checksum mismatch (sha256 {digest}, expected {expected}); "
                 "the file is truncated or modified"
             )
         frame = READERS[path.suffix](path)

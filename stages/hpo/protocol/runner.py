@@ -39,6 +39,7 @@ import optuna
 from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, TrialState
 
+from hpo.errors import PipelineError
 from hpo.protocol.view import ProtocolView, SamplerFactory, running_trial
 from hpo.protocol.writes import CLOCK_ATTR, FOLD_SCORES_ATTR, PENDING_ATTR, TrialWriter
 from hpo.search.trial import PrunerEvidence, TrialOutcome, TrialTask
@@ -238,6 +239,11 @@ class StudyRunner:
             log.warning(
                 f"warning: only {progress.finished} of {self.n_trials} trials finished; "
                 f"{progress.failed} failed (asking stops after n_trials failures)"
+            )
+        if progress.complete == 0:
+            raise PipelineError(
+                f"no trial completed ({progress.pruned} pruned, {progress.failed} failed); "
+                "see the trial errors in the study or in MLflow"
             )
         return progress
 
