@@ -15,8 +15,8 @@ def main() -> None:
     train, test = split(
         table, params.data, prepare.test_size, prepare.split_seed, params.tune.cv_folds
     )
-    write_split(train, paths.TRAIN)
-    write_split(test, paths.TEST)
+    write_split(train, paths.TRAIN, params.data.target)
+    write_split(test, paths.TEST, params.data.target)
     logging.getLogger("hpo.prepare").info(
         f"prepared {len(train)} training and {len(test)} test rows"
     )

@@ -137,11 +137,7 @@ def test_the_registered_model_is_served_as_the_task_wants(run: tuple) -> None:
 @pytest.mark.parametrize(
     ("table", "family"),
     tiered(
-        [
-            pytest.param(t, f, id=f"{t}-{f}")
-            for t in TABLES
-            for f in ("xgboost", "lightgbm")
-        ],
+        [pytest.param(t, f, id=f"{t}-{f}") for t in TABLES for f in ("xgboost", "lightgbm")],
         {"wine-lightgbm"},
     ),
 )

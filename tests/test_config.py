@@ -1,39 +1,61 @@
 """params.yaml validation: the shipped file loads; every malformed file stops a real stage
 with one 'error: params.yaml: key.path: problem' line per problem, exit code 2 and no output
-written. The schema is checked by every stage (here: prepare); what XGBoost makes of the search
-space is checked by tune before any trial."""
+written. The schema is checked by every stage (here: prepare); what the chosen model family's
+library makes of its fixed settings and search space is checked by tune before any trial."""
 
 from __future__ import annotations
 
 import copy
+import shutil
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from conftest import REPO, tiered
-from optuna.distributions import FloatDistribution, IntDistribution
+from conftest import REPO, TINY_PARAMS, deep_update, run, tiered
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from sklearn.datasets import load_diabetes
 
-from hpo.config import load_params
-from hpo.trial.model import check_search_space
-from hpo.trial.space import distributions
+from hpo.config import FAMILIES, load_params
+from hpo.errors import PipelineError
+from hpo.models import Setup, load_family
+from hpo.search.space import distributions
+from hpo.tasks import DEFAULT_METRIC, METRICS
 
 PARAMS = REPO / "params.yaml"
-RAW_DATA = REPO / "data" / "raw" / "cal_housing.data.gz"
+SHIPPED_TABLE = REPO / "data" / "california_housing.csv.gz"
+XGB, LGBM = "model.families.xgboost", "model.families.lightgbm"
+SS = f"{XGB}.search_space"
 
 Mutation = Callable[[dict[str, Any]], None]
 
 
+def _parent(params: dict[str, Any], dotted: str) -> tuple[dict[str, Any], str]:
+    *parents, last = dotted.split(".")
+    node = params
+    for key in parents:
+        node = node[key]
+    return node, last
+
+
 def _set(dotted: str, value: object) -> Mutation:
-    """Set params[a][b][c] = value for dotted 'a.b.c'."""
+    """Set params[a][b][c] = value for dotted 'a.b.c', a key the shipped file has."""
 
     def mutate(params: dict[str, Any]) -> None:
-        *parents, last = dotted.split(".")
-        node = params
-        for key in parents:
-            node = node[key]
+        node, last = _parent(params, dotted)
         assert last in node, f"{dotted} is not in params.yaml; the case would test nothing"
+        node[last] = value
+
+    return mutate
+
+
+def _put(dotted: str, value: object) -> Mutation:
+    """Set a key the shipped file may or may not have (an optional one)."""
+
+    def mutate(params: dict[str, Any]) -> None:
+        node, last = _parent(params, dotted)
         node[last] = value
 
     return mutate
@@ -41,10 +63,7 @@ def _set(dotted: str, value: object) -> Mutation:
 
 def _delete(dotted: str) -> Mutation:
     def mutate(params: dict[str, Any]) -> None:
-        *parents, last = dotted.split(".")
-        node = params
-        for key in parents:
-            node = node[key]
+        node, last = _parent(params, dotted)
         del node[last]
 
     return mutate
@@ -52,23 +71,45 @@ def _delete(dotted: str) -> Mutation:
 
 def _add(dotted: str, value: object) -> Mutation:
     def mutate(params: dict[str, Any]) -> None:
-        *parents, last = dotted.split(".")
-        node = params
-        for key in parents:
-            node = node[key]
+        node, last = _parent(params, dotted)
         assert last not in node
         node[last] = value
 
     return mutate
 
 
-SS = "tune.search_space"
+def _both(*mutations: Mutation) -> Mutation:
+    def mutate(params: dict[str, Any]) -> None:
+        for mutation in mutations:
+            mutation(params)
 
-# (mutation of the shipped params or params.yaml text, key path or None for a top-level
-# problem, a substring of the problem description)
+    return mutate
+
+
+def _line_of(fragment: str) -> int:
+    """The number of the line of params.yaml where `fragment` (written once there) begins."""
+    text = PARAMS.read_text()
+    assert text.count(fragment) == 1, f"{fragment!r} is not in params.yaml once"
+    return text[: text.index(fragment)].count("\n") + 1
+
+
+def _shipped_text(old: str, new: str) -> str:
+    """params.yaml's text with `old` (written once there) replaced by `new`."""
+    text = PARAMS.read_text()
+    assert text.count(old) == 1, f"{old!r} is not in params.yaml once"
+    return text.replace(old, new)
+
+
+SPLIT_SEED = "  split_seed: 42\n"
+MAX_DEPTH = "max_depth: {type: int, low: 3, high: 10}"
+TASKS = "'regression', 'binary' or 'multiclass'"
+
+# (mutation of the shipped params or params.yaml text, key path or None for a problem of the
+# whole file, a substring of the problem description)
 CASES = [
     pytest.param(_delete("tune"), "tune", "missing key", id="missing-section"),
     pytest.param(_delete("tune.cv_folds"), "tune.cv_folds", "missing key", id="missing-key"),
+    pytest.param(_delete("data.target"), "data.target", "missing key", id="no-target"),
     pytest.param(
         _add("tune.n_trails", 100),
         "tune.n_trails",
@@ -80,6 +121,12 @@ CASES = [
         f"{SS}.max_depth.hgh",
         "unknown key (did you mean high?)",
         id="typo-in-a-dimension",
+    ),
+    pytest.param(
+        _add(f"{XGB}.fixd", {"max_bin": 256}),
+        f"{XGB}.fixd",
+        "unknown key (did you mean fixed?)",
+        id="typo-in-a-family",
     ),
     pytest.param(_add("tune.zzz", 1), "tune.zzz", "unknown key (typo?)", id="unknown-key"),
     pytest.param(_set("tune.n_trials", "many"), "tune.n_trials", "integer", id="str-for-int"),
@@ -116,13 +163,102 @@ CASES = [
     pytest.param(
         _add(f"{SS}.learning_rate.step", 0.01), f"{SS}.learning_rate", "no step", id="log-step"
     ),
+    pytest.param(
+        _add(f"{SS}.max_depth.step", 2),
+        f"{SS}.max_depth",
+        "step 2 does not divide the range 3..10",
+        id="int-step-not-dividing",
+    ),
+    pytest.param(
+        _add(f"{SS}.gamma.step", 0.3),
+        f"{SS}.gamma",
+        "step 0.3 does not divide the range 0.0..0.5",
+        id="float-step-not-dividing",
+    ),
     pytest.param(_set(SS, {}), SS, "at least 1 item", id="empty-space"),
+    pytest.param(_delete(SS), SS, "missing key", id="no-space"),
+    # A value none of the accepted types (text, integer, number, true/false) takes: one line.
+    pytest.param(
+        _set(f"{XGB}.fixed.max_bin", None), f"{XGB}.fixed.max_bin", "None", id="null-fixed"
+    ),
+    pytest.param(
+        _add(f"{SS}.grow_policy", {"type": "categorical", "choices": ["depthwise", [1]]}),
+        f"{SS}.grow_policy.choices.1",
+        "[1]",
+        id="list-choice",
+    ),
+    pytest.param(
+        _set("model.family", "catboost"),
+        "model.family",
+        "unknown family 'catboost' (one of lightgbm, xgboost)",
+        id="unknown-family",
+    ),
+    pytest.param(
+        _add(
+            "model.families.catboost",
+            {"search_space": {"depth": {"type": "int", "low": 1, "high": 2}}},
+        ),
+        "model.families.catboost",
+        "unknown family (one of lightgbm, xgboost)",
+        id="settings-of-an-unknown-family",
+    ),
+    pytest.param(
+        _both(_set("model.family", "lightgbm"), _delete(LGBM)),
+        "model.families",
+        "no settings for the chosen family 'lightgbm'",
+        id="family-without-settings",
+    ),
+    pytest.param(
+        _set("tune.metric", "auc"),
+        "tune.metric",
+        "'auc' does not fit data.task 'regression' (one of default, mse, rmse, mae)",
+        id="metric-of-another-task",
+    ),
+    pytest.param(
+        _both(_set("data.task", "binary"), _set("tune.metric", "rmse")),
+        "tune.metric",
+        "'rmse' does not fit data.task 'binary' (one of default, logloss, auc, error)",
+        id="regression-metric-for-binary",
+    ),
+    pytest.param(
+        _both(_set("data.task", "multiclass"), _set("tune.metric", "logloss")),
+        "tune.metric",
+        "'logloss' does not fit data.task 'multiclass' (one of default, mlogloss, merror)",
+        id="binary-metric-for-multiclass",
+    ),
+    pytest.param(
+        _set("tune.metric", "rmsle"), "tune.metric", "'rmsle' does not fit", id="unknown-metric"
+    ),
+    pytest.param(
+        _set("data.task", "regresion"),
+        "data.task",
+        f"Input should be {TASKS}, got 'regresion'",
+        id="task-typo",
+    ),
+    pytest.param(_put("data.sha256", "7c5eda"), "data.sha256", "pattern", id="sha256-short"),
+    pytest.param(_put("data.sha256", "g" * 64), "data.sha256", "pattern", id="sha256-not-hex"),
+    pytest.param(
+        _set("data.drop", ["MedHouseVal"]),
+        "data.drop",
+        "names the target 'MedHouseVal'",
+        id="drop-the-target",
+    ),
+    pytest.param(
+        _set("data.drop", ["Population", "Population"]),
+        "data.drop",
+        "repeats a column",
+        id="drop-repeated",
+    ),
+    pytest.param(_set("data.path", ""), "data.path", "at least 1 character", id="empty-path"),
     pytest.param(_set("tune.n_trials", 0), "tune.n_trials", "greater than or equal to 1", id="n0"),
     pytest.param(
         _set("tune.parallel_trials", 0),
         "tune.parallel_trials",
         "greater than or equal to 1",
         id="parallel-0",
+    ),
+    pytest.param(
+        _set("tune.lookahead", -1), "tune.lookahead", "greater than or equal to 0", id="lookahead"
     ),
     pytest.param(_set("tune.cv_folds", 1), "tune.cv_folds", "greater than or equal to 2", id="cv1"),
     pytest.param(_set("prepare.test_size", 0), "prepare.test_size", "greater than 0", id="ts-0"),
@@ -135,10 +271,6 @@ CASES = [
         "fanova",
         id="evaluator",
     ),
-    # Values the schema once accepted and a library rejected later, one per key.
-    pytest.param(_set("model.tree_method", "approx"), "model.tree_method", "hist", id="approx"),
-    pytest.param(_set("model.tree_method", "exact"), "model.tree_method", "hist", id="exact"),
-    pytest.param(_set("model.max_bin", 2**31), "model.max_bin", "less than", id="max-bin"),
     pytest.param(_set("model.seed", -1), "model.seed", "greater than", id="model-seed"),
     pytest.param(_set("prepare.split_seed", 2**32), "prepare.split_seed", "less", id="split-seed"),
     pytest.param(_set("tune.cv_seed", -1), "tune.cv_seed", "greater than", id="cv-seed"),
@@ -153,7 +285,22 @@ CASES = [
         _set("plot.importance_seed", -5), "plot.importance_seed", "greater", id="imp-seed"
     ),
     pytest.param(
-        _set("prepare.test_size", 0.99985), None, "leaves 3 training rows", id="no-rows-for-folds"
+        _shipped_text(SPLIT_SEED, SPLIT_SEED + "  split_seed: 7\n"),
+        None,
+        f"not valid YAML at line {_line_of(SPLIT_SEED) + 1} (key 'split_seed' given twice)",
+        id="duplicate-key",
+    ),
+    pytest.param(
+        _shipped_text(MAX_DEPTH, MAX_DEPTH.replace("}", ", low: 4}")),
+        None,
+        f"not valid YAML at line {_line_of(MAX_DEPTH)} (key 'low' given twice)",
+        id="duplicate-key-in-a-dimension",
+    ),
+    pytest.param(
+        PARAMS.read_text() + "plot: {importance_evaluator: fanova, importance_seed: 1}\n",
+        None,
+        f"not valid YAML at line {len(PARAMS.read_text().splitlines()) + 1} (key 'plot' given",
+        id="duplicate-section",
     ),
     pytest.param("- prepare\n- tune\n", None, "expected a mapping of sections", id="yaml-list"),
     pytest.param("tune: [1, 2\nplot: {}\n", None, "not valid YAML", id="bad-yaml"),
@@ -161,64 +308,67 @@ CASES = [
 ]
 CASES = tiered(
     CASES,
-    {"missing-key", "typo-key", "typo-in-a-dimension", "low>high", "int-300.0", "typo-kind",
-     "no-rows-for-folds", "bad-yaml"},
+    {"missing-key", "typo-key", "typo-in-a-dimension", "int-300.0", "typo-kind", "null-fixed",
+     "unknown-family", "metric-of-another-task", "duplicate-key", "float-step-not-dividing"},
 )  # fmt: skip
-# What XGBoost refuses in a well-formed search space: (mutation, hyperparameter, problem).
-SPACE_CASES = [
-    pytest.param(
-        _add(f"{SS}.max_dept", {"type": "int", "low": 3, "high": 5}),
-        "max_dept",
-        "not an XGBoost parameter (did you mean max_depth?)",
-        id="unknown-name",
-    ),
-    pytest.param(_set(f"{SS}.subsample.high", 1.5), "subsample", "XGBoost refuses 1.5", id="sub>1"),
-    pytest.param(_set(f"{SS}.gamma.low", -0.1), "gamma", "XGBoost refuses -0.1", id="gamma<0"),
-    pytest.param(_set(f"{SS}.max_depth.low", -1), "max_depth", "XGBoost refuses -1", id="depth<0"),
-    pytest.param(
-        _add(f"{SS}.grow_policy", {"type": "categorical", "choices": ["depthwise", "sideways"]}),
-        "grow_policy",
-        "XGBoost refuses 'sideways'",
-        id="bad-choice",
-    ),
-    pytest.param(
-        _add(f"{SS}.seed", {"type": "int", "low": 0, "high": 9}),
-        "seed",
-        "set by the pipeline",
-        id="fixed-param",
-    ),
-    pytest.param(_delete(f"{SS}.n_estimators"), "n_estimators", "missing", id="no-rounds"),
-    pytest.param(
-        _set(f"{SS}.n_estimators", {"type": "float", "low": 50.0, "high": 300.0}),
-        "n_estimators",
-        "must be an int dimension",
-        id="float-rounds",
-    ),
-]
 
 
-SPACE_CASES = tiered(SPACE_CASES, {"unknown-name", "sub>1", "bad-choice"})
-
-
-def _write_params(directory: Path, case: str | Mutation) -> None:
+def _params_text(case: str | Mutation) -> str:
     if isinstance(case, str):
-        text = case
-    else:
-        params = copy.deepcopy(yaml.safe_load(PARAMS.read_text()))
-        case(params)
-        text = yaml.safe_dump(params, sort_keys=False)
-    (directory / "params.yaml").write_text(text)
+        return case
+    params = copy.deepcopy(yaml.safe_load(PARAMS.read_text()))
+    case(params)
+    return yaml.safe_dump(params, sort_keys=False)
 
 
-def _raw_data_in(directory: Path) -> None:
-    """Real data in place: if validation wrongly passed, prepare would write data/prepared."""
-    (directory / "data" / "raw").mkdir(parents=True)
-    (directory / "data" / "raw" / RAW_DATA.name).symlink_to(RAW_DATA)
+def _shipped_table_in(project: Path) -> None:
+    """The shipped table in place (with its checksum file, if any): if validation wrongly
+    passed, prepare would write data/prepared."""
+    (project / "data").mkdir()
+    for shipped in SHIPPED_TABLE.parent.glob(f"{SHIPPED_TABLE.name}*"):
+        (project / "data" / shipped.name).symlink_to(shipped)
 
 
-def test_the_shipped_space_becomes_distributions_of_the_declared_kinds() -> None:
-    declared = yaml.safe_load(PARAMS.read_text())["tune"]["search_space"]
-    space = distributions(load_params(PARAMS).tune.search_space)
+def _small_project(project: Path, mutation: Mutation | None = None) -> Path:
+    """A project of scikit-learn's diabetes table (442 rows, regression), TINY_PARAMS on the
+    shipped params, then `mutation`: prepare takes a fraction of a second."""
+    (project / "data").mkdir()
+    load_diabetes(as_frame=True).frame.to_csv(project / "data" / "diabetes.csv", index=False)
+    params = deep_update(yaml.safe_load(PARAMS.read_text()), copy.deepcopy(TINY_PARAMS))
+    params["data"] = {"path": "data/diabetes.csv", "target": "target", "task": "regression"}
+    if mutation is not None:
+        mutation(params)
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    shutil.copy(REPO / "dvc.yaml", project / "dvc.yaml")
+    return project
+
+
+# --- the shipped params -----------------------------------------------------------------------
+
+
+def test_the_shipped_params_load() -> None:
+    raw = yaml.safe_load(PARAMS.read_text())
+    params = load_params(PARAMS)
+
+    assert params.data.path == raw["data"]["path"]
+    assert params.data.target == raw["data"]["target"]
+    assert params.model.family == raw["model"]["family"]
+    assert params.model.chosen == params.model.families[raw["model"]["family"]]
+    assert set(params.model.families) == set(FAMILIES)  # settings for every family there is
+    metric = raw["tune"]["metric"]
+    assert params.metric == (DEFAULT_METRIC[params.data.task] if metric == "default" else metric)
+    assert params.metric in METRICS[params.data.task]
+    setup = params.setup(n_classes=0)
+    assert setup == Setup(params.data.task, 0, raw["model"]["seed"], params.model.chosen.fixed)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_shipped_spaces_become_distributions_the_library_accepts(family: str) -> None:
+    declared = yaml.safe_load(PARAMS.read_text())["model"]["families"][family]["search_space"]
+    params = load_params(PARAMS)
+    chosen = params.model.families[family]
+
+    space = distributions(chosen.search_space)
 
     assert list(space) == list(declared)  # params.yaml order: the order trials sample in
     kinds = {"int": IntDistribution, "float": FloatDistribution}
@@ -226,15 +376,57 @@ def test_the_shipped_space_becomes_distributions_of_the_declared_kinds() -> None
         assert type(space[name]) is kinds[spec["type"]]
         assert (space[name].low, space[name].high) == (spec["low"], spec["high"])
         assert space[name].log == spec.get("log", False)
-    assert check_search_space(load_params(PARAMS).tune.search_space) == []
+    setup = Setup(params.data.task, 0, params.model.seed, dict(chosen.fixed))
+    assert load_family(family).problems(setup, chosen.search_space) == []
+
+
+def test_a_categorical_dimension_becomes_a_categorical_distribution(tmp_path: Path) -> None:
+    choices = ["depthwise", "lossguide"]
+    path = tmp_path / "params.yaml"
+    path.write_text(
+        _params_text(_add(f"{SS}.grow_policy", {"type": "categorical", "choices": choices}))
+    )
+
+    space = distributions(load_params(path).model.chosen.search_space)
+
+    assert space["grow_policy"] == CategoricalDistribution(choices)
+    assert list(space)[-1] == "grow_policy"
+
+
+@pytest.mark.parametrize(
+    ("name", "low", "high", "step"),
+    [
+        pytest.param("max_depth", 3, 9, 2, id="int"),
+        pytest.param("gamma", 0.0, 0.5, 0.1, id="from-zero"),
+        pytest.param("gamma", 0.6, 1.0, 0.05, id="to-one"),
+        # high - low is not exactly 0.2 in binary floating point (0.19999999999999998).
+        pytest.param("gamma", 0.1, 0.3, 0.1, id="inexact-difference"),
+        pytest.param("gamma", 0.7, 0.9, 0.1, id="inexact-difference-2"),
+    ],
+)
+def test_a_step_that_divides_the_range_is_accepted(
+    tmp_path: Path, name: str, low: float, high: float, step: float
+) -> None:
+    path = tmp_path / "params.yaml"
+    kind = "int" if isinstance(step, int) else "float"
+    dimension = {"type": kind, "low": low, "high": high, "step": step}
+    path.write_text(_params_text(_set(f"{SS}.{name}", dimension)))
+
+    space = distributions(load_params(path).model.chosen.search_space)
+
+    assert (space[name].low, space[name].high, space[name].step) == (low, high, step)
+
+
+# --- malformed params -------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(("case", "key_path", "problem"), CASES)
 def test_malformed_params_stop_the_prepare_stage(
     tmp_path: Path, run_stage, case: str | Mutation, key_path: str | None, problem: str
 ) -> None:
-    _write_params(tmp_path, case)
-    _raw_data_in(tmp_path)
+    (tmp_path / "params.yaml").write_text(_params_text(case))
+    shutil.copy(REPO / "dvc.yaml", tmp_path / "dvc.yaml")
+    _shipped_table_in(tmp_path)
 
     line = run_stage("prepare", tmp_path).one_error()
 
@@ -244,36 +436,191 @@ def test_malformed_params_stop_the_prepare_stage(
     assert not (tmp_path / "data" / "prepared").exists()
 
 
-@pytest.mark.parametrize(("case", "name", "problem"), SPACE_CASES)
-def test_a_space_xgboost_refuses_stops_tune_before_any_trial(
-    tmp_path: Path, run_stage, case: Mutation, name: str, problem: str
-) -> None:
-    _write_params(tmp_path, case)
-
-    line = run_stage("tune", tmp_path).one_error()
-
-    assert line.startswith(f"error: params.yaml: {SS}.{name}: "), line
-    assert problem in line
-    assert not (tmp_path / "outputs").exists()
-
-
-def test_a_stage_run_outside_the_project_says_where_it_looked(tmp_path: Path, run_stage) -> None:
-    line = run_stage("prepare", tmp_path).one_error()
-    assert line.startswith(f"error: {tmp_path / 'params.yaml'}: not found")
-    assert "stages run from the project root" in line
-
-
 def test_every_problem_gets_its_own_line(tmp_path: Path, run_stage) -> None:
-    def three_mistakes(params: dict[str, Any]) -> None:
-        params["tune"]["n_trails"] = 5
-        _set("tune.cv_folds", 1)(params)
-        _set("model.seed", -1)(params)
+    four_mistakes = _both(
+        _add("tune.n_trails", 5),
+        _set("tune.cv_folds", 1),
+        _set("model.seed", -1),
+        _set("data.task", "regresion"),
+    )
+    (tmp_path / "params.yaml").write_text(_params_text(four_mistakes))
+    shutil.copy(REPO / "dvc.yaml", tmp_path / "dvc.yaml")
 
-    _write_params(tmp_path, three_mistakes)
     result = run_stage("prepare", tmp_path)
+
     assert result.exit_code == 2
     assert sorted(result.stderr.splitlines()) == [
+        f"error: params.yaml: data.task: Input should be {TASKS}, got 'regresion'",
         "error: params.yaml: model.seed: Input should be greater than or equal to 0, got -1",
         "error: params.yaml: tune.cv_folds: Input should be greater than or equal to 2, got 1",
         "error: params.yaml: tune.n_trails: unknown key (did you mean n_trials?)",
     ]
+
+
+def test_a_stage_run_outside_the_project_says_where_it_looked(tmp_path: Path, run_stage) -> None:
+    line = run_stage("prepare", tmp_path).one_error()
+
+    assert line.startswith(f"error: {tmp_path / 'params.yaml'}: not found"), line
+    assert "stages run from the project root" in line
+
+
+def test_a_stage_run_without_dvc_yaml_says_where_it_looked(tmp_path: Path, run_stage) -> None:
+    project = _small_project(tmp_path)
+    (project / "dvc.yaml").unlink()
+
+    line = run_stage("prepare", project).one_error()
+
+    assert line.startswith(f"error: {project / 'dvc.yaml'}: not found"), line
+    assert "stages run from the project root" in line
+    assert not (project / "data" / "prepared").exists()
+
+
+# --- what the family's library refuses, asked before any trial --------------------------------
+
+# (family, mutation, key under model.families.<family>, a substring of the problem)
+SPACE_CASES = [
+    pytest.param(
+        "xgboost",
+        _add(f"{SS}.max_dept", {"type": "int", "low": 3, "high": 5}),
+        "search_space.max_dept",
+        "not an XGBoost parameter (did you mean max_depth?)",
+        id="unknown-name",
+    ),
+    pytest.param(
+        "xgboost",
+        _set(f"{SS}.subsample.high", 1.5),
+        "search_space.subsample",
+        "XGBoost refuses 1.5",
+        id="sub>1",
+    ),
+    pytest.param(
+        "xgboost",
+        _set(f"{SS}.gamma.low", -0.1),
+        "search_space.gamma",
+        "XGBoost refuses -0.1",
+        id="gamma<0",
+    ),
+    pytest.param(
+        "xgboost",
+        _set(f"{SS}.max_depth.low", -1),
+        "search_space.max_depth",
+        "XGBoost refuses -1",
+        id="depth<0",
+    ),
+    pytest.param(
+        "xgboost",
+        _add(f"{SS}.grow_policy", {"type": "categorical", "choices": ["depthwise", "sideways"]}),
+        "search_space.grow_policy",
+        "XGBoost refuses 'sideways'",
+        id="bad-choice",
+    ),
+    pytest.param(
+        "xgboost",
+        _add(f"{SS}.seed", {"type": "int", "low": 0, "high": 9}),
+        "search_space.seed",
+        "set by the pipeline",
+        id="reserved-name",
+    ),
+    pytest.param(
+        "xgboost",
+        _delete(f"{SS}.n_estimators"),
+        "search_space.n_estimators",
+        "needed, an int dimension with low >= 1",
+        id="no-rounds",
+    ),
+    pytest.param(
+        "xgboost",
+        _set(f"{SS}.n_estimators", {"type": "float", "low": 50.0, "high": 300.0}),
+        "search_space.n_estimators",
+        "needed, an int dimension",
+        id="float-rounds",
+    ),
+    pytest.param(
+        "xgboost",
+        _add(f"{XGB}.fixed.tree_method", "approx"),
+        "fixed.tree_method",
+        "set by the pipeline",
+        id="fixed-reserved",
+    ),
+    pytest.param(
+        "xgboost",
+        _set(f"{XGB}.fixed.max_bin", 1),
+        "fixed.max_bin",
+        "XGBoost refuses 1",
+        id="fixed-refused",
+    ),
+    pytest.param(
+        "xgboost",
+        _add(f"{XGB}.fixed.max_bni", 256),
+        "fixed.max_bni",
+        "not an XGBoost parameter (did you mean max_bin?)",
+        id="fixed-unknown",
+    ),
+    pytest.param(
+        "lightgbm",
+        _add(f"{LGBM}.search_space.num_leafs", {"type": "int", "low": 8, "high": 32}),
+        "search_space.num_leafs",
+        "not a LightGBM parameter (did you mean num_leaves?)",
+        id="lightgbm-unknown-name",
+    ),
+    pytest.param(
+        "lightgbm",
+        _set(f"{LGBM}.search_space.num_leaves.low", 1),
+        "search_space.num_leaves",
+        "LightGBM refuses 1",
+        id="lightgbm-refused",
+    ),
+    pytest.param(
+        "lightgbm",
+        _add(f"{LGBM}.fixed.num_threads", 1),
+        "fixed.num_threads",
+        "set by the pipeline",
+        id="lightgbm-reserved",
+    ),
+]
+SPACE_CASES = tiered(SPACE_CASES, {"unknown-name", "sub>1", "fixed-reserved"})
+
+
+@pytest.mark.parametrize(("family", "mutation", "key", "problem"), SPACE_CASES)
+def test_a_setting_the_library_refuses_stops_tune_before_any_trial(
+    tmp_path: Path, run_stage, family: str, mutation: Mutation, key: str, problem: str
+) -> None:
+    project = _small_project(tmp_path, _both(_set("model.family", family), mutation))
+    prepared = run_stage("prepare", project)
+    assert prepared.exit_code == 0, prepared.stderr  # the schema takes it; the library does not
+
+    line = run_stage("tune", project).one_error()
+
+    assert line.startswith(f"error: params.yaml: model.families.{family}.{key}: "), line
+    assert problem in line
+    assert not (project / "outputs").exists()
+
+
+@pytest.mark.exhaustive
+def test_tune_prints_only_its_line_when_lightgbm_refuses_a_value(tmp_path: Path, run_stage) -> None:
+    """As a user runs it, in its own process: what LightGBM writes to the process's stderr
+    (beyond what run_stage captures) is part of what the user reads."""
+    mutation = _both(
+        _set("model.family", "lightgbm"), _set(f"{LGBM}.search_space.num_leaves.low", 1)
+    )
+    project = _small_project(tmp_path, mutation)
+    assert run_stage("prepare", project).exit_code == 0
+
+    done = run(project, sys.executable, str(REPO / "stages" / "tune.py"), check=False)
+
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith(f"error: params.yaml: {LGBM}.search_space.num_leaves: "), lines
+
+
+def test_load_params_names_the_file_it_read(tmp_path: Path) -> None:
+    path = tmp_path / "elsewhere.yaml"
+    path.write_text(_params_text(_set("tune.cv_folds", 1)))
+
+    with pytest.raises(PipelineError) as error:
+        load_params(path)
+
+    assert str(error.value) == (
+        f"{path}: tune.cv_folds: Input should be greater than or equal to 2, got 1"
+    )

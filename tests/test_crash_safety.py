@@ -16,21 +16,17 @@ from pathlib import Path
 import optuna
 import pytest
 import sqlalchemy
-from conftest import dvc, make_project, subprocess_env, tiered, trial_records
+from conftest import deep_update, dvc, make_project, space, subprocess_env, tiered, trial_records
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 # Trials of a few seconds each, so that a signal lands in the middle of tuning.
-SLOW = {
-    "tune": {
-        "n_trials": 8,
-        "pruner": {"n_startup_trials": 20},  # no pruning: every trial takes its full time
-        "search_space": {
-            "n_estimators": {"low": 150, "high": 200},
-            "max_depth": {"low": 8, "high": 9},
-        },
-    }
-}
+SLOW = deep_update(
+    {"tune": {"n_trials": 8, "pruner": {"n_startup_trials": 20}}},  # no pruning: full trials
+    space(
+        "xgboost", {"n_estimators": {"low": 150, "high": 200}, "max_depth": {"low": 8, "high": 9}}
+    ),
+)
 N_TRIALS = SLOW["tune"]["n_trials"]
 
 
@@ -179,26 +175,43 @@ def test_sigint_stops_cleanly_and_the_next_repro_resumes(
 
 
 @_stores(default="postgresql")
-def test_two_tune_processes_share_one_study(
-    tmp_path: Path, storage: StudyStorage, undisturbed: list[tuple]
+def test_a_second_tune_process_on_a_held_study_stops_with_one_line(
+    tmp_path: Path, storage: StudyStorage, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Trials of a few seconds each: the first process cannot finish the study before the
-    # second one has started, even when the machine is busy.
-    project = make_project(tmp_path / "p", SLOW)
+    """One process runs a study at a time: a second one waits a bounded time, then says who
+    holds it, in one line, and writes nothing; once the holder is gone it runs."""
+    from hpo.storage import studies
+
+    project = make_project(tmp_path / "p")
     dvc(project, "repro", "prepare")
-    first, second = (_start(project, "stages/tune.py", env=storage.env) for _ in range(2))
-    outputs = [p.communicate(timeout=600) for p in (first, second)]
-    for process, (_, stderr) in zip((first, second), outputs, strict=True):
-        assert process.returncode == 0, stderr
-        assert "database is locked" not in stderr
-    # One protocol between them: neither asked a trial twice nor took the other's for dead.
-    assert _records(_study(project, storage)) == undisturbed
-    # The first to finish leaves the outputs and the MLflow study run to the other.
-    left = ["another tune process is still running" in stderr for _, stderr in outputs]
-    assert sorted(left) == [False, True]
-    assert trial_records(project) == undisturbed
-    parents = [r for r in _mlflow_runs(project) if "optuna.study_name" in r.data.tags]
-    assert [p.info.status for p in parents] == ["FINISHED"]
+    monkeypatch.chdir(project)
+    for name, value in storage.env.items():
+        monkeypatch.setenv(name, value)
+    name = _study_name(project)
+    with studies.hold_study(studies.storage_url_from_environment(), name) as holder:
+        started = time.monotonic()
+        done = _start(project, "stages/tune.py", env=storage.env)
+        _, stderr = done.communicate(timeout=120)
+        waited = time.monotonic() - started
+    errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
+    assert done.returncode == 2, stderr
+    assert len(errors) == 1 and "Traceback" not in stderr, stderr
+    assert f"study {name} is being tuned by {holder}" in errors[0]
+    assert studies.HOLD_TIMEOUT_S <= waited < studies.HOLD_TIMEOUT_S + 30
+    assert not (project / "outputs/tune_summary.json").exists()
+    dvc(project, "repro", "tune", env=storage.env)  # the holder is gone: it runs
+    assert len(trial_records(project)) == 6
+
+
+def _study_name(project: Path) -> str:
+    """The name tune gives the project's study (its identity: params, data, code)."""
+    import hashlib
+
+    from hpo.config import load_params
+    from hpo.session import study_name
+
+    train = hashlib.sha256((project / "data/prepared/train.parquet").read_bytes()).hexdigest()
+    return study_name(load_params(project / "params.yaml"), train)
 
 
 def _records(study: optuna.Study) -> list[tuple]:

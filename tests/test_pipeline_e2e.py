@@ -243,6 +243,9 @@ def test_notebook_runs_on_the_outputs(
     assert "Warning" not in printed
     assert f"{N_TRIALS} trials (" in printed
     results = _results(tiny_run)
-    assert f"best mean cv_mse: {results['best_cv_mse']:.4f} (trial {results['best_trial_number']})" in printed
+    assert (
+        f"best mean cv_mse: {results['best_cv_mse']:.4f} (trial {results['best_trial_number']})"
+        in printed
+    )
     figures = [o for o in outputs if "image/png" in o.get("data", {})]
     assert len(figures) == 5  # history, learning curves, importance, test split, fold spread

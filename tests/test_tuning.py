@@ -35,7 +35,9 @@ from hpo.storage.writer import StoreWriter
 PARAMS = load_params(REPO / "params.yaml")
 TUNE = PARAMS.tune.model_copy(
     update={
-        "pruner": PARAMS.tune.pruner.model_copy(update={"n_startup_trials": 2, "n_warmup_steps": 10}),
+        "pruner": PARAMS.tune.pruner.model_copy(
+            update={"n_startup_trials": 2, "n_warmup_steps": 10}
+        ),
         "sampler": PARAMS.tune.sampler.model_copy(update={"n_startup_trials": 3}),
     }
 )
@@ -106,7 +108,9 @@ def make_runner(
         "make_sampler": partial(make_sampler, TUNE.sampler),
         "make_task": TrialTask,
         "executor": LocalExecutor(data, 2),
-        "writer": StoreWriter(STORAGES[study.study_name], study.study_name, recorder or Collector()),
+        "writer": StoreWriter(
+            STORAGES[study.study_name], study.study_name, recorder or Collector()
+        ),
     }
     return StudyRunner(**{**settings, **overrides})
 

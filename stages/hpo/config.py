@@ -88,7 +88,8 @@ def _check_range(low: float, high: float, log: bool, step: float | None) -> None
     if log and step is not None:
         raise ValueError("log scale takes no step (Optuna samples it continuously)")
     # Optuna would cut the range to the last step below high, with a warning.
-    if step is not None and decimal.Decimal(str(high - low)) % decimal.Decimal(str(step)):
+    span = decimal.Decimal(str(high)) - decimal.Decimal(str(low))
+    if step is not None and span % decimal.Decimal(str(step)):
         raise ValueError(f"step {step} does not divide the range {low}..{high}")
 
 
@@ -254,7 +255,28 @@ def load_params(path: Path = PARAMS_FILE) -> Params:
     try:
         return Params.model_validate(raw)
     except ValidationError as exc:
-        raise PipelineError("\n".join(f"{path}: {_describe(e)}" for e in exc.errors())) from None
+        lines = [f"{path}: {_describe(e)}" for e in _one_per_key(exc.errors())]
+        raise PipelineError("\n".join(lines)) from None
+
+
+def _one_per_key(errors: list[ErrorDetails]) -> list[ErrorDetails]:
+    """A value that fits none of a scalar's kinds gives pydantic an error per kind (its
+    location ending in str, int, float, bool); the user gets one."""
+    seen, merged = set(), []
+    for error in errors:
+        loc = error["loc"]
+        if error["type"] in ("string_type", "int_type", "float_type", "bool_type") and loc[-1] in (
+            "str",
+            "int",
+            "float",
+            "bool",
+        ):
+            if loc[:-1] in seen:
+                continue
+            seen.add(loc[:-1])
+            error = {**error, "loc": loc[:-1], "msg": "expected text, a number or true/false"}
+        merged.append(error)
+    return merged
 
 
 def _describe(error: ErrorDetails) -> str:

@@ -13,11 +13,15 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import json
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from hpo.config import DataParams
 from hpo.errors import REBUILD, PipelineError, file_error
@@ -28,6 +32,7 @@ READERS = {
     ".parquet": pd.read_parquet,
     ".pq": pd.read_parquet,
 }
+CLASSES_KEY = b"hpo.classes"  # Parquet metadata of a split: its classes, in code order
 
 
 @dataclass(frozen=True)
@@ -46,11 +51,14 @@ class Split:
 def read_table(data: DataParams) -> pd.DataFrame:
     """The table at data.path, checked; its checksum verified when data.sha256 gives one, or
     a file beside it does (`<file>.sha256`, as `sha256sum` writes it)."""
-    path = Path(data.path)
-    sidecar = Path(f"{path}.sha256")
-    expected = data.sha256 or (sidecar.read_text().split()[0] if sidecar.is_file() else None)
+    path, sidecar = Path(data.path), Path(f"{data.path}.sha256")
     if path.suffix not in READERS or (path.suffix == ".gz" and Path(path.stem).suffix != ".csv"):
         raise PipelineError(f"data.path: {path} is not a CSV (.csv, .csv.gz) or Parquet file")
+    expected = data.sha256
+    if expected is None and sidecar.is_file():
+        expected = (sidecar.read_text(errors="replace").split() or [""])[0].lower()
+        if len(expected) != 64:
+            raise PipelineError(f"{sidecar}: holds no sha256 digest of {path.name}")
     try:
         content = path.read_bytes()
         digest = hashlib.sha256(content).hexdigest()
@@ -60,7 +68,7 @@ def read_table(data: DataParams) -> pd.DataFrame:
                 "the file is truncated or modified"
             )
         frame = READERS[path.suffix](path)
-    except (OSError, ValueError, UnicodeDecodeError, pd.errors.ParserError) as exc:
+    except (OSError, ValueError, EOFError, zlib.error, pd.errors.ParserError) as exc:
         raise file_error(path, exc, "give data.path a CSV or Parquet file with a header") from None
     frame.columns = [str(column) for column in frame.columns]
     return _as_model_input(frame, data, path)
@@ -142,6 +150,12 @@ def split(
 
     classified = data.task != "regression"
     if classified:  # the target as a categorical of its sorted labels: its codes are classes
+        counts = frame[data.target].value_counts()
+        if counts.min() < 2:
+            raise PipelineError(
+                f"{data.path}: class {counts.idxmin()!r} has 1 row; a stratified split needs 2 "
+                "or more of each class (drop the class or add rows)"
+            )
         labels = sorted(frame[data.target].unique())
         frame = frame.assign(**{data.target: pd.Categorical(frame[data.target], labels)})
     try:
@@ -165,20 +179,32 @@ def split(
                 f"{data.path}: class {counts.idxmin()!r} has {counts.min()} training rows, "
                 f"fewer than tune.cv_folds = {cv_folds}; lower the folds or drop the class"
             )
+        missing = set(counts.index) - set(test[data.target])
+        if missing:
+            raise PipelineError(
+                f"{data.path}: class {min(missing)!r} has no test rows; raise prepare.test_size"
+            )
     return train.reset_index(drop=True), test.reset_index(drop=True)
 
 
-def write_split(frame: pd.DataFrame, path: Path) -> None:
+def write_split(frame: pd.DataFrame, path: Path, target: str) -> None:
+    """The split as Parquet; a classification target's classes in its metadata (Parquet keeps
+    text categories, not numeric ones)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    frame.to_parquet(path, index=False)
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    if isinstance(frame[target].dtype, pd.CategoricalDtype):
+        classes = json.dumps(frame[target].cat.categories.tolist()).encode()
+        table = table.replace_schema_metadata({**table.schema.metadata, CLASSES_KEY: classes})
+    pq.write_table(table, path)
 
 
 def read_split(path: Path, data: DataParams) -> Split:
     """A split the prepare stage wrote, checked again: one line if it is missing or damaged."""
     try:
-        frame = pd.read_parquet(path)
+        table = pq.read_table(path)
     except (OSError, ValueError) as exc:  # ValueError: not Parquet, or cut short
         raise file_error(path, exc, REBUILD) from None
+    frame = table.to_pandas()
     if data.target not in frame.columns:
         raise PipelineError(f"{path}: no column {data.target!r} (data.target); {REBUILD}")
     check(frame, data, path)
@@ -186,6 +212,8 @@ def read_split(path: Path, data: DataParams) -> Split:
     x = frame.drop(columns=data.target)
     if data.task == "regression":
         return Split(x, target.to_numpy(dtype=np.float64), [])
-    if not isinstance(target.dtype, pd.CategoricalDtype):
+    classes = json.loads((table.schema.metadata or {}).get(CLASSES_KEY, b"null"))
+    if not classes:
         raise PipelineError(f"{path}: the target {data.target!r} holds no classes; {REBUILD}")
-    return Split(x, target.cat.codes.to_numpy(dtype=np.int64), list(target.cat.categories))
+    codes = pd.Categorical(target, classes).codes
+    return Split(x, codes.astype(np.int64), classes)

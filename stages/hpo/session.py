@@ -136,13 +136,12 @@ def open_tune_session(params: Params, split: Split, stop: StopSignal) -> Iterato
         else:
             executor = DaskExecutor(connect_dask(dask_address, family), dask_address, data)
         try:
-            with studies.hold_study(storage_url, name) as holder:
+            with studies.hold_study(storage_url, name):
                 storage = studies.open_storage_url(storage_url)
                 try:
                     if not remote:
                         client, experiment_id = tracking.connect(experiment)
                     study = studies.load_or_create(storage, name, direction(metric), metric)
-                    study.set_user_attr(studies.HOLDER_ATTR, holder)
                     run_params = params.model_dump(mode="json", exclude={"tune": {"n_trials"}})
                     tags = {**tracking.provenance_tags(run_params), **executor.tags}
                     study_run = StudyRun.open(
@@ -182,7 +181,9 @@ def local_stores(storage_url: Any, client: Any) -> dict[str, str]:
     """The SQLite files of the study store and the MLflow store, by their labels."""
     files = {}
     if storage_url is None or storage_url.get_backend_name() == "sqlite":
-        files[studies.label(storage_url)] = str(paths.STUDY_STORE if storage_url is None else storage_url.database)
+        files[studies.label(storage_url)] = str(
+            paths.STUDY_STORE if storage_url is None else storage_url.database
+        )
     if client.tracking_uri.startswith("sqlite:///"):
         files[tracking.label()] = client.tracking_uri.removeprefix("sqlite:///")
     return files

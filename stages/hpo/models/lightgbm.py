@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import logging
+import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -72,12 +73,17 @@ def _refused(name: str, value: Any) -> str | None:
     """Why LightGBM will not train with `name = value` (one round on a tiny set), or None."""
     log = _LogLines()
     lgb.register_logger(log)
+    stderr = os.dup(2)  # LightGBM writes a refusal to stderr too, before raising it
     try:
-        probe = lgb.Dataset(np.arange(40.0).reshape(20, 2), label=np.arange(20.0))
-        lgb.train({name: value, "num_threads": 1, "verbosity": 1}, probe, num_boost_round=1)
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            probe = lgb.Dataset(np.arange(40.0).reshape(20, 2), label=np.arange(20.0))
+            lgb.train({name: value, "num_threads": 1, "verbosity": 1}, probe, num_boost_round=1)
     except lgb.basic.LightGBMError as exc:
         return f"LightGBM refuses {value!r} ({' '.join(str(exc).split())})"
     finally:
+        os.dup2(stderr, 2)
+        os.close(stderr)
         lgb.register_logger(logging.getLogger("lightgbm"))
     if any(f"Unknown parameter: {name}" in line for line in log):
         known = lgb.LGBMRegressor().get_params()

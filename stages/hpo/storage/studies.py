@@ -40,8 +40,12 @@ LOCK_TIMEOUT_S = 60
 # Seconds to reach a database server, and to wait for a study another process is running.
 CONNECT_TIMEOUT_S = 10
 HOLD_TIMEOUT_S = 10
-# Study user attribute: who runs the study now (PostgreSQL's lock cannot say).
-HOLDER_ATTR = "tune_holder"
+# Who holds a study's advisory lock: the application name of the connection holding it.
+_HOLDER = sqlalchemy.text(
+    "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+    "WHERE l.locktype = 'advisory' AND l.granted"
+    " AND (l.classid::text::bigint << 32) + l.objid::text::bigint = :key"
+)
 
 
 def storage_url_from_environment() -> URL | None:
@@ -150,16 +154,18 @@ def hold_study(url: URL | None, name: str) -> Iterator[str]:
     """Run study `name` alone: a second tune process waits up to HOLD_TIMEOUT_S, then stops
     with one line that says who holds it. On PostgreSQL an advisory lock per study, held by a
     connection (it ends with the process, on any host); on SQLite a lock on the whole store,
-    taken before the store is opened. Yields who holds it now, for HOLDER_ATTR."""
+    taken before the store is opened. Yields who holds it now."""
     me = f"tune process {os.getpid()} on {socket.gethostname()} since {time.strftime('%H:%M:%S')}"
     if url is not None and url.get_backend_name() == "postgresql":
         key = {"key": int.from_bytes(hashlib.sha256(name.encode()).digest()[:7])}
-        engine = sqlalchemy.create_engine(url, connect_args={"connect_timeout": CONNECT_TIMEOUT_S})
+        # The lock's connection carries who holds it, for the one line a second process gives.
+        connect = {"connect_timeout": CONNECT_TIMEOUT_S, "application_name": me[:63]}
+        engine = sqlalchemy.create_engine(url, connect_args=connect)
         try:
-            with engine.connect() as connection:
+            with engine.connect() as connection, engine.connect() as probe:
                 try_lock = sqlalchemy.text("SELECT pg_try_advisory_lock(:key)")
                 _wait_for(lambda: connection.execute(try_lock, key).scalar(),
-                          lambda: _holder_of(url, name), label(url), name)  # fmt: skip
+                          lambda: probe.execute(_HOLDER, key).scalar(), label(url), name)  # fmt: skip
                 yield me
         finally:
             engine.dispose()
@@ -202,18 +208,6 @@ def _wait_for(acquired: Any, holder: Any, store: str, name: str) -> None:
             time.sleep(0.2)
 
 
-def _holder_of(url: URL, name: str) -> str:
-    with contextlib.suppress(Exception):
-        storage = open_storage_url(url)
-        try:
-            return str(
-                storage.get_study_user_attrs(storage.get_study_id_from_name(name))[HOLDER_ATTR]
-            )
-        finally:
-            close_storage(storage)
-    return ""
-
-
 def load_or_create(storage: RDBStorage, name: str, direction: str, metric: str) -> optuna.Study:
     study = optuna.create_study(
         storage=storage, study_name=name, direction=direction, load_if_exists=True
@@ -244,8 +238,7 @@ def write_study_file(study: optuna.Study, trials: list[FrozenTrial], path: Path)
         )
         _name_objective(copy, study.metric_names[0].removeprefix("cv_"))
         for key, value in study.user_attrs.items():
-            if key != HOLDER_ATTR:
-                copy.set_user_attr(key, value)
+            copy.set_user_attr(key, value)
         copy.add_trials(trials)
     except (OSError, sqlalchemy.exc.SQLAlchemyError) as exc:
         raise file_error(path, exc, "free the space or the permission and rerun") from None

@@ -143,7 +143,11 @@ class WriteBehind:
         except (EOFError, OSError):
             self._process.join(1)
             code = self._process.exitcode
-            how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+            how = (
+                f"killed by signal {-code}"
+                if code is not None and code < 0
+                else f"exit code {code}"
+            )
             self._error = self._error or (
                 f"the study writer process ended unexpectedly ({how}); the study keeps its "
                 f"finished trials ({self.kept}), and `dvc repro` resumes it"
