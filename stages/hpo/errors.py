@@ -58,7 +58,7 @@ def what_is_wrong(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror.lower()
     lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-    first = " ".join(lines[0].split(" Stack trace:")[0].split()) if lines else ""
+    first = " ".join(lines[0].split()).split(" Stack trace:")[0] if lines else ""
     return first or type(exc).__name__
 
 

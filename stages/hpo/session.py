@@ -64,7 +64,7 @@ def study_name(params: Params, train_sha256: str, faults: str = "") -> str:
     """
     family = params.model.family
     identity = {
-        "tune": params.tune.model_dump(mode="json", exclude={"n_trials"}),
+        "tune": params.tune.model_dump(mode="json", exclude={"n_trials", "metric"}),
         "metric": params.metric,
         "model": {
             "family": family,

@@ -8,10 +8,14 @@ row- or column-wise histograms by timing them, unless told. So every fit sets
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import functools
 import logging
 import os
+import re
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +31,12 @@ MODEL_FILE = "model.txt"
 _DETERMINISM = {"deterministic": True, "force_col_wise": True, "feature_pre_filter": False}
 # Set by the pipeline (task, seed, threads, determinism), with the aliases of the rounds.
 RESERVED = frozenset(
-    {"objective", "metric", "num_class", "seed", "random_state", "num_threads", "n_jobs",
-     "verbosity", "verbose", "force_row_wise", "device_type", *_DETERMINISM,
-     "num_iterations", "num_iteration", "n_iter", "num_tree", "num_trees", "num_round",
-     "num_rounds", "nrounds", "num_boost_round", "max_iter"}
+    {"objective", "objective_type", "app", "application", "loss", "metric", "metrics",
+     "metric_types", "num_class", "num_classes", "seed", "random_seed", "random_state",
+     "num_threads", "num_thread", "nthread", "nthreads", "n_jobs", "verbosity", "verbose",
+     "force_row_wise", "device_type", "device", *_DETERMINISM, "num_iterations",
+     "num_iteration", "n_iter", "num_tree", "num_trees", "num_round", "num_rounds", "nrounds",
+     "num_boost_round", "n_estimators", "max_iter"}
 )  # fmt: skip
 _OBJECTIVES = {"regression": "regression", "binary": "binary", "multiclass": "multiclass"}
 
@@ -69,27 +75,45 @@ def problems(setup: Setup, space: dict[str, Any]) -> list[str]:
     return refusals(setup, space, RESERVED, _refused)
 
 
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """LightGBM writes its fatal errors to stderr itself, before raising them as exceptions."""
+    stderr = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(stderr, 2)
+        os.close(stderr)
+
+
 def _refused(name: str, value: Any) -> str | None:
     """Why LightGBM will not train with `name = value` (one round on a tiny set), or None."""
     log = _LogLines()
     lgb.register_logger(log)
-    stderr = os.dup(2)  # LightGBM writes a refusal to stderr too, before raising it
     try:
-        with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), 2)
-            probe = lgb.Dataset(np.arange(40.0).reshape(20, 2), label=np.arange(20.0))
-            lgb.train({name: value, "num_threads": 1, "verbosity": 1}, probe, num_boost_round=1)
+        with _quiet_stderr():
+            lgb.train({name: value, "num_threads": 1, "verbosity": 1}, _probe(), num_boost_round=1)
     except lgb.basic.LightGBMError as exc:
         return f"LightGBM refuses {value!r} ({' '.join(str(exc).split())})"
     finally:
-        os.dup2(stderr, 2)
-        os.close(stderr)
         lgb.register_logger(logging.getLogger("lightgbm"))
     if any(f"Unknown parameter: {name}" in line for line in log):
-        known = lgb.LGBMRegressor().get_params()
-        close = difflib.get_close_matches(name, known, n=1)
+        close = difflib.get_close_matches(name, _known_names(), n=1)
         return "not a LightGBM parameter" + (f" (did you mean {close[0]}?)" if close else "")
     return None
+
+
+def _probe() -> lgb.Dataset:
+    return lgb.Dataset(np.arange(40.0).reshape(20, 2), label=np.arange(20.0))
+
+
+@functools.cache
+def _known_names() -> list[str]:
+    """LightGBM's own parameter names, as a saved model lists them, and the scikit-learn ones."""
+    text = lgb.train({"verbosity": -1}, _probe(), num_boost_round=1).model_to_string()
+    return [*re.findall(r"^\[(\w+): ", text, re.MULTILINE), *lgb.LGBMRegressor().get_params()]
 
 
 def fold(
@@ -149,7 +173,13 @@ def save(model: lgb.Booster, path: Path) -> None:
 
 
 def load(path: Path) -> lgb.Booster:
+    """The saved model; ValueError for a file that is not a whole one (LightGBM would crash the
+    process on a cut one)."""
+    text = path.read_text(errors="replace")
+    if not (text.startswith("tree\n") and "\nend of parameters\n" in text):
+        raise ValueError("not a whole LightGBM model file")
     try:
-        return lgb.Booster(model_file=path)
+        with _quiet_stderr():
+            return lgb.Booster(model_str=text)
     except lgb.basic.LightGBMError as exc:
         raise ValueError(" ".join(str(exc).split())) from None

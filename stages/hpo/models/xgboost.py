@@ -53,7 +53,10 @@ def _max_bin(setup: Setup) -> int:
 
 
 def problems(setup: Setup, space: dict[str, Any]) -> list[str]:
-    return refusals(setup, space, RESERVED, _refused)
+    found = refusals(setup, space, RESERVED, _refused)
+    if "max_bin" in space:  # the folds are quantised once, with one max_bin
+        found.append("search_space.max_bin: not tunable here; set it in fixed")
+    return found
 
 
 def _refused(name: str, value: Any) -> str | None:
@@ -64,7 +67,7 @@ def _refused(name: str, value: Any) -> str | None:
             probe = xgb.DMatrix(np.arange(8.0).reshape(4, 2), label=np.arange(4.0))
             xgb.train({name: value, "nthread": 1, "verbosity": 1}, probe, num_boost_round=1)
         except xgb.core.XGBoostError as exc:
-            reason = " ".join(str(exc).split(" Stack trace:")[0].split())
+            reason = " ".join(str(exc).split()).split(" Stack trace:")[0]
             return f"XGBoost refuses {value!r} ({reason})"
     if any("are not used" in str(warning.message) for warning in caught):
         known = [*xgb.XGBRegressor().get_params(), "lambda", "alpha", "eta", "min_split_loss"]
@@ -135,4 +138,4 @@ def load(path: Path) -> xgb.Booster:
     try:
         return xgb.Booster(model_file=path)
     except xgb.core.XGBoostError as exc:
-        raise ValueError(" ".join(str(exc).split(" Stack trace:")[0].split())) from None
+        raise ValueError(" ".join(str(exc).split()).split(" Stack trace:")[0]) from None

@@ -130,7 +130,7 @@ class TrialOutcome:
         started: float | None = None,
     ) -> TrialOutcome:  # fmt: skip
         # XGBoost appends a native stack trace; the first part says what went wrong.
-        message = " ".join(str(exc).split(" Stack trace:")[0].split())
+        message = " ".join(str(exc).split()).split(" Stack trace:")[0]
         started_at = time.time() if started is None else started
         return cls(task.number, task.params, TrialState.FAIL, None, dict(reported or {}),
                    f"{type(exc).__name__}: {message}", started_at, time.time())  # fmt: skip
