@@ -4,9 +4,10 @@
     python benchmarks/bench_driver.py --slots 32 --trials 100 1000 5000 --extra  # the cost floor
     python benchmarks/bench_driver.py --quick
 
-Everything on the driver's side is real: `start_session` builds the tune stage's session (the
-`StudyRunner` with its window and out-of-turn saves, the TPE sampler of params.yaml,
-`TrialTask.build`, and the writer process that stores trials in a SQLite Optuna study and
+Everything on the driver's side is real: `driver_session` builds the tune stage's session from
+the library's parts as hpo/session.py does (the `StudyRunner` with its window and out-of-turn
+saves, the TPE sampler of params.yaml, each `TrialTask` with its `PrunerEvidence`, the study's
+MLflow run, and the `WriteBehind` process that stores trials in a SQLite Optuna study and
 records them in a SQLite MLflow store), each cell in a fresh temporary directory. Only the
 workers are simulated: `slots` worker slots whose "fit" sleeps for a trial duration replayed
 from a reference run (the outputs/optuna_study.db that `dvc repro` left in --reference,
@@ -44,26 +45,31 @@ import threading
 import time
 import warnings
 from collections import deque
+from collections.abc import Iterator
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from statistics import mean
-from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "stages"))
 
 import optuna  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
 from hpo.config import Params, load_params  # noqa: E402
-from hpo.session import start_session  # noqa: E402
-from hpo.storage import tracking  # noqa: E402
-from hpo.storage.settings import TRACKING_VAR  # noqa: E402
-from hpo.storage.studies import close_storage, open_storage  # noqa: E402
-from hpo.trial.evaluation import TrialOutcome, TrialTask  # noqa: E402
-from hpo.trial.model import CVResult  # noqa: E402
-from hpo.trial.space import distributions  # noqa: E402
+from hpo.protocol.runner import StudyRunner  # noqa: E402
+from hpo.protocol.writes import FOLD_SCORES_ATTR  # noqa: E402
+from hpo.search.space import distributions, make_sampler  # noqa: E402
+from hpo.search.trial import CVResult, TrialOutcome, TrialTask  # noqa: E402
+from hpo.session import STOPPED_WRITER_EXIT_S, WRITER_EXIT_S  # noqa: E402
+from hpo.storage import studies  # noqa: E402
+from hpo.storage.writer import WriteBehind, WriterConfig  # noqa: E402
+from hpo.tasks import direction  # noqa: E402
+from hpo.tracking import mlflow as tracking  # noqa: E402
+from hpo.tracking.study_run import StudyRun  # noqa: E402
 
 # The goals: efficiency by slots at >= GOAL_TRIALS trials, and the driver's main-thread cost
 # per trial against Optuna's own ask + tell at the same study size.
@@ -80,8 +86,7 @@ class ReplayedTrial:
     duration_s: float
     state: TrialState
     reported: dict[int, float]
-    fold_mse: list[float]
-    fold_r2: list[float]
+    fold_scores: list[float]  # each fold's final score (tune.metric); empty unless complete
 
 
 def load_reference(project: Path) -> list[ReplayedTrial]:
@@ -97,19 +102,18 @@ def load_reference(project: Path) -> list[ReplayedTrial]:
     with tempfile.TemporaryDirectory() as scratch:
         copy = Path(scratch) / db.name
         shutil.copy2(db, copy)
-        storage = open_storage(copy)
+        storage = studies.open_storage(copy)
         try:
             study = optuna.load_study(study_name=name, storage=storage)
             trials = study.get_trials(deepcopy=False)
         finally:
-            close_storage(storage)
+            studies.close_storage(storage)
     return [
         ReplayedTrial(
             duration_s=(t.datetime_complete - t.datetime_start).total_seconds(),
             state=t.state,
             reported=dict(t.intermediate_values),
-            fold_mse=list(t.user_attrs.get("fold_mse", [])),
-            fold_r2=list(t.user_attrs.get("fold_r2", [])),
+            fold_scores=list(t.user_attrs.get(FOLD_SCORES_ATTR, [])),
         )
         for t in trials
         if t.state.is_finished() and t.datetime_start and t.datetime_complete
@@ -123,8 +127,7 @@ def replayed_outcome(task: TrialTask, ref: ReplayedTrial, started: float) -> Tri
         pruned = ref.state == TrialState.PRUNED
         result = CVResult(
             curve=dict(ref.reported),
-            fold_mse=[] if pruned else list(ref.fold_mse),
-            fold_r2=[] if pruned else list(ref.fold_r2),
+            fold_scores=[] if pruned else list(ref.fold_scores),
             stopped_early=pruned,
         )
     error = "replayed failure" if ref.state == TrialState.FAIL else None
@@ -276,40 +279,93 @@ class Cell:
 
 
 class MlflowTemplate:
-    """A freshly created, empty MLflow store, copied into each cell.
+    """A freshly created, empty MLflow store with the experiment, copied into each cell.
 
-    Creating a SQLite store runs MLflow's migrations (4-5 s here); a copy of a new store is a
-    new store, and leaves the cells' time for the driver.
+    Creating a SQLite store runs MLflow's migrations (seconds); a copy of a new store is a new
+    store, and leaves the cells' time for the driver.
     """
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, experiment: str) -> None:
         self.db = directory / "mlflow.db"
-        tracking.connect(self.db, directory / "mlruns")
+        self.experiment = experiment
+        client = MlflowClient(f"sqlite:///{self.db}")
+        client.create_experiment(experiment, artifact_location=(directory / "mlruns").as_uri())
 
-    def fresh(self, directory: Path) -> tuple[Any, str]:
+    def fresh(self, directory: Path) -> tuple[MlflowClient, str]:
+        """A copy in `directory`, in WAL mode as hpo.tracking.mlflow.connect leaves the stage's
+        store; its client and the experiment's id."""
         target = directory / "mlflow.db"
         with (
             contextlib.closing(sqlite3.connect(self.db)) as source,
             contextlib.closing(sqlite3.connect(target)) as copy,
         ):
             source.backup(copy)  # consistent even with a WAL beside the template
-        return tracking.connect(target, directory / "mlruns")
+            copy.execute("PRAGMA journal_mode=WAL")
+        client = MlflowClient(f"sqlite:///{target}")
+        return client, client.get_experiment_by_name(self.experiment).experiment_id
+
+
+@dataclass(frozen=True)
+class DriverSession:
+    runner: StudyRunner
+    study_run: StudyRun
+
+
+@contextlib.contextmanager
+def driver_session(
+    params: Params,
+    directory: Path,
+    executor: ReplayExecutor,
+    mlflow_store: tuple[MlflowClient, str],
+    name: str,
+) -> Iterator[DriverSession]:
+    """The tune stage's session as hpo/session.py builds it, around the simulated cluster: the
+    study `name` in a SQLite store in `directory`, its MLflow run in `mlflow_store`, the writer
+    process and the runner. When the block ends, the writer has applied every write."""
+    tune, metric = params.tune, params.metric
+    client, experiment_id = mlflow_store
+    study_db = directory / "optuna_study.db"
+    mlflow_db = client.tracking_uri.removeprefix("sqlite:///")
+    writer = WriteBehind()  # it imports its libraries while the stores are opened
+    try:
+        storage = studies.open_storage(study_db)
+        try:
+            study = studies.load_or_create(storage, name, direction(metric), metric)
+            run_params = params.model_dump(mode="json", exclude={"tune": {"n_trials"}})
+            tags = {**tracking.provenance_tags(run_params), **executor.tags}
+            study_run = StudyRun.open(client, experiment_id, study, metric, run_params, tags)
+            writer.configure(WriterConfig(
+                storage_url=f"sqlite:///{study_db}", study_name=name, study_label=str(study_db),
+                tracking_uri=client.tracking_uri, tracking_label=mlflow_db,
+                experiment_id=experiment_id, run_id=study_run.run_id, metric=metric, tags=tags,
+                patient=(), files={str(study_db): str(study_db), mlflow_db: mlflow_db},
+            ))  # fmt: skip
+            runner = StudyRunner(
+                study=study,
+                distributions=distributions(params.model.chosen.search_space),
+                metric=metric,
+                n_trials=tune.n_trials,
+                window=tune.parallel_trials + tune.lookahead,
+                make_sampler=partial(make_sampler, tune.sampler),
+                make_task=TrialTask,
+                executor=executor,
+                writer=writer,
+            )
+            yield DriverSession(runner, study_run)
+            writer.close(WRITER_EXIT_S)
+        finally:
+            studies.close_storage(storage)
+    finally:
+        writer.close(STOPPED_WRITER_EXIT_S)
 
 
 def optuna_floor_ms(params: Params, replay: list[ReplayedTrial], n_trials: int) -> float:
     """Optuna alone: main-thread CPU ms per trial of ask + tell on an in-memory study with one
     TPESampler of the pipeline's settings, over the same space, for `n_trials` trials (the
     replayed values told as complete). What any driver of this sampler must pay at least."""
-    settings = params.tune.sampler
-    sampler = optuna.samplers.TPESampler(
-        seed=settings.seed,
-        n_startup_trials=settings.n_startup_trials,
-        n_ei_candidates=settings.n_ei_candidates,
-        multivariate=settings.multivariate,
-        constant_liar=settings.constant_liar,
-    )
-    study = optuna.create_study(direction="minimize", sampler=sampler)
-    space = distributions(params.tune.search_space)
+    sampler = make_sampler(params.tune.sampler, trial_number=0)
+    study = optuna.create_study(direction=direction(params.metric), sampler=sampler)
+    space = distributions(params.model.chosen.search_space)
     values = [_replayed_value(replay[k % len(replay)]) for k in range(n_trials)]
     cpu = time.thread_time()
     for value in values:
@@ -319,8 +375,8 @@ def optuna_floor_ms(params: Params, replay: list[ReplayedTrial], n_trials: int) 
 
 
 def _replayed_value(ref: ReplayedTrial) -> float:
-    if ref.fold_mse:
-        return mean(ref.fold_mse)
+    if ref.fold_scores:
+        return mean(ref.fold_scores)
     return ref.reported[max(ref.reported)] if ref.reported else 1.0
 
 
@@ -339,42 +395,33 @@ def run_cell(
     durations = [replay[k % len(replay)].duration_s / time_scale for k in range(n_trials)]
     cell.ideal_per_s = slots / mean(durations)
     cell.bound_efficiency = n_trials / window_bound(durations, slots, window) / cell.ideal_per_s
+    cell_params = params.model_copy(update={"tune": tune})
     with tempfile.TemporaryDirectory(prefix="bench-driver-") as scratch:
         directory = Path(scratch)
-        storage = open_storage(directory / "optuna_study.db")
+        mlflow_store = template.fresh(directory)
         executor = ReplayExecutor(replay, slots, time_scale)
+        children = _children_cpu_s()
         try:
-            client, experiment_id = template.fresh(directory)
-            cell_params = params.model_copy(update={"tune": tune})
-            children = resource.getrusage(resource.RUSAGE_CHILDREN)
-            session = start_session(
-                cell_params,
-                storage,
-                executor,
-                client,
-                experiment_id,
-                f"bench-driver-{slots}x{n_trials}",
-                log=lambda _line: None,
-            )
-            try:
+            name = f"bench-driver-{slots}x{n_trials}"
+            with driver_session(cell_params, directory, executor, mlflow_store, name) as session:
                 # Timed like the tune stage: from the first ask to the last trial stored.
                 wall, cpu = time.perf_counter(), time.thread_time()
                 progress = session.runner.run()
                 cell.wall_s = time.perf_counter() - wall
                 cell.main_cpu_s = time.thread_time() - cpu
-            finally:
-                session.close()
-            after = resource.getrusage(resource.RUSAGE_CHILDREN)
-            cell.writer_cpu_s = (after.ru_utime + after.ru_stime) - (
-                children.ru_utime + children.ru_stime
-            )
-            cell.mlflow_runs = len(session.study_run.recorded_numbers())
         finally:
             executor.shutdown(cancel=True)
-            close_storage(storage)
+        cell.writer_cpu_s = _children_cpu_s() - children  # the writer process has ended
+        cell.mlflow_runs = len(session.study_run.recorded_numbers())
     cell.complete, cell.pruned, cell.failed = progress.complete, progress.pruned, progress.failed
     cell.task_kb_last = executor.task_bytes[-1] / 1024 if executor.task_bytes else 0.0
     return cell
+
+
+def _children_cpu_s() -> float:
+    """CPU seconds of this process's ended and waited-for children."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 # --- report -----------------------------------------------------------------------------------
@@ -516,7 +563,8 @@ def main(argv: list[str] | None = None) -> None:
     cells: list[Cell] = []
     floors: dict[int, float] = {}
     with tempfile.TemporaryDirectory(prefix="bench-driver-mlflow-") as scratch:
-        template = MlflowTemplate(Path(scratch))
+        experiment = tracking.names(params.model.family, params.data.path)
+        template = MlflowTemplate(Path(scratch), experiment)
         for slots, n_trials in parse_cells(args):
             started = time.perf_counter()
             cell = run_cell(params, replay, template, slots, n_trials, time_scale)
@@ -546,8 +594,8 @@ def main(argv: list[str] | None = None) -> None:
 
 def _quiet() -> None:
     """No MLflow store messages, no Optuna trial lines, and MLflow on the files we give it."""
-    if os.environ.pop(TRACKING_VAR, None):
-        print(f"note: {TRACKING_VAR} ignored: the benchmark uses its own SQLite store")
+    if os.environ.pop(tracking.TRACKING_VAR, None):
+        print(f"note: {tracking.TRACKING_VAR} ignored: the benchmark uses its own SQLite store")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     for name in ("mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)

@@ -32,7 +32,7 @@ from statistics import median
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
-from scratch_project import make_scratch_project, run  # noqa: E402
+from scratch_project import make_scratch_project, project_path, run  # noqa: E402
 from services import dask_scheduler, dask_worker  # noqa: E402
 
 
@@ -55,12 +55,12 @@ def run_tune(workdir: Path, scheduler: str | None) -> dict:
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     wall = time.perf_counter() - started
-    summary = json.loads((workdir / "outputs/tune_summary.json").read_text())
+    summary = json.loads(project_path(workdir, "TUNE_SUMMARY").read_text())
     return {"wall_s": wall, "trials": _trials(workdir), "summary": summary}
 
 
 def _trials(workdir: Path) -> list[tuple]:
-    with sqlite3.connect(workdir / "outputs/optuna_study.db") as connection:
+    with sqlite3.connect(project_path(workdir, "STUDY_COPY")) as connection:
         return connection.execute(
             "SELECT t.number, t.state, v.value FROM trials t "
             "LEFT JOIN trial_values v ON v.trial_id = t.trial_id ORDER BY t.number"
@@ -105,7 +105,10 @@ def _report(runs: dict[str, list[dict]], args: argparse.Namespace) -> None:
     same = all(r["trials"] == reference for results in runs.values() for r in results)
     print(f"identical trials across executors and repeats: {'yes' if same else 'NO'}")
     best = runs["local-threads"][0]["summary"]
-    print(f"best CV MSE {best['best_cv_mse']:.5f} (trial {best['best_trial_number']})")
+    print(
+        f"best CV {best['metric'].upper()} {best['best_value']:.5f} "
+        f"(trial {best['best_trial_number']})"
+    )
 
 
 if __name__ == "__main__":

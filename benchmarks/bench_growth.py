@@ -12,8 +12,8 @@ In one scratch project with the default params (MLflow on, the real `dvc` comman
 
 and in a second project, `dvc repro` with tune.n_trials = grown from scratch. It prints each
 command's wall time, the grow / from-scratch ratio, and whether the results are bit-identical
-(trials, best params, model.ubj) where they must be: grown with from-scratch, and cut and
-restored with the committed run. Times are whole commands, every stage included.
+(trials, best params, the refit model's files) where they must be: grown with from-scratch, and
+cut and restored with the committed run. Times are whole commands, every stage included.
 """
 
 from __future__ import annotations
@@ -25,22 +25,23 @@ import tempfile
 from pathlib import Path
 
 import optuna
-from scratch_project import commit, dvc, make_scratch_project, run
+from scratch_project import commit, dvc, make_scratch_project, project_path, run
 
 
 def snapshot(project: Path) -> dict:
     """What must be identical: every trial of the DVC output, the best params, the model."""
-    summary = json.loads((project / "outputs/tune_summary.json").read_text())
+    summary = json.loads(project_path(project, "TUNE_SUMMARY").read_text())
     study = optuna.load_study(
         study_name=summary["study_name"],
-        storage=f"sqlite:///{project / 'outputs/optuna_study.db'}",
+        storage=f"sqlite:///{project_path(project, 'STUDY_COPY')}",
     )
+    model = project_path(project, "MODEL")  # the family's model file(s), as train_best saved them
     return {
         "trials": [
             (t.number, t.state.name, t.params, t.value, t.intermediate_values) for t in study.trials
         ],
         "best_params": summary["best_params"],
-        "model": (project / "outputs/model.ubj").read_bytes(),
+        "model": {file.name: file.read_bytes() for file in sorted(model.iterdir())},
     }
 
 

@@ -5,8 +5,9 @@
     python benchmarks/bench_tune.py --systems pipeline --set tune.pruner.n_warmup_steps=40
     python benchmarks/bench_tune.py --seeds 5 6 7 8 9 --runs runs.jsonl  # pool with earlier runs
 
-Three systems search the same space with the same data, folds, XGBoost settings, TPE and
-median-rule settings (params.yaml; `--set KEY=VALUE` changes one for all), tune.parallel_trials
+Three systems search the same space (model.families.xgboost.search_space) with the same data,
+folds, XGBoost settings (the family's `fixed`, `hist`), TPE and median-rule settings
+(params.yaml; `--set KEY=VALUE` changes one for all), tune.parallel_trials
 trials at a time, once per sampler seed (--seeds replaces tune.sampler.seed), interleaved seed
 by seed, so that a slow spell of a shared machine hits all of them:
 
@@ -20,7 +21,9 @@ by seed, so that a slow spell of a shared machine hits all of them:
   params.yaml (in rounds) do not apply to it: it checks after every fold, from the first.
 
 Every system minimises the same objective, the mean k-fold MSE after exactly n_estimators
-rounds (for xgb.cv, mean RMSE² + std² of the folds' RMSE, which is their mean MSE). Reported:
+rounds (for xgb.cv, mean RMSE² + std² of the folds' RMSE, which is their mean MSE): the
+pipeline's tune.metric mse, so the params must keep data.task regression, model.family xgboost
+and tune.metric mse (or default). Reported:
 best-so-far CV MSE against wall time (anytime performance), the time each run takes to reach
 the target (the best peer's median final CV MSE, or --target), the test RMSE after refitting
 the best params on the whole training split, medians and spread over the seeds, and the
@@ -63,23 +66,27 @@ import pandas as pd  # noqa: E402
 import xgboost as xgb  # noqa: E402
 import yaml  # noqa: E402
 from optuna.pruners import BasePruner, MedianPruner, NopPruner  # noqa: E402
-from scratch_project import dvc, make_scratch_project, run, set_params  # noqa: E402
+from scratch_project import (  # noqa: E402
+    dvc,
+    make_scratch_project,
+    project_path,
+    run,
+    set_params,
+)
 from sklearn.metrics import mean_squared_error as mse  # noqa: E402
 from sklearn.model_selection import KFold  # noqa: E402
 
 from hpo.config import Params, load_params  # noqa: E402
-from hpo.protocol.identity import code_identity  # noqa: E402
-from hpo.trial.data import read_split  # noqa: E402
-from hpo.trial.model import train_final  # noqa: E402
-from hpo.trial.space import (  # noqa: E402
-    distributions,
-    make_pruner,
-    make_sampler,
-)
+from hpo.data import Split, read_split  # noqa: E402
+from hpo.models import load_family  # noqa: E402
+from hpo.protocol.identity import this_process_identity  # noqa: E402
+from hpo.search.space import distributions, make_pruner, make_sampler  # noqa: E402
 
 PIPELINE, XGB_CV, PLAIN = "pipeline", "xgb.cv + callback", "plain loop"
 SYSTEMS = (PIPELINE, XGB_CV, PLAIN)
 PEERS = (XGB_CV, PLAIN)
+# What the peers are written for: XGBoost regression, scored by the mean k-fold MSE.
+FAMILY, TASK, METRIC = "xgboost", "regression", "mse"
 
 
 @dataclass
@@ -117,7 +124,7 @@ def run_settings(overrides: dict[str, object]) -> dict[str, object]:
     return {
         "overrides": overrides,
         "params_sha256": hashlib.sha256(base.encode()).hexdigest(),
-        "trial_code_sha256": code_identity(),
+        "trial_code_sha256": this_process_identity(FAMILY),
     }
 
 
@@ -172,16 +179,16 @@ def _elapsed(trials: list[optuna.trial.FrozenTrial], start: datetime.datetime) -
 
 def pipeline(project: Path, params: Params, seed: int) -> Run:
     """The tune stage from an empty study store, in the prepared scratch project."""
-    for stale in ("optuna_store.db", "optuna_study.db", "mlflow.db"):
-        (project / "outputs" / stale).unlink(missing_ok=True)
+    for stale in ("STUDY_STORE", "STUDY_COPY", "MLFLOW_DB"):
+        project_path(project, stale).unlink(missing_ok=True)
     run(project, "git", "checkout", "-q", "--", "params.yaml")
     set_params(project, {"tune.sampler.seed": seed})
     start = datetime.datetime.now()
     wall = run(project, sys.executable, "stages/tune.py")
-    summary = json.loads((project / "outputs/tune_summary.json").read_text())
+    summary = json.loads(project_path(project, "TUNE_SUMMARY").read_text())
     study = optuna.load_study(
         study_name=summary["study_name"],
-        storage=f"sqlite:///{project / 'outputs/optuna_study.db'}",
+        storage=f"sqlite:///{project_path(project, 'STUDY_COPY')}",
     )
     trials = study.get_trials()
     folds = params.tune.cv_folds
@@ -219,7 +226,7 @@ def _fold_pruner(params: Params) -> BasePruner:
 
 def _suggest(trial: optuna.Trial, params: Params) -> dict:
     suggested = {}
-    for name, dist in distributions(params.tune.search_space).items():
+    for name, dist in distributions(params.model.chosen.search_space).items():
         if isinstance(dist, optuna.distributions.CategoricalDistribution):
             suggested[name] = trial.suggest_categorical(name, dist.choices)
         elif isinstance(dist, optuna.distributions.IntDistribution):
@@ -265,7 +272,7 @@ class _PruneEveryRound(xgb.callback.TrainingCallback):
         return False
 
 
-def xgb_cv_peer(params: Params, seed: int, x: pd.DataFrame, y: pd.Series) -> Run:
+def xgb_cv_peer(params: Params, seed: int, x: pd.DataFrame, y: np.ndarray) -> Run:
     dtrain = xgb.DMatrix(x, label=y)
     folds = params.tune.cv_folds
 
@@ -274,8 +281,8 @@ def xgb_cv_peer(params: Params, seed: int, x: pd.DataFrame, y: pd.Series) -> Run
         booster = {
             "objective": "reg:squarederror",
             "eval_metric": "rmse",
-            "tree_method": params.model.tree_method,
-            "max_bin": params.model.max_bin,
+            "tree_method": "hist",
+            **params.model.chosen.fixed,
             "nthread": 1,
             "seed": params.model.seed,
             **{k: v for k, v in tuned.items() if k != "n_estimators"},
@@ -297,7 +304,7 @@ def xgb_cv_peer(params: Params, seed: int, x: pd.DataFrame, y: pd.Series) -> Run
     return _optimize(XGB_CV, params, seed, objective, rounds, make_pruner(params.tune.pruner))
 
 
-def plain_peer(params: Params, seed: int, x: pd.DataFrame, y: pd.Series) -> Run:
+def plain_peer(params: Params, seed: int, x: pd.DataFrame, y: np.ndarray) -> Run:
     folds = params.tune.cv_folds
     splits = list(KFold(folds, shuffle=True, random_state=params.tune.cv_seed).split(x))
 
@@ -307,13 +314,13 @@ def plain_peer(params: Params, seed: int, x: pd.DataFrame, y: pd.Series) -> Run:
         for step, (fit_rows, check_rows) in enumerate(splits):
             model = xgb.XGBRegressor(
                 **tuned,
-                tree_method=params.model.tree_method,
-                max_bin=params.model.max_bin,
+                tree_method="hist",
+                **params.model.chosen.fixed,
                 n_jobs=1,
                 random_state=params.model.seed,
             )
-            model.fit(x.iloc[fit_rows], y.iloc[fit_rows])
-            scores.append(mse(y.iloc[check_rows], model.predict(x.iloc[check_rows])))
+            model.fit(x.iloc[fit_rows], y[fit_rows])
+            scores.append(mse(y[check_rows], model.predict(x.iloc[check_rows])))
             trial.report(float(np.mean(scores)), step)
             if trial.should_prune():
                 raise optuna.TrialPruned()
@@ -329,9 +336,11 @@ def plain_peer(params: Params, seed: int, x: pd.DataFrame, y: pd.Series) -> Run:
 # --- the report -----------------------------------------------------------------------------
 
 
-def test_rmse(params: Params, best_params: dict, train, test) -> float:
-    booster = train_final(params.model, best_params, train[0], train[1])
-    return mse(test[1], booster.inplace_predict(test[0])) ** 0.5
+def test_rmse(params: Params, best_params: dict, train: Split, test: Split) -> float:
+    """The best params refit on the whole training split as train_best does, on the test split."""
+    family = load_family(FAMILY)
+    model = family.fit(params.setup(train.n_classes), best_params, train.x, train.y)
+    return mse(test.y, family.predict(model, test.x)) ** 0.5
 
 
 def _spread(values: list[float], digits: int) -> str:
@@ -468,17 +477,23 @@ def run_systems(
 ) -> Iterator[Run]:
     """Each (seed, system) run in order, in a scratch project with the overrides applied."""
     make_scratch_project(project, overrides)
-    dvc(project, "repro", "prepare")
     params = load_params(project / "params.yaml")
-    train = read_split(project / "data/prepared/train.csv")
-    test = read_split(project / "data/prepared/test.csv")
+    chosen = (params.data.task, params.model.family, params.metric)
+    if chosen != (TASK, FAMILY, METRIC):
+        raise SystemExit(
+            f"error: the peers tune {FAMILY} {TASK} by CV {METRIC}; these params give "
+            f"data.task {chosen[0]}, model.family {chosen[1]}, tune.metric {chosen[2]}"
+        )
+    dvc(project, "repro", "prepare")
+    train = read_split(project_path(project, "TRAIN"), params.data)
+    test = read_split(project_path(project, "TEST"), params.data)
     for seed, system in pending:
         if system == PIPELINE:
             result = pipeline(project, params, seed)
         elif system == XGB_CV:
-            result = xgb_cv_peer(params, seed, *train)
+            result = xgb_cv_peer(params, seed, train.x, train.y)
         else:
-            result = plain_peer(params, seed, *train)
+            result = plain_peer(params, seed, train.x, train.y)
         result.test_rmse = test_rmse(params, result.best_params, train, test)
         print(f"seed {seed} {system}: {result.wall_s:.1f} s", flush=True)
         yield result

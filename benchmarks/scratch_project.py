@@ -1,5 +1,5 @@
 """The benchmarks' scratch projects: the tests' scaffold (tests/conftest.py `make_project`) on
-the shipped params, overridden by dotted key, and commands timed in them.
+the shipped params, overridden by dotted key, commands timed in them, and where their files are.
 
 A key that does not exist is an error: a benchmark never runs silently on other settings than
 it says.
@@ -7,6 +7,7 @@ it says.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -16,11 +17,14 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "stages"))
 
 from conftest import commit, make_project  # noqa: E402
 from conftest import run as run_checked  # noqa: E402
 
-__all__ = ["commit", "dvc", "make_scratch_project", "run", "set_params"]
+from hpo import paths  # noqa: E402
+
+__all__ = ["commit", "dvc", "make_scratch_project", "project_path", "run", "set_params"]
 
 
 def set_params(project: Path, overrides: dict[str, Any]) -> None:
@@ -55,3 +59,9 @@ def run(project: Path, *args: str) -> float:
 
 def dvc(project: Path, *args: str) -> float:
     return run(project, sys.executable, "-m", "dvc", *args)
+
+
+def project_path(project: Path, name: str) -> Path:
+    """dvc.yaml's path `name` in `project`, as hpo.paths gives it to the stages (e.g. TRAIN)."""
+    with contextlib.chdir(project):
+        return project / getattr(paths, name)

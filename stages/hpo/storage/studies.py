@@ -112,9 +112,17 @@ def open_storage_url(url: URL | None) -> RDBStorage:
         return open_storage(Path(url.database), MOVE_STORE_ASIDE)
     typed = url.render_as_string(hide_password=False)
     engine_kwargs = {"pool_pre_ping": True, "connect_args": {"connect_timeout": CONNECT_TIMEOUT_S}}
+    with _reaching(url):
+        return RDBStorage(typed, engine_kwargs=engine_kwargs)
+
+
+@contextlib.contextmanager
+def _reaching(url: URL) -> Iterator[None]:
+    """Reach the database server at `url`: a long wait says so, a failure is one line."""
+    typed = url.render_as_string(hide_password=False)
     try:
         with announced(f"the study database at {redact(typed)} ({STORAGE_VAR})"):
-            return RDBStorage(typed, engine_kwargs=engine_kwargs)
+            yield
     except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as exc:
         reason = scrub(" ".join(str(exc).split("\n")[0].split()), secrets_of(typed))
         raise PipelineError(f"{STORAGE_VAR}: cannot open {redact(typed)}: {reason}") from None
@@ -162,7 +170,7 @@ def hold_study(url: URL | None, name: str) -> Iterator[str]:
         connect = {"connect_timeout": CONNECT_TIMEOUT_S, "application_name": me[:63]}
         engine = sqlalchemy.create_engine(url, connect_args=connect)
         try:
-            with engine.connect() as connection, engine.connect() as probe:
+            with _reaching(url), engine.connect() as connection, engine.connect() as probe:
                 try_lock = sqlalchemy.text("SELECT pg_try_advisory_lock(:key)")
                 _wait_for(lambda: connection.execute(try_lock, key).scalar(),
                           lambda: probe.execute(_HOLDER, key).scalar(), label(url), name)  # fmt: skip
@@ -228,6 +236,7 @@ def write_study_file(study: optuna.Study, trials: list[FrozenTrial], path: Path)
     """Replace `path` with a SQLite study holding `trials`: the stage's DVC output, the run's
     first trials taken from a store that may hold more. Written beside it and renamed, so a
     reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     for stale in path.parent.glob(path.name + ".partial*"):  # left by a killed copy
         stale.unlink()
     partial = path.with_name(f"{path.name}.partial-{os.getpid()}")

@@ -67,9 +67,10 @@ class WriteBehind:
         self._stored: list[int] = []
         self._flushes = self._flushed = self.kept = 0
         self._error: str | None = None
-        self._closed = False
+        self._closed = self._configured = False
 
     def configure(self, config: WriterConfig) -> None:
+        self._configured = True
         self._send(config)
 
     def create(self, number: int, trial: FrozenTrial) -> None:
@@ -107,7 +108,7 @@ class WriteBehind:
         self._closed = True
         self._outbox.put(None)
         self._process.join(timeout)
-        if self._process.is_alive():
+        if self._process.is_alive() and self._configured:
             log.warning(f"warning: the study writer had not stored every trial within {timeout:.0f} s; "
                         "`dvc repro` evaluates the rest again")  # fmt: skip
             self._process.kill()
@@ -224,18 +225,18 @@ class StoreWriter:
 
 def _serve(connection: Connection) -> None:
     """The child process: apply commands in order until the driver closes the pipe."""
-    from mlflow.tracking import MlflowClient
-    from sqlalchemy.engine import make_url
-
-    from hpo.storage.studies import close_storage, open_storage_url
-    from hpo.tracking.study_run import StudyRun
-
     # Ctrl-C and SIGTERM reach the whole process group: the driver decides when to stop.
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, signal.SIG_IGN)
     config = next(_commands(connection), None)
     if not isinstance(config, WriterConfig):  # the driver stopped before it reached its stores
         return
+    from mlflow.tracking import MlflowClient
+    from sqlalchemy.engine import make_url
+
+    from hpo.storage.studies import close_storage, open_storage_url
+    from hpo.tracking.study_run import StudyRun
+
     for name in config.patient:
         os.environ.pop(name, None)
     writer = None

@@ -74,8 +74,7 @@ def tracking_uri_from_environment() -> str | None:
         return None
     try:
         parts = urlsplit(value)
-        parts.port  # noqa: B018 - raises for a port that is not a number
-    except ValueError as exc:  # e.g. an IPv6 host without its closing bracket, a bad port
+    except ValueError as exc:  # e.g. an IPv6 host without its closing bracket
         raise PipelineError(f"{TRACKING_VAR}: not a URL ({redact(value)!r}: {exc})") from None
     if parts.scheme not in ("http", "https"):
         raise PipelineError(
@@ -88,6 +87,10 @@ def tracking_uri_from_environment() -> str | None:
         )
     if not parts.hostname:
         raise PipelineError(f"{TRACKING_VAR}: no host in {redact(value)!r}")
+    try:
+        parts.port  # noqa: B018 - raises for a port that is not a number
+    except ValueError:
+        raise PipelineError(f"{TRACKING_VAR}: bad port in {redact(value)!r}") from None
     return value
 
 
