@@ -169,13 +169,18 @@ def hold_study(url: URL | None, name: str) -> Iterator[str]:
         # The lock's connection carries who holds it, for the one line a second process gives.
         connect = {"connect_timeout": CONNECT_TIMEOUT_S, "application_name": me[:63]}
         engine = sqlalchemy.create_engine(url, connect_args=connect)
+        connections: list[sqlalchemy.Connection] = []
         try:
-            with _reaching(url), engine.connect() as connection, engine.connect() as probe:
+            with _reaching(url):
+                connections += [engine.connect(), engine.connect()]  # the lock's, and a probe
                 try_lock = sqlalchemy.text("SELECT pg_try_advisory_lock(:key)")
-                _wait_for(lambda: connection.execute(try_lock, key).scalar(),
-                          lambda: probe.execute(_HOLDER, key).scalar(), label(url), name)  # fmt: skip
-                yield me
+                _wait_for(lambda: connections[0].execute(try_lock, key).scalar(),
+                          lambda: connections[1].execute(_HOLDER, key).scalar(), label(url), name)  # fmt: skip
+            yield me
         finally:
+            for connection in connections:  # a server that is gone cannot be told
+                with contextlib.suppress(sqlalchemy.exc.SQLAlchemyError):
+                    connection.close()
             engine.dispose()
         return
     store = paths.STUDY_STORE if url is None else Path(url.database)
