@@ -1,12 +1,17 @@
 """Host-side checks of what the container left in ./outputs (run from the run folder).
 
-check_docker_outputs.py                      a finished run: every output, MLflow, the UI
+check_docker_outputs.py                      a finished run of the family in ./params.yaml:
+                                             every output, the study, MLflow, the UI
+check_docker_outputs.py --plots-page         the page of `dvc plots show` in the container
 check_docker_outputs.py --wait-for-trials N  wait until N trials are finished
 check_docker_outputs.py --interrupted        a stopped run: nothing left RUNNING
 check_docker_outputs.py --dask-worker ADDRESS RUN_DIR
-    with the container as the only worker of the scheduler at ADDRESS: tune a copy of the
-    project (tiny params) on the host with DASK_SCHEDULER_ADDRESS, check that the container
-    ran its trials, and that they equal the trials of the container's own run in RUN_DIR
+    with the container as the only worker of the scheduler at ADDRESS: tune a project of the
+    image's code and RUN_DIR's params on the host with DASK_SCHEDULER_ADDRESS, check that the
+    container ran its trials, and that they equal the trials of the container's own run in
+    RUN_DIR
+
+IMAGE_SOURCE names the folder the image was built from (default: this checkout).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import signal
 import socket
 import sqlite3
@@ -27,13 +33,24 @@ import warnings
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import optuna
 import pandas as pd
 import yaml
 from mlflow.tracking import MlflowClient
 
+ROOT = Path(__file__).resolve().parents[1]
+# What the image was built from (.ci/docker-check copies the build context there), else the
+# checkout: its dvc.yaml, params, templates and library, unchanged by edits to the checkout.
+SOURCE = Path(os.environ.get("IMAGE_SOURCE", ROOT)).resolve()
+sys.path.insert(0, str(SOURCE / "stages"))
+from hpo.tracking.mlflow import names  # noqa: E402
+
 OUTPUTS = Path("outputs")
-EXPERIMENT = "xgboost-california-housing"
+# The image links data/prepared to outputs/.dvc-state/prepared (Dockerfile): every other path
+# dvc.yaml declares must lie in outputs/, the only folder a container writes.
+PREPARED, PREPARED_IN_OUTPUTS = Path("data/prepared"), OUTPUTS / ".dvc-state/prepared"
+MODEL_FILES = {"xgboost": "model.ubj", "lightgbm": "model.txt"}  # in the model folder
 WORKER_NAME = "docker-worker"  # the --name of the container's `dask worker`
 TRIAL_TASK = "evaluate_on_worker"  # the key prefix of a trial's Dask task (hpo.execution.dask)
 
@@ -43,6 +60,8 @@ def main() -> None:
         _wait_for_trials(int(sys.argv[2]))
     elif sys.argv[1:] == ["--interrupted"]:
         _check_interrupted()
+    elif sys.argv[1:] == ["--plots-page"]:
+        _check_plots_page()
     elif sys.argv[1:2] == ["--dask-worker"]:
         _check_dask_worker(sys.argv[2], Path(sys.argv[3]))
     else:
@@ -74,53 +93,135 @@ def _check_interrupted() -> None:
     assert "FAIL" not in states, states
     assert states.count("COMPLETE") + states.count("PRUNED") >= 3
     client = MlflowClient(f"sqlite:///{(OUTPUTS / 'mlflow.db').resolve()}")
-    runs = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id])
+    runs = client.search_runs([client.get_experiment_by_name(_experiment()).experiment_id])
     assert not [r for r in runs if r.info.status == "RUNNING"], "MLflow runs left RUNNING"
     parents = [r for r in runs if "optuna.study_name" in r.data.tags]
     assert [p.info.status for p in parents] == ["KILLED"]
     print(f"   study kept {len(states)} trials, none FAIL; MLflow study run KILLED")
 
 
+def _params() -> dict:
+    return yaml.safe_load(Path("params.yaml").read_text())
+
+
+def _experiment() -> str:
+    """The MLflow experiment and registered model of the run's family and table."""
+    params = _params()
+    return names(params["model"]["family"], params["data"]["path"])
+
+
+def _declared_paths() -> dict[str, Path]:
+    """dvc.yaml's `paths` (the image's copy is the checkout's), where the container put them."""
+    entries = yaml.safe_load((SOURCE / "dvc.yaml").read_text())["vars"]
+    declared = next(entry["paths"] for entry in entries if "paths" in entry)
+    located = {}
+    for name, value in declared.items():
+        path = Path(value)
+        if path.is_relative_to(PREPARED):
+            path = PREPARED_IN_OUTPUTS / path.relative_to(PREPARED)
+        assert path.is_relative_to(OUTPUTS), f"paths.{name} = {value}: outside outputs/"
+        located[name] = path
+    return located
+
+
 def _check_finished() -> None:
-    n_trials = yaml.safe_load(Path("params.yaml").read_text())["tune"]["n_trials"]
-    results = json.loads((OUTPUTS / "results.json").read_text())
+    params = _params()
+    family, task = params["model"]["family"], params["data"]["task"]
+    n_trials = params["tune"]["n_trials"]
+    owner = int(os.environ.get("EXPECTED_UID", os.getuid()))
+    declared = _declared_paths()
+    for name, path in declared.items():
+        assert path.exists(), f"paths.{name}: no {path}"
+        assert path.is_dir() or path.stat().st_size > 0, f"paths.{name}: {path} is empty"
+        assert path.stat().st_uid == owner, f"{path} is not owned by uid {owner}"
+    model_files = sorted(p.name for p in declared["model"].iterdir())
+    assert model_files == [MODEL_FILES[family]], (family, model_files)
+    model_file = declared["model"] / MODEL_FILES[family]
+    print(f"   all {len(declared)} paths of dvc.yaml there, owned by uid {owner}; "
+          f"model {model_file}")  # fmt: skip
+
+    results = json.loads(declared["results"].read_text())
+    summary = json.loads(declared["tune_summary"].read_text())
+    assert (results["family"], results["task"]) == (family, task), results
     assert 0.3 < results["test_rmse"] < 1.0, results["test_rmse"]
     assert results["trials"]["complete"] + results["trials"]["pruned"] == n_trials
-    for name in ("optuna_study.db", "mlflow.db", "model.ubj", "optimization_history.png",
-                 "param_importance.png", "metrics.json"):  # fmt: skip
-        path = OUTPUTS / name
-        assert path.stat().st_size > 0, name
-        owner = int(os.environ.get("EXPECTED_UID", os.getuid()))
-        assert path.stat().st_uid == owner, f"{name} is not owned by uid {owner}"
-    print(f"   results.json: test RMSE {results['test_rmse']:.4f}, trials {results['trials']}")
+    metric = summary["metric"]
+    assert results[f"best_cv_{metric}"] == summary["best_value"], (results, summary)
+    print(f"   results.json: {family}, test RMSE {results['test_rmse']:.4f}, "
+          f"trials {results['trials']}")  # fmt: skip
 
     study = optuna.load_study(
-        study_name=results["study_name"], storage=f"sqlite:///{OUTPUTS / 'optuna_study.db'}"
+        study_name=summary["study_name"], storage=f"sqlite:///{declared['study_copy']}"
     )
     finished = [t for t in study.trials if t.state.is_finished()]
     assert len(finished) == len(study.trials) >= n_trials
-    print(f"   study {study.study_name}: {len(study.trials)} trials, all finished")
+    assert study.metric_names == [f"cv_{metric}"], study.metric_names
+    assert (study.best_value, study.best_trial.number) == (
+        summary["best_value"], summary["best_trial_number"],
+    )  # fmt: skip
+    print(f"   study {study.study_name}: {len(study.trials)} trials, all finished; objective "
+          f"{study.metric_names[0]}, best value as in tune_summary.json")  # fmt: skip
 
-    uri = f"sqlite:///{(OUTPUTS / 'mlflow.db').resolve()}"
+    uri = f"sqlite:///{declared['mlflow_db'].resolve()}"
     client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name(_experiment())
+    assert experiment is not None, f"no MLflow experiment {_experiment()}"
     parent_id = results["mlflow"]["study_run_id"]
+    parent = client.get_run(parent_id)
+    assert parent.info.experiment_id == experiment.experiment_id
+    assert parent.info.run_name == study.study_name, parent.info.run_name
     children = client.search_runs(
-        [client.get_run(parent_id).info.experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'"
+        [experiment.experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'"
     )
-    assert len(children) == len(study.trials)
-    print(f"   MLflow: parent run {parent_id} with {len(children)} trial runs")
+    logged = {r.info.run_name: r.data.metrics.get(f"cv_{metric}") for r in children}
+    expected = {f"trial-{t.number:03d}": t.value for t in study.trials if t.value is not None}
+    assert len(children) == len(study.trials), len(children)
+    assert {k: logged.get(k) for k in expected} == expected, (logged, expected)
+    print(f"   MLflow experiment {experiment.name}: study run {parent.info.run_name} with "
+          f"{len(children)} trial runs, their cv_{metric} the study's values")  # fmt: skip
 
     mlflow.set_tracking_uri(uri)
     name = results["mlflow"]["registered_model"]
     version = results["mlflow"]["registered_model_version"]
-    model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
-    predictions = pd.read_csv(OUTPUTS / "plots/test_predictions.csv")
-    assert len(predictions) > 0
-    print(f"   registered model {name} v{version} loads on the host: {type(model).__name__}")
+    assert name == experiment.name, name
+    model_uri = f"models:/{name}/{version}"
+    model = mlflow.pyfunc.load_model(model_uri)
+    test = pd.read_parquet(declared["test"])
+    served = model.predict(test.drop(columns=params["data"]["target"]))
+    written = pd.read_csv(declared["predictions_csv"])
+    assert len(written) == len(test) > 0
+    np.testing.assert_allclose(served["prediction"], written["predicted"], rtol=1e-6)
+    native = Path(mlflow.artifacts.download_artifacts(model_uri)) / "artifacts" / model_file.name
+    assert native.read_bytes() == model_file.read_bytes(), f"{native} differs from {model_file}"
+    print(f"   registered model {name} v{version} loads on the host and predicts the "
+          f"container's {len(test)} test predictions; its artifacts/{model_file.name} is "
+          f"{model_file}")  # fmt: skip
 
     artifact = _fetch_through_mlflow_ui(parent_id, "tune_summary.json")
     assert json.loads(artifact)["study_name"] == results["study_name"]
     print("   `mlflow ui` on the host serves the container's artifacts")
+
+
+def _check_plots_page() -> None:
+    """`dvc plots show` in the container: a page with every chart of dvc.yaml and its images."""
+    page_file = OUTPUTS / "dvc_plots/index.html"
+    owner = int(os.environ.get("EXPECTED_UID", os.getuid()))
+    assert page_file.stat().st_uid == owner, f"{page_file} is not owned by uid {owner}"
+    page = page_file.read_text()
+    # The project's HTML template (.dvc/plots_page.html, plots.html_template), not DVC's own.
+    template = (SOURCE / ".dvc/plots_page.html").read_text()
+    title = template[template.index("<title>") : template.index("</title>")]
+    assert title in page, f"{page_file}: not made with .dvc/plots_page.html ({title})"
+    plots = yaml.safe_load((SOURCE / "dvc.yaml").read_text())["plots"]
+    charts = [title for plot in plots if isinstance(plot, dict) for title in plot]
+    images = [plot for plot in plots if isinstance(plot, str)]
+    missing = [title for title in charts if json.dumps(title) not in page]
+    assert not missing, f"charts missing from {page_file}: {missing}"
+    drawn = sorted(p.name for p in (OUTPUTS / "dvc_plots/static").glob("*.png"))
+    assert len(drawn) == len(images), (drawn, images)
+    assert all(f"static/{p}" in page for p in drawn), drawn
+    print(f"   {page_file} from .dvc/plots_page.html: {len(charts)} charts "
+          f"({', '.join(charts)}) and {len(drawn)} images")  # fmt: skip
 
 
 def _fetch_through_mlflow_ui(run_id: str, path: str) -> bytes:
@@ -170,8 +271,8 @@ def _check_dask_worker(address: str, container_run: Path) -> None:
     from distributed import Client
     from distributed.versions import VersionMismatchWarning
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from conftest import TINY_PARAMS, dvc, make_project
+    sys.path.insert(0, str(ROOT / "tests"))
+    from conftest import dvc
 
     with warnings.catch_warnings():
         # Dask warns about any version difference; the pins are compared below instead.
@@ -184,7 +285,7 @@ def _check_dask_worker(address: str, container_run: Path) -> None:
         assert where["hpo"].startswith("/app/stages/"), where  # the image's copy of the code
         _compare_packages(client.run(_installed, workers=[worker])[worker], where["python"])
 
-        project = make_project(Path("project").resolve())
+        project = _project_of_image(Path("project").resolve(), container_run)
         started = time.monotonic()
         dvc(project, "repro", "tune", env={"DASK_SCHEDULER_ADDRESS": address})
         print(f"   `dvc repro tune` on the host with DASK_SCHEDULER_ADDRESS={address}: "
@@ -193,7 +294,7 @@ def _check_dask_worker(address: str, container_run: Path) -> None:
         ran = client.run(_trial_tasks_run, workers=[worker])[worker]
         counts = client.run_on_scheduler(_trial_task_counts)
 
-    n_trials = TINY_PARAMS["tune"]["n_trials"]
+    n_trials = yaml.safe_load((project / "params.yaml").read_text())["tune"]["n_trials"]
     summary = json.loads((project / "outputs/tune_summary.json").read_text())
     storage = f"sqlite:///{project / 'outputs/optuna_study.db'}"
     study = optuna.load_study(study_name=summary["study_name"], storage=storage)
@@ -218,20 +319,35 @@ def _check_dask_worker(address: str, container_run: Path) -> None:
           f"({ran['executed_count']} tasks in all); scheduler's {TRIAL_TASK} "
           f"task counts: {counts}")  # fmt: skip
 
-    # Where a trial runs never changes it: the same trials as the container's local-thread run.
-    # (Its study is looked up by position, not name: the name also hashes code that does not
-    # decide a trial, such as hpo/executors.py.)
+    # Where a trial runs never changes it: the same trials as the container's local-thread run
+    # (its store's one study, whatever its name).
     theirs_storage = f"sqlite:///{container_run / 'outputs/optuna_study.db'}"
     (theirs,) = optuna.get_all_study_names(theirs_storage)
     assert _records(study) == _records(optuna.load_study(study_name=theirs, storage=theirs_storage))
     print(f"   the trials equal those of the container's own run on local threads ({theirs})")
 
 
+def _project_of_image(destination: Path, container_run: Path) -> Path:
+    """A git + DVC project (the tests' scaffold) holding the image's pipeline, library and data
+    and the container run's params: the driver runs the very trial code of its worker."""
+    from conftest import commit, make_project
+
+    project = make_project(destination)
+    for name in ("stages", "data"):
+        shutil.rmtree(project / name)
+        ignored = shutil.ignore_patterns("__pycache__", "prepared")
+        shutil.copytree(SOURCE / name, project / name, ignore=ignored, symlinks=True)
+    shutil.copy2(SOURCE / "dvc.yaml", project / "dvc.yaml")
+    shutil.copy2(container_run / "params.yaml", project / "params.yaml")
+    commit(project, "the image's pipeline and the container run's params")
+    return project
+
+
 def _compare_packages(theirs: dict[str, str], their_python: str) -> None:
     """The container's packages are the host's pins (constraints.txt); Python may differ in
     its patch release only (the stand-in base has Debian's 3.11.2)."""
     pins = {}
-    for line in (Path(__file__).resolve().parents[1] / "constraints.txt").read_text().splitlines():
+    for line in (SOURCE / "constraints.txt").read_text().splitlines():
         name, _, version = line.partition("==")
         if version:
             pins[_canonical(name)] = version.strip()

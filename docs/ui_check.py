@@ -2,14 +2,18 @@
 
 Three screens, each started the way the README starts it and read back from the rendered page:
 
-- `mlflow ui`: the experiment opens on the runs table (not MLflow 3's GenAI overview) with the
-  study run and the final-model run; expanding the study shows its trials; the best trial's page
-  shows its params and CV metrics.
-- `optuna-dashboard`: its API lists the study with every trial, and the study page renders. On a
-  run this script makes itself, the dashboard is also opened on the live study store while tune
-  is still running, and must already serve finished trials.
-- `dvc plots show`: the page draws every chart with Vega loaded from `.vega/` (the offline set-up
-  in the README), never from the CDN, and the charts have axis titles.
+- `mlflow ui`: the run's experiment (named after its model family and table) opens on the runs
+  table (not MLflow 3's GenAI overview) with the study run (named as the study) and the
+  final-model run; expanding the study shows its trials; the best trial's page shows its params
+  and its CV metric (cv_<tune.metric>, and per fold).
+- `optuna-dashboard`: its API lists the study with every trial, and the study page renders with
+  the objective named as the study names it (cv_<metric>). On a run this script makes itself,
+  the dashboard is also opened on the live study store while tune is still running, and must
+  already serve finished trials.
+- `dvc plots show`: the page draws every chart of dvc.yaml (the search's history and parameter
+  importance, and the test split's, from the templates named after data.task) with Vega loaded
+  from `.vega/` (the offline set-up in the README), never from the CDN, the charts with axis
+  titles; and it shows every PNG of dvc.yaml (the test split's evaluation among them).
 
 Usage (from the project root, after `pip install -e ".[dev]"` and the README's npm line):
 
@@ -45,11 +49,10 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
-from conftest import make_project, subprocess_env  # noqa: E402
+from conftest import deep_update, make_project, space, subprocess_env  # noqa: E402
 from services import ServiceUnavailableError, web_ui  # noqa: E402
 
-from hpo.storage.studies import OBJECTIVE_NAME  # noqa: E402
-from hpo.storage.tracking import EXPERIMENT  # noqa: E402
+from hpo.tracking.mlflow import names  # noqa: E402
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 # Without the networking flags Chromium keeps calling Google's hosts, which this network refuses.
@@ -110,6 +113,19 @@ def vega_plot_titles(project: Path) -> set[str]:
     return {title for plot in plots if isinstance(plot, dict) for title in plot}
 
 
+def png_plots(project: Path) -> list[str]:
+    """The PNG files dvc.yaml lists among its plots, as paths (after ${paths.NAME})."""
+    dvc_yaml = yaml.safe_load((project / "dvc.yaml").read_text())
+    declared = next(entry["paths"] for entry in dvc_yaml["vars"] if "paths" in entry)
+    pngs = []
+    for plot in dvc_yaml["plots"]:
+        if isinstance(plot, str):
+            for name, value in declared.items():
+                plot = plot.replace(f"${{paths.{name}}}", value)
+            pngs.append(plot)
+    return pngs
+
+
 def get_json(url: str) -> dict:
     with urllib.request.urlopen(url, timeout=10) as response:
         return json.load(response)
@@ -124,6 +140,9 @@ class Screens:
         self.shots = shots
         self.summary = json.loads((project / "outputs/tune_summary.json").read_text())
         self.study = self.summary["study_name"]
+        self.metric = f"cv_{self.summary['metric']}"  # the trials' CV metric in MLflow
+        params = yaml.safe_load((project / "params.yaml").read_text())
+        self.experiment = names(params["model"]["family"], params["data"]["path"])
 
     def screenshot(self, name: str) -> Path:
         path = self.shots / f"{name}.png"
@@ -132,8 +151,10 @@ class Screens:
 
     def mlflow_ui(self) -> None:
         client = mlflow.MlflowClient(f"sqlite:///{self.project / 'outputs/mlflow.db'}")
-        experiment = client.get_experiment_by_name(EXPERIMENT)
-        study_run = f"{self.study} ({self.summary['trial_budget']} trials)"
+        experiment = client.get_experiment_by_name(self.experiment)
+        if experiment is None:
+            raise CheckFailedError(f"no MLflow experiment {self.experiment!r}")
+        study_run = self.study  # the study run is named as the study
         # The registered model's run: an earlier study's when this one refit the same bytes.
         results = json.loads((self.project / "outputs/results.json").read_text())
         model_run = client.get_run(results["mlflow"]["model_run_id"]).info.run_name
@@ -158,16 +179,21 @@ class Screens:
             wait_for_text(self.browser, "trial-000")
             self.screenshot("mlflow_runs")
             self.browser.get(f"{experiment_page}/runs/{best_run.info.run_id}?{MODEL_TRAINING_VIEW}")
-            wanted = [best, "cv_mse", "cv_r2", *self.summary["best_params"]]
-            wanted.append(best_run.data.params["max_depth"])
+            # Its params (one of them with its value) and its CV metric, overall and per fold.
+            param = next(iter(self.summary["best_params"]))
+            wanted = [best, self.metric, f"fold_0_{self.summary['metric']}"]
+            wanted += [*self.summary["best_params"], best_run.data.params[param]]
             wait_for_text(self.browser, *wanted)
-            parameters = f"//*[text()={json.dumps(best_run.data.params['max_depth'])}]"
+            parameters = f"//*[text()={json.dumps(param)}]"
             self.browser.execute_script(
                 "arguments[0].scrollIntoView({block: 'center'})",
                 self.browser.find_element(By.XPATH, parameters),
             )
             self.screenshot("mlflow_trial")
-        print(f"ok  mlflow ui: runs table with {study_run!r} and its trials; {best}'s params")
+        print(
+            f"ok  mlflow ui: experiment {self.experiment}, runs table with {study_run!r} and "
+            f"its trials; {best}'s params and {self.metric}"
+        )
 
     def _close_assistant(self) -> None:
         """Close MLflow 3's assistant panel (it opens by itself on a first visit)."""
@@ -186,6 +212,7 @@ class Screens:
     def optuna_dashboard(self, store: Path | None = None) -> None:
         """The dashboard on the run's study file, or on `store` (the live store) when given."""
         database = store or self.project / "outputs/optuna_study.db"
+        objective = self._objective_name(self.project / "outputs/optuna_study.db")
         args = [DASHBOARD, f"sqlite:///{database}"]
         with web_ui(args, "optuna-dashboard", self.project, self.shots, "/api/studies") as url:
             study_id, trials = self._dashboard_trials(url)
@@ -194,9 +221,21 @@ class Screens:
                 raise CheckFailedError(f"{url}: serves {len(trials)} of {expected} trials")
             self.browser.get(f"{url}/dashboard/studies/{study_id}")
             wait_for_text(self.browser, self.study, "History", "Hyperparameter Importance")
-            wait_for_text(self.browser, OBJECTIVE_NAME)  # the objective's axis, named
+            wait_for_text(self.browser, objective)  # the objective's axis, named
             self.screenshot("optuna_dashboard")
-        print(f"ok  optuna-dashboard: {self.study} with {len(trials)} trials")
+        print(
+            f"ok  optuna-dashboard: {self.study} with {len(trials)} trials, objective {objective}"
+        )
+
+    def _objective_name(self, database: Path) -> str:
+        """The name the study gives its objective (cv_<metric>), which the dashboard shows."""
+        study = optuna.load_study(study_name=self.study, storage=f"sqlite:///{database}")
+        if study.metric_names != [self.metric]:
+            raise CheckFailedError(
+                f"{database}: study {self.study} names its objective {study.metric_names}, "
+                f"not [{self.metric!r}]"
+            )
+        return study.metric_names[0]
 
     def _dashboard_trials(self, url: str) -> tuple[int, list[dict]]:
         studies = get_json(f"{url}/api/studies")["study_summaries"]
@@ -244,8 +283,41 @@ class Screens:
         for title, axis_titles in shown:
             if title not in titles or len(axis_titles) != 2 or "y" in axis_titles:
                 raise CheckFailedError(f"dvc plots: chart {title!r} has axis titles {axis_titles}")
+        if {title for title, _ in shown} != titles:
+            raise CheckFailedError(f"dvc plots: charts {[t for t, _ in shown]}, not {titles}")
+        images = self._images_shown(png_plots(self.project))
         self.screenshot("dvc_plots")
-        print(f"ok  dvc plots show: {len(shown)} charts drawn with local Vega, axis titles set")
+        print(
+            f"ok  dvc plots show: {len(shown)} charts drawn with local Vega, axis titles set "
+            f"({', '.join(sorted(titles))}); {len(images)} images shown ({', '.join(images)})"
+        )
+
+    def _images_shown(self, pngs: list[str]) -> list[str]:
+        """Every PNG of dvc.yaml on the page, loaded and drawn at its own size (DVC copies it
+        to static/, named after the revision and the path)."""
+        script = (
+            "return Array.from(document.images).map(img => "
+            "[img.getAttribute('src'), img.complete, img.naturalWidth])"
+        )
+        wait_for(
+            self.browser,
+            lambda: all(done for _, done, _ in self.browser.execute_script(script)),
+            "every image loaded",
+        )
+        shown = self.browser.execute_script(script)
+        for png in pngs:
+            suffix = png.replace("/", "_")
+            found = [(src, width) for src, _, width in shown if src.endswith(suffix)]
+            if len(found) != 1 or found[0][1] == 0:
+                raise CheckFailedError(f"dvc plots: {png} not shown (images: {shown})")
+            if not (self.project / png).is_file():
+                raise CheckFailedError(f"dvc plots: {png} shown, but not in {self.project}")
+            ours = Image.open(self.project / png).width
+            if found[0][1] != ours:
+                raise CheckFailedError(f"dvc plots: {png} {found[0][1]} px wide, not {ours}")
+        if len(shown) != len(pngs):
+            raise CheckFailedError(f"dvc plots: {len(shown)} images, not {len(pngs)}: {shown}")
+        return [Path(png).name for png in pngs]
 
 
 # Enough trials that tune outlasts its writer process's start (its imports take seconds on a
@@ -259,8 +331,12 @@ def tiny_run_checked_live(folder: Path, browser: webdriver.Chrome, shots: Path) 
     a user watching a run would, and check that the dashboard serves trials while tune runs."""
     # Trials of a second or so: a tiny run's trials take milliseconds, and the whole of tune
     # could pass between two polls of the dashboard.
-    slower = {"n_trials": LIVE_TRIALS, "search_space": {"n_estimators": {"low": 200, "high": 300}}}
-    project = make_project(folder / "project", {"tune": slower})
+    family = yaml.safe_load((REPO / "params.yaml").read_text())["model"]["family"]
+    slower = deep_update(
+        {"tune": {"n_trials": LIVE_TRIALS}},
+        space(family, {"n_estimators": {"low": 200, "high": 300}}),  # in every family
+    )
+    project = make_project(folder / "project", slower)
     if VEGA_DIR.is_dir():
         (project / ".vega").symlink_to(VEGA_DIR)
     store = project / "outputs/optuna_store.db"

@@ -29,12 +29,12 @@ def main() -> None:
         raise file_error(model_file, exc, REBUILD) from None
     predicted = family.predict(model, test.x)
     tuned = holdout_report(task, test.y, predicted)
+    tested = {f"test_{k}": v for k, v in tuned.items()}
     baseline_model = family.baseline(params.setup(train.n_classes), train.x, train.y)
     baseline = holdout_report(task, test.y, family.predict(baseline_model, test.x))
-
     headline = HEADLINE[task]
     quality = {
-        **{f"test_{k}": v for k, v in tuned.items()},
+        **tested,
         **{f"baseline_{k}": v for k, v in baseline.items()},
         f"best_cv_{summary['metric']}": summary["best_value"],
         "trials": summary["n_trials"],
@@ -61,9 +61,7 @@ def main() -> None:
     paths.PREDICTIONS_CSV.parent.mkdir(parents=True, exist_ok=True)
     predictions.to_csv(paths.PREDICTIONS_CSV, index=False)
     curve.to_csv(paths.CURVE_CSV, index=False)
-    tracking.log_metrics(
-        client, model_info["mlflow_run_id"], {f"test_{k}": v for k, v in tuned.items()}
-    )
+    tracking.log_metrics(client, model_info["mlflow_run_id"], tested)
     logging.getLogger("hpo.evaluate").info(
         f"test {headline} {tuned[headline]:.4f} (baseline {baseline[headline]:.4f})"
     )

@@ -6,18 +6,9 @@ import logging
 import optuna
 import pandas as pd
 
-from hpo import paths
+from hpo import figures, paths
 from hpo.config import load_params
 from hpo.errors import REBUILD, PipelineError, file_error, read_json
-from hpo.figures import (
-    history_figure,
-    history_table,
-    holdout_figure,
-    importance_evaluator,
-    importance_figure,
-    importance_table,
-    save_png,
-)
 from hpo.stage import run_stage
 from hpo.storage.studies import close_storage, open_storage
 
@@ -39,18 +30,15 @@ def main() -> None:
             raise PipelineError(
                 f"{paths.STUDY_COPY}: holds no study {study_name}; {REBUILD}"
             ) from None
-        history_table(study).to_csv(paths.HISTORY_CSV, index=False)
-        settings = params.plot
-        evaluator = importance_evaluator(settings.importance_evaluator, settings.importance_seed)
-        importances = importance_table(study, evaluator)
+        figures.history_table(study).to_csv(paths.HISTORY_CSV, index=False)
+        name, seed = params.plot.importance_evaluator, params.plot.importance_seed
+        importances = figures.importance_table(study, figures.importance_evaluator(name, seed))
         importances.to_csv(paths.IMPORTANCE_CSV, index=False)
-        save_png(history_figure(study), paths.HISTORY_PNG)
-        save_png(
-            importance_figure(importances, settings.importance_evaluator), paths.IMPORTANCE_PNG
-        )
+        figures.save_png(figures.history_figure(study), paths.HISTORY_PNG)
+        figures.save_png(figures.importance_figure(importances, name), paths.IMPORTANCE_PNG)
     finally:
         close_storage(storage)
-    save_png(holdout_figure(params.data.task, predictions, curve), paths.TEST_PNG)
+    figures.save_png(figures.holdout_figure(params.data.task, predictions, curve), paths.TEST_PNG)
     logging.getLogger("hpo.plot").info(
         f"wrote {paths.HISTORY_PNG}, {paths.IMPORTANCE_PNG} and {paths.TEST_PNG}"
     )

@@ -28,20 +28,18 @@ def main() -> None:
     config = model_config(family_name, params.data.task, train.classes, train.x)
     distributions = ["mlflow", "numpy", "pandas", "scipy", *family.SERVING]
     example = train.x.head(5)
+    settings = {
+        "family": family_name,
+        "seed": params.model.seed,
+        "fixed": params.model.chosen.fixed,
+    }
     model_info = tracking.log_final_model(
         client,
         experiment_id,
         model_file,
         (config, distributions),
         (as_input(config, example), served_frame(config, family.predict(model, example))),
-        {
-            "model": {
-                "family": family_name,
-                "seed": params.model.seed,
-                "fixed": params.model.chosen.fixed,
-            },
-            "best_params": summary["best_params"],
-        },
+        {"model": settings, "best_params": summary["best_params"]},
         study_run_id=summary["mlflow_parent_run_id"],
         study_name=summary["study_name"],
     )

@@ -6,8 +6,7 @@ from hpo.stage import run_stage
 
 
 def main() -> None:
-    # Imported here, not above: the writer process (multiprocessing's spawn) runs this file's
-    # top level again, and needs none of this.
+    # Imported here: the writer process (spawned) reruns this file's top level, needing none of it.
     import optuna
 
     from hpo import paths

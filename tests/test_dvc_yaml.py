@@ -1,54 +1,64 @@
-"""dvc.yaml must list, for every stage, each library module the stage's script imports."""
+"""dvc.yaml and the committed dvc.lock: five stages, each depending on its script and the whole
+library; every path written once, in dvc.yaml's vars; and a fresh clone's `dvc status` naming
+no modified dependency (the committed lock describes the committed code)."""
 
 from __future__ import annotations
 
 import ast
+import json
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO
+from conftest import REPO, dvc, run
 
-STAGES = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-
-
-def _imported_library_modules(script: Path) -> set[str]:
-    """hpo modules the script imports, directly or through other hpo modules."""
-    seen: set[str] = set()
-    pending = [script]
-    while pending:
-        tree = ast.parse(pending.pop().read_text())
-        for node in ast.walk(tree):
-            names: list[str] = []
-            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("hpo"):
-                # `from hpo.trial import model` imports a module; `from hpo.x import f`, x
-                names = [f"{node.module}.{alias.name}" for alias in node.names]
-                names = [n if _source(n).exists() else node.module for n in names]
-            elif isinstance(node, ast.Import):
-                names = [a.name for a in node.names if a.name.startswith("hpo.")]
-            for name in names:
-                if name not in seen and _source(name).exists():
-                    seen.add(name)
-                    pending.append(_source(name))
-    return seen
+SPEC = yaml.safe_load((REPO / "dvc.yaml").read_text())
+STAGES = SPEC["stages"]
+PATHS = next(entry["paths"] for entry in SPEC["vars"] if "paths" in entry)
 
 
-def _source(module: str) -> Path:
-    """The module's file (a package's __init__ holds only its docstring and is not listed)."""
-    return REPO / "stages" / (module.replace(".", "/") + ".py")
+def test_five_stages_each_on_its_script_and_the_library() -> None:
+    assert list(STAGES) == ["prepare", "tune", "train_best", "evaluate", "plot"]
+    for name, stage in STAGES.items():
+        assert stage["cmd"] == f"python stages/{name}.py"
+        assert stage["deps"][:2] == [f"stages/{name}.py", "stages/hpo"]
+        assert stage.get("desc")
 
 
-@pytest.mark.parametrize("stage", sorted(STAGES))
-def test_stage_deps_cover_its_imports(stage: str) -> None:
-    spec = STAGES[stage]
-    script = REPO / "stages" / f"{stage}.py"
-    assert spec["cmd"] == f"python stages/{stage}.py"
-    expected = {f"stages/{m.replace('.', '/')}.py" for m in _imported_library_modules(script)}
-    declared = {d for d in spec["deps"] if d.startswith("stages/hpo/")}
-    assert f"stages/{stage}.py" in spec["deps"]
-    assert declared == expected, "dvc.yaml deps and the script's imports differ"
+def test_the_code_names_no_path_that_dvc_yaml_does_not_declare() -> None:
+    """Every `paths.NAME` the code reads is one of dvc.yaml's `paths` variables."""
+    used = set()
+    for source in (REPO / "stages").rglob("*.py"):
+        for node in ast.walk(ast.parse(source.read_text())):
+            if isinstance(node, ast.Attribute) and getattr(node.value, "id", None) == "paths":
+                if node.attr.isupper():
+                    used.add(node.attr.lower())
+    assert used, "the stages read their paths through hpo.paths"
+    assert used <= set(PATHS), f"not in dvc.yaml's vars: {used - set(PATHS)}"
 
 
-def test_every_stage_has_a_description() -> None:
-    assert set(STAGES) == {"prepare", "tune", "train_best", "evaluate", "plot"}
-    assert all(spec.get("desc") for spec in STAGES.values())
+def test_a_fresh_clone_has_no_modified_dependency(tmp_path: Path) -> None:
+    """The committed dvc.lock describes the committed code, params and data: in a clone of
+    HEAD, `dvc status` may find outputs missing (they live in DVC's cache), never a source
+    file, a param or the data changed."""
+    clone = tmp_path / "clone"
+    run(tmp_path, "git", "clone", "-q", str(REPO), str(clone))
+    status = json.loads(dvc(clone, "status", "--json").stdout or "{}")
+    stale = []
+    for stage, changes in status.items():
+        for change in (c for c in changes if isinstance(c, dict)):
+            for kind in ("changed deps", "changed params"):
+                stale += [(stage, dep, how) for dep, how in change.get(kind, {}).items()]
+    # An output of an earlier stage, missing in a clone, is a "deleted" dependency: not stale.
+    stale = [entry for entry in stale if entry[2] != "deleted"]
+    assert not stale, f"dvc.lock is stale; run `dvc repro` and commit it: {stale}"
+
+
+@pytest.mark.parametrize("name", sorted(PATHS))
+def test_each_declared_path_is_used(name: str) -> None:
+    """No path is declared and then forgotten: each is in a stage or read by the code."""
+    in_stages = f"${{paths.{name}}}" in (REPO / "dvc.yaml").read_text().split("stages:", 1)[1]
+    in_code = any(
+        f"paths.{name.upper()}" in source.read_text() for source in (REPO / "stages").rglob("*.py")
+    )
+    assert in_stages or in_code

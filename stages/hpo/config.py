@@ -1,9 +1,5 @@
-"""params.yaml, parsed and validated before any stage does work.
-
-Every section is a strict pydantic model: unknown keys, missing keys, repeated keys, wrong
-types (a float where an integer belongs) and impossible ranges are rejected with the key path
-that is wrong, one line each.
-"""
+"""params.yaml, parsed and validated before any stage does work: strict pydantic models, and
+one line per wrong key path (unknown, missing, repeated, wrong type, impossible range)."""
 
 from __future__ import annotations
 
@@ -13,21 +9,12 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
 
+import pydantic
 import yaml
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    StrictBool,
-    StrictFloat,
-    StrictInt,
-    StrictStr,
-    ValidationError,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import ErrorDetails
 
-from hpo.errors import PipelineError
+from hpo.errors import RUN_FROM_ROOT, PipelineError
 from hpo.models import Setup
 from hpo.tasks import DEFAULT_METRIC, METRICS, Task
 
@@ -36,7 +23,7 @@ PARAMS_FILE = Path("params.yaml")
 FAMILIES = tuple(sorted(p.stem for p in (Path(__file__).parent / "models").glob("[!_]*.py")))
 # Seeds go to NumPy, scikit-learn and Optuna, which take 0 <= seed < 2**32.
 Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
-Scalar = StrictStr | StrictInt | StrictFloat | StrictBool
+Scalar = pydantic.StrictStr | pydantic.StrictInt | pydantic.StrictFloat | pydantic.StrictBool
 
 
 class _Strict(BaseModel):
@@ -97,11 +84,7 @@ def _check_range(low: float, high: float, log: bool, step: float | None) -> None
 Dimension = Annotated[
     IntDimension | FloatDimension | CategoricalDimension, Field(discriminator="type")
 ]
-DIMENSION_KINDS = {
-    "int": IntDimension,
-    "float": FloatDimension,
-    "categorical": CategoricalDimension,
-}
+DIMENSION_KINDS = dict(int=IntDimension, float=FloatDimension, categorical=CategoricalDimension)
 # Hyperparameter name -> its dimension, in params.yaml order (the order trials sample in).
 SearchSpace = dict[str, Dimension]
 
@@ -239,12 +222,9 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 def load_params(path: Path = PARAMS_FILE) -> Params:
     """Read and validate the whole params file; raise PipelineError naming every bad key."""
     try:
-        raw: Any = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # noqa: S506 - safe loader
+        raw: Any = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # a SafeLoader
     except FileNotFoundError:
-        raise PipelineError(
-            f"{path.absolute()}: not found; stages run from the project root (the folder of "
-            "dvc.yaml and params.yaml), e.g. `dvc repro` or `python stages/tune.py` there"
-        ) from None
+        raise PipelineError(f"{path.absolute()}: not found; {RUN_FROM_ROOT}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
@@ -260,17 +240,12 @@ def load_params(path: Path = PARAMS_FILE) -> Params:
 
 
 def _one_per_key(errors: list[ErrorDetails]) -> list[ErrorDetails]:
-    """A value that fits none of a scalar's kinds gives pydantic an error per kind (its
-    location ending in str, int, float, bool); the user gets one."""
+    """Pydantic's error per scalar kind (str, int, float, bool) for one value, merged into one."""
     seen, merged = set(), []
+    scalar_errors = ("string_type", "int_type", "float_type", "bool_type")
     for error in errors:
         loc = error["loc"]
-        if error["type"] in ("string_type", "int_type", "float_type", "bool_type") and loc[-1] in (
-            "str",
-            "int",
-            "float",
-            "bool",
-        ):
+        if error["type"] in scalar_errors and loc[-1] in ("str", "int", "float", "bool"):
             if loc[:-1] in seen:
                 continue
             seen.add(loc[:-1])
@@ -308,8 +283,7 @@ def _describe(error: ErrorDetails) -> str:
 
 
 def _as_written(loc: tuple[str | int, ...]) -> tuple[str | int, ...]:
-    """The key path as the user wrote it: pydantic adds a dimension's `type` after its name,
-    and a dict's key-validation step after the key."""
+    """The key path as written: without the dimension `type` and dict-key steps pydantic adds."""
     parts = list(loc)
     if "search_space" in parts:
         at = parts.index("search_space") + 2
@@ -329,10 +303,7 @@ def _unknown_key(loc: tuple[str | int, ...]) -> str:
             section = "dimension" if value_type is Dimension else value_type
         else:
             section = section.model_fields[str(part)].annotation
-    known = list(section.model_fields) if _is_model(section) else []
+    is_model = isinstance(section, type) and issubclass(section, BaseModel)
+    known = list(section.model_fields) if is_model else []
     close = difflib.get_close_matches(str(loc[-1]), known, n=1)
     return f"unknown key (did you mean {close[0]}?)" if close else "unknown key (typo?)"
-
-
-def _is_model(section: Any) -> bool:
-    return isinstance(section, type) and issubclass(section, BaseModel)

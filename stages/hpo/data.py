@@ -1,13 +1,7 @@
 """The user's table (data.path in params.yaml): read, checked, and split for training and test.
-
-Any CSV (gzip allowed) or Parquet file with a header works. Text columns become categoricals,
-which every model family trains on natively, with their categories taken from the whole
-table so that both splits share them; empty and `NA` cells stay missing. A classification
-target is stored as a categorical of its sorted labels: its codes 0..k-1 are the classes the
-models predict. The prepared splits are Parquet files, which keep those types exactly and
-cannot be read half-written. Every check runs on the table and again on each split that a
-stage reads, and each problem is one line that names the file.
-"""
+Text columns become categoricals with categories from the whole table, so both splits share
+them; a classification target's codes 0..k-1 are its sorted labels. The splits are Parquet,
+which keeps those types exactly. Every check runs on the table and again on each split read."""
 
 from __future__ import annotations
 
@@ -60,8 +54,7 @@ def read_table(data: DataParams) -> pd.DataFrame:
         if len(expected) != 64:
             raise PipelineError(f"{sidecar}: holds no sha256 digest of {path.name}")
     try:
-        content = path.read_bytes()
-        digest = hashlib.sha256(content).hexdigest()
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
         if expected is not None and digest != expected:
             raise PipelineError(
                 f"{path}: checksum mismatch (sha256 {digest}, expected {expected}); "
@@ -103,13 +96,12 @@ def check(frame: pd.DataFrame, data: DataParams, path: Path) -> None:
         raise PipelineError(f"{path}: {'no rows' if frame.empty else 'no feature columns'}")
     for column in frame.columns:
         values = frame[column]
-        if not (
-            isinstance(values.dtype, pd.CategoricalDtype) or pd.api.types.is_numeric_dtype(values)
-        ):
+        numeric = pd.api.types.is_numeric_dtype(values)
+        if not (numeric or isinstance(values.dtype, pd.CategoricalDtype)):
             raise PipelineError(
                 f"{path}: column {column!r} is {values.dtype}; give numbers or text"
             )
-        if pd.api.types.is_numeric_dtype(values) and np.isinf(values).any():
+        if numeric and np.isinf(values).any():
             raise PipelineError(
                 f"{path}: infinite values in column {column!r} (rows {_rows(np.isinf(values))})"
             )
@@ -164,9 +156,8 @@ def split(
             stratify=frame[data.target] if classified else None,
         )  # fmt: skip
     except ValueError as exc:
-        raise PipelineError(
-            f"prepare.test_size {test_size}: {' '.join(str(exc).split())}"
-        ) from None
+        reason = " ".join(str(exc).split())
+        raise PipelineError(f"prepare.test_size {test_size}: {reason}") from None
     if len(train) < 2 * cv_folds:
         raise PipelineError(
             f"{data.path}: the training split has {len(train)} rows; tune.cv_folds = {cv_folds} "

@@ -12,6 +12,11 @@ REBUILD = "`dvc repro` rebuilds it (`dvc checkout` restores the version DVC last
 MOVE_STORE_ASIDE = (
     "move it aside (its history stays in the moved file) and rerun: a new one is started"
 )
+# What to do when params.yaml or dvc.yaml is not found.
+RUN_FROM_ROOT = (
+    "stages run from the project root (the folder of dvc.yaml and params.yaml), e.g. `dvc repro` "
+    "or `python stages/tune.py` there"
+)
 # A SQLite store that another process kept locked for longer than a stage waits.
 CLOSE_THE_HOLDER = (
     "close what holds it (a database browser, a notebook writing to it, a stage run outside "

@@ -1,8 +1,5 @@
-"""Figures and plot data: the search (from the study), and the test split (from evaluate).
-
-The figures are plain `matplotlib.figure.Figure` objects, not pyplot's: no backend is chosen or
-needed (the stage runs headless, the notebook shows the same figures inline) and nothing stays
-registered with pyplot after a figure is saved."""
+"""Figures and plot data: the search (from the study), and the test split (from evaluate). Plain
+`matplotlib.figure.Figure`s, not pyplot's: no backend is needed, and nothing stays registered."""
 
 from __future__ import annotations
 
@@ -14,30 +11,21 @@ import optuna
 import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import FormatStrFormatter
-from optuna.importance import (
-    BaseImportanceEvaluator,
-    FanovaImportanceEvaluator,
-    MeanDecreaseImpurityImportanceEvaluator,
-    PedAnovaImportanceEvaluator,
-)
+from optuna.importance import BaseImportanceEvaluator, PedAnovaImportanceEvaluator
 from optuna.trial import TrialState
 
 from hpo.tasks import predicted_labels
 
 EVALUATORS: dict[str, type[BaseImportanceEvaluator]] = {
-    "fanova": FanovaImportanceEvaluator,
+    "fanova": optuna.importance.FanovaImportanceEvaluator,
     "ped_anova": PedAnovaImportanceEvaluator,
-    "mean_decrease_impurity": MeanDecreaseImpurityImportanceEvaluator,
+    "mean_decrease_impurity": optuna.importance.MeanDecreaseImpurityImportanceEvaluator,
 }
 
 
 def importance_evaluator(name: str, seed: int) -> BaseImportanceEvaluator:
     evaluator = EVALUATORS[name]
     return evaluator() if evaluator is PedAnovaImportanceEvaluator else evaluator(seed=seed)
-
-
-def _objective(study: optuna.Study) -> str:
-    return study.metric_names[0] if study.metric_names else "value"
 
 
 def history_table(study: optuna.Study) -> pd.DataFrame:
@@ -60,29 +48,23 @@ def importance_table(study: optuna.Study, evaluator: BaseImportanceEvaluator) ->
 
 
 def history_figure(study: optuna.Study) -> Figure:
-    """Every trial at its CV score (a pruned one at the last value it reported), the best so
-    far; for a score minimised, on a log axis clipped above so that the region the search
-    converges to is visible."""
+    """Every trial at its CV score (a pruned one at its last report) and the best so far; a
+    minimised score on a log axis clipped above, so the region the search converges to shows."""
     trials = study.get_trials(deepcopy=False)
-    name, table = _objective(study), history_table(study).rename(columns={"cv_score": "value"})
+    name = study.metric_names[0] if study.metric_names else "value"
+    table = history_table(study).rename(columns={"cv_score": "value"})
     pruned = [t for t in trials if t.state == TrialState.PRUNED and t.intermediate_values]
     pruned_at = [t.intermediate_values[max(t.intermediate_values)] for t in pruned]
     figure = Figure(figsize=(8, 4.5))
     axes = figure.subplots()
     axes.scatter([t.number for t in pruned], pruned_at, marker="x", s=18, color="tab:gray",
                  label=f"pruned ({len(pruned)}), at its last check")  # fmt: skip
-    axes.scatter(
-        table["trial"], table["value"], s=18, color="tab:blue", label=f"complete ({len(table)})"
-    )
-    axes.step(
-        table["trial"], table["best_cv_score"], where="post", color="tab:red", label="best so far"
-    )
+    numbers = table["trial"]
+    axes.scatter(numbers, table["value"], s=18, color="tab:blue", label=f"complete ({len(table)})")
+    axes.step(numbers, table["best_cv_score"], where="post", color="tab:red", label="best so far")
     title = f"Optimisation history of {study.study_name}"
-    if (
-        len(table)
-        and study.direction == optuna.study.StudyDirection.MINIMIZE
-        and table["value"].min() > 0
-    ):
+    minimized = study.direction == optuna.study.StudyDirection.MINIMIZE
+    if len(table) and minimized and table["value"].min() > 0:
         axes.set_yscale("log")
         for axis_format in (axes.yaxis.set_major_formatter, axes.yaxis.set_minor_formatter):
             axis_format(FormatStrFormatter("%.2f"))  # 0.40, not 4x10^-1
@@ -119,9 +101,8 @@ def holdout_tables(
     task: str, y: np.ndarray, predicted: np.ndarray, classes: list[Any]
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The test split's plot data: predictions beside the truth (labels, for classification),
-    and a curve: for classification the ROC curve of each class against the rest (x: false
-    positive rate, y: true positive rate); for regression the REC curve (x: absolute error,
-    y: share of test rows predicted within it)."""
+    and a curve: each class's ROC curve against the rest, or for regression the REC curve (x:
+    absolute error, y: share of test rows predicted within it)."""
     from sklearn.metrics import roc_curve
 
     if task == "regression":
@@ -130,9 +111,8 @@ def holdout_tables(
         errors = np.quantile(np.abs(y - predicted), shares)
         return predictions, pd.DataFrame({"series": "REC", "x": errors, "y": shares})
     names = np.asarray([str(c) for c in classes], dtype=object)
-    predictions = pd.DataFrame(
-        {"actual": names[y], "predicted": names[predicted_labels(predicted)]}
-    )
+    labels = names[predicted_labels(predicted)]
+    predictions = pd.DataFrame({"actual": names[y], "predicted": labels})
     scores = np.column_stack([1 - predicted, predicted]) if predicted.ndim == 1 else predicted
     curves = []
     for code in range(1, 2) if predicted.ndim == 1 else range(len(classes)):
@@ -149,19 +129,15 @@ def holdout_figure(task: str, predictions: pd.DataFrame, curve: pd.DataFrame) ->
         left.scatter(predictions["actual"], predictions["predicted"], s=3, alpha=0.3)
         low, high = predictions["actual"].min(), predictions["actual"].max()
         left.plot([low, high], [low, high], color="black", linestyle="--", linewidth=1)
-        left.set(
-            title="Predicted against actual (test split; dashed: y = x)",
-            xlabel="actual",
-            ylabel="predicted",
-        )
+        left.set_title("Predicted against actual (test split; dashed: y = x)")
+        left.set(xlabel="actual", ylabel="predicted")
         right.plot(curve["x"], curve["y"], color="tab:blue")
         right.set(title="REC curve: share of test rows within an error", xlabel="absolute error",
                   ylabel="share of test rows", ylim=(0, 1.01))  # fmt: skip
     else:
         labels = sorted(set(predictions["actual"]) | set(predictions["predicted"]))
-        counts = pd.crosstab(predictions["actual"], predictions["predicted"]).reindex(
-            index=labels, columns=labels, fill_value=0
-        )
+        counts = pd.crosstab(predictions["actual"], predictions["predicted"])
+        counts = counts.reindex(index=labels, columns=labels, fill_value=0)
         left.imshow(counts.to_numpy(), cmap="Blues")
         for (row, column), count in np.ndenumerate(counts.to_numpy()):
             left.text(column, row, str(count), ha="center", va="center", fontsize=8)

@@ -1,6 +1,5 @@
-"""Where the stages read and write: the `paths` variables of dvc.yaml, the one place they are
-written (its stages use them as ${paths.NAME}). `paths.TRAIN` is dvc.yaml's `paths.train`,
-relative to the project root, where every stage runs."""
+"""Where the stages read and write, declared once in dvc.yaml's `paths` variables: `paths.TRAIN`
+is its `paths.train`, relative to the project root, where every stage runs."""
 
 from __future__ import annotations
 
@@ -9,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from hpo.errors import PipelineError
+from hpo.errors import RUN_FROM_ROOT, PipelineError
 
 DVC_YAML = Path("dvc.yaml")
 
@@ -19,10 +18,7 @@ def _declared(project: Path) -> dict[str, str]:
     try:
         entries = yaml.safe_load((project / DVC_YAML).read_text())["vars"]
     except FileNotFoundError:
-        raise PipelineError(
-            f"{project / DVC_YAML}: not found; stages run from the project root (the folder of "
-            "dvc.yaml and params.yaml), e.g. `dvc repro` or `python stages/tune.py` there"
-        ) from None
+        raise PipelineError(f"{project / DVC_YAML}: not found; {RUN_FROM_ROOT}") from None
     return next(entry["paths"] for entry in entries if "paths" in entry)
 
 

@@ -1,12 +1,6 @@
-"""Secrets never shown: settings are parsed, and their secret parts masked in any text.
-
-A URL-like setting (OPTUNA_STORAGE, MLFLOW_TRACKING_URI, DASK_SCHEDULER_ADDRESS) may carry a
-password, typed raw (with `/`, `@`, `:` or `%` in it) or URL-quoted, and a token in its query
-or path. Regexes over the text miss raw ones, so the value is split by hand: the userinfo is
-everything between `://` and the last `@`, whatever it contains. `redact`
-shows a setting without its secrets; `scrub` removes the secrets of every setting, and of the
-credential variables, from a message that any library produced.
-"""
+"""Secrets never shown: `redact` masks a setting's secrets, `scrub` every setting's and credential
+variable's in any text. A raw password (with `/`, `@`, `:` or `%`) defeats regexes, so a value is
+split by hand: its userinfo is everything between `://` and the last `@`."""
 
 from __future__ import annotations
 
@@ -38,13 +32,8 @@ def _split(value: str) -> tuple[str, str | None, str, str]:
     userinfo = None
     if at >= 0:
         userinfo, rest = rest[:at], rest[at + 1 :]
-    query_at = _query_start(rest)
+    query_at = min((i for i in (rest.find("?"), rest.find("#")) if i >= 0), default=len(rest))
     return head, userinfo, rest[:query_at], rest[query_at:]
-
-
-def _query_start(rest: str) -> int:
-    """Where the query or fragment starts (the end if there is none)."""
-    return min((i for i in (rest.find("?"), rest.find("#")) if i >= 0), default=len(rest))
 
 
 def userinfo(value: str) -> str | None:
@@ -53,8 +42,7 @@ def userinfo(value: str) -> str | None:
 
 
 def redact(value: str) -> str:
-    """The setting as it may be shown: userinfo, token-like path segments and secret query
-    values replaced by ***."""
+    """The setting with its userinfo, token-like path segments and secret query values masked."""
     head, userinfo, location, tail = _split(value)
     shown = head + (f"{MASK}@" if userinfo is not None else "")
     shown += "/".join(MASK if _TOKEN_SEGMENT.match(part) else part for part in location.split("/"))
@@ -100,8 +88,7 @@ def configured_secrets() -> set[str]:
     for name in URL_VARS:
         found |= secrets_of(os.environ.get(name, ""))
     for name in CREDENTIAL_VARS:
-        secret = os.environ.get(name, "")
-        if secret:
+        if secret := os.environ.get(name, ""):
             found |= {secret, quote(secret, safe="")}
     return found
 

@@ -1,11 +1,6 @@
-"""The tune session, built in one place: the study's name, where trials run, the study store,
-the MLflow run, the writer process and the runner.
-
-`open_tune_session` reaches every service in a safe order before anything is written, so a bad
-setting loses nothing: a tracking server first, the local stores last. A stop request while
-reaching them ends the stage at once (KeyboardInterrupt); while the study runs, at the
-runner's next check.
-"""
+"""The tune session, built in one place: the study's name, executor, study store, MLflow run,
+writer process and runner. Every service is reached before anything is written (a tracking
+server first, the local stores last), so a bad setting loses nothing."""
 
 from __future__ import annotations
 
@@ -55,13 +50,8 @@ STOPPED_WRITER_EXIT_S = 3.0
 
 
 def study_name(params: Params, train_sha256: str, faults: str = "") -> str:
-    """A name derived from everything that shapes the trial sequence, and nothing else.
-
-    The same settings resume the same study after a crash; any change (search space, seeds,
-    folds, data, metric, family, trial code, a library's version) starts a fresh study instead
-    of mixing trials from different setups. The budget only says how many trials to take from
-    the study, so a study grows and shrinks under one name.
-    """
+    """A name from everything that shapes the trial sequence, and nothing else: any change starts a
+    fresh study; the budget (n_trials) is left out, so a study grows and shrinks under one name."""
     family = params.model.family
     identity = {
         "tune": params.tune.model_dump(mode="json", exclude={"n_trials", "metric"}),
@@ -70,7 +60,7 @@ def study_name(params: Params, train_sha256: str, faults: str = "") -> str:
             "family": family,
             "seed": params.model.seed,
             "settings": params.model.chosen.model_dump(mode="json"),
-        },  # fmt: skip
+        },
         "data": {"task": params.data.task, "target": params.data.target, "train": train_sha256},
         "code": this_process_identity(family),
         "injected_faults": faults,  # a test's failing trials must not enter a real study
@@ -123,6 +113,7 @@ def open_tune_session(params: Params, split: Split, stop: StopSignal) -> Iterato
     name = study_name(params, hashlib.sha256(paths.TRAIN.read_bytes()).hexdigest(), faults)
     dask_address = address_from_environment()
     storage_url = studies.storage_url_from_environment()
+    typed_url = None if storage_url is None else storage_url.render_as_string(hide_password=False)
     remote = tracking.tracking_uri_from_environment() is not None
     experiment = tracking.names(family, params.data.path)
     writer = WriteBehind()  # it imports its libraries while the services are reached
@@ -148,11 +139,11 @@ def open_tune_session(params: Params, split: Split, stop: StopSignal) -> Iterato
                         client, experiment_id, study, metric, run_params, tags
                     )
                     writer.configure(WriterConfig(
-                        storage_url=None if storage_url is None else storage_url.render_as_string(hide_password=False),
-                        study_name=name, study_label=studies.label(storage_url),
-                        tracking_uri=client.tracking_uri, tracking_label=tracking.label(),
-                        experiment_id=experiment_id, run_id=study_run.run_id, metric=metric,
-                        tags=tags, patient=tuple(tracking.BOUNDED_HERE), files=local_stores(storage_url, client),
+                        storage_url=typed_url, study_name=name, metric=metric, tags=tags,
+                        study_label=studies.label(storage_url), tracking_label=tracking.label(),
+                        tracking_uri=client.tracking_uri, experiment_id=experiment_id,
+                        run_id=study_run.run_id, patient=tuple(tracking.BOUNDED_HERE),
+                        files=local_stores(storage_url, client),
                     ))  # fmt: skip
                     runner = StudyRunner(
                         study=study,
@@ -181,9 +172,8 @@ def local_stores(storage_url: Any, client: Any) -> dict[str, str]:
     """The SQLite files of the study store and the MLflow store, by their labels."""
     files = {}
     if storage_url is None or storage_url.get_backend_name() == "sqlite":
-        files[studies.label(storage_url)] = str(
-            paths.STUDY_STORE if storage_url is None else storage_url.database
-        )
+        store = paths.STUDY_STORE if storage_url is None else storage_url.database
+        files[studies.label(storage_url)] = str(store)
     if client.tracking_uri.startswith("sqlite:///"):
         files[tracking.label()] = client.tracking_uri.removeprefix("sqlite:///")
     return files

@@ -17,8 +17,7 @@ from hpo import paths
 from hpo.errors import MOVE_STORE_ASIDE, PipelineError, file_error
 from hpo.redaction import scrub
 
-# quiet: warnings and errors only; normal: a line per trial; verbose: what each store and
-# service is doing as well.
+# quiet: warnings and errors only; normal: a line per trial; verbose: each store and service too.
 LOG_LEVEL_VAR = "HPO_LOG_LEVEL"
 LOG_LEVELS = {"quiet": logging.WARNING, "normal": logging.INFO, "verbose": logging.DEBUG}
 
@@ -46,8 +45,8 @@ def configure_logging() -> None:
 
 
 def run_stage(main: Callable[[], None]) -> None:
-    """Run a stage's main; report a PipelineError on stderr, one line per problem, and exit
-    non-zero. Whatever is printed, a traceback included, has its secrets masked (redaction)."""
+    """Run a stage's main; a PipelineError is one line per problem on stderr and a non-zero exit;
+    whatever is printed, a traceback included, has its secrets masked."""
     # At the interpreter's exit, not here: the tests run stages inside their own process.
     atexit.unregister(skip_exit_collection)
     atexit.register(skip_exit_collection)
@@ -92,13 +91,9 @@ def _fail(message: str, exit_code: int) -> None:
 
 
 def skip_exit_collection() -> None:
-    """Spare the interpreter's exit its full collections over every imported library's objects.
-
-    They take about 1 s per stage process here, 2-3 s with Dask loaded, which a stop request
-    would wait for; the OS frees the memory anyway. What those collections did that matters is
-    done here: every SQLite connection still open is closed, so that the MLflow store (in WAL
-    mode) folds its log back into its file, as a clean exit does. Run it last, at exit.
-    """
+    """Spare the interpreter's exit its full collections (1-3 s per stage, which a stop request
+    would wait for), doing the part that matters: closing every open SQLite connection, so the
+    MLflow store folds its WAL back into its file. Run it last, at exit."""
     for obj in gc.get_objects():
         if isinstance(obj, sqlite3.Connection):
             with contextlib.suppress(sqlite3.Error):

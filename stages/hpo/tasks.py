@@ -1,11 +1,6 @@
-"""What the task decides: the metrics a trial may be scored by, their direction, and what the
-final model is judged by on the test split.
-
-Predictions arrive as every model family gives them: values for regression, the probability of
-class 1 for binary, one probability per class (a row each) for multiclass. Class labels are
-the codes 0..k-1 of the classes in sorted order (hpo.data). Scores are computed here from the
-predictions, not by the model library, so that they do not depend on its thread count.
-"""
+"""What the task decides: the metrics trials are scored by, their direction, and the test split's
+report. Predictions are values, class 1's probability (binary) or a row per class (multiclass);
+labels are class codes 0..k-1. Scored here, not by the library, so thread counts do not matter."""
 
 from __future__ import annotations
 
@@ -73,12 +68,8 @@ def holdout_report(task: Task, y: np.ndarray, predicted: np.ndarray) -> dict[str
         return {"mse": mse, "rmse": float(np.sqrt(mse)), "mae": score("mae", y, predicted),
                 "r2": float(r2)}  # fmt: skip
     labels = predicted_labels(predicted)
-    if task == "binary":
-        auc = metrics.roc_auc_score(y, predicted)
-    else:
-        auc = metrics.roc_auc_score(
-            y, predicted, multi_class="ovr", labels=range(predicted.shape[1])
-        )
+    multi = {} if task == "binary" else {"multi_class": "ovr", "labels": range(predicted.shape[1])}
+    auc = metrics.roc_auc_score(y, predicted, **multi)
     return {
         "logloss": _log_loss(y, predicted),
         "accuracy": float(metrics.accuracy_score(y, labels)),

@@ -17,8 +17,7 @@ ANNOUNCE_AFTER_S = 5.0
 
 @contextlib.contextmanager
 def announced(what: str, after_s: float = ANNOUNCE_AFTER_S) -> Iterator[None]:
-    """Say once, after `after_s` seconds, that the block is still waiting for `what` (a
-    warning: it shows at every log level)."""
+    """Warn once, after `after_s` seconds, that the block still waits for `what` (at any level)."""
     timer = threading.Timer(after_s, log.warning, [f"waiting for {what} ..."])
     timer.daemon = True
     timer.start()
@@ -29,13 +28,9 @@ def announced(what: str, after_s: float = ANNOUNCE_AFTER_S) -> Iterator[None]:
 
 
 class StopSignal:
-    """Ctrl-C and SIGTERM as the tune stage takes them.
-
-    While the study runner runs, a signal only sets `requested`, which the runner checks at
-    least every half second between its writes. Anywhere else (reaching a service, waiting for
-    the writer to catch up) it also raises KeyboardInterrupt at once: a library's retry loop
-    or a blocking socket would otherwise hold the stop for minutes.
-    """
+    """Ctrl-C and SIGTERM as the tune stage takes them: while the runner runs, a signal only sets
+    `requested`, which it checks every half second; anywhere else it also raises
+    KeyboardInterrupt at once (a library's retry loop would hold the stop for minutes)."""
 
     def __init__(self) -> None:
         self.requested = threading.Event()

@@ -1,12 +1,6 @@
 """Trials on a Dask cluster (DASK_SCHEDULER_ADDRESS): a worker runs a whole trial in one task.
-
-It runs the same `TrialEvaluation` as the local executor (local.py), which goes fold by fold
-on its own threads; both give back a `concurrent.futures.Future` of the `TrialOutcome`. Dask
-does the distribution, the data transfer and the recovery from lost workers: a task whose
-worker dies is run again elsewhere by the scheduler, which is harmless because a trial is a
-pure function of its task. Only when the scheduler itself is gone does the stage stop, with
-one line.
-"""
+Dask reruns the task of a worker that died elsewhere, harmless as a trial is a pure function of
+its task; only a lost scheduler stops the stage, with one line."""
 
 from __future__ import annotations
 
@@ -41,18 +35,11 @@ class ExecutorLostError(PipelineError):
 
 
 class DaskExecutor:
-    """Whole trials as tasks on a Dask cluster; the training data sent once, as a task result.
-
-    The data goes to the cluster as the result of a task rather than by `scatter`: scattered
-    data lives only on the workers that hold it, while a task result that a dying worker took
-    with it is recomputed by the scheduler. Each task carries the digest of the driver's trial
-    code, so a worker that joins later with other code refuses it instead of computing
-    different trials.
-    """
+    """Whole trials as tasks, each with the driver's code identity; the training data sent once,
+    as a task result (not `scatter`ed: the scheduler recomputes a result a dying worker took)."""
 
     def __init__(self, client: Client, address: str, data: TrainingData) -> None:
-        self._client = client
-        self._address = address
+        self._client, self._address = client, address
         self._digest = this_process_identity(data.family)
         self._data = client.submit(_pass_through, data, pure=False)
         self._executor = client.get_executor()
@@ -107,8 +94,8 @@ class DaskExecutor:
 
 
 def address_from_environment() -> str | None:
-    """DASK_SCHEDULER_ADDRESS checked for form: a scheduler's tcp:// or tls:// address; tls://
-    only with Dask's TLS settings. None when unset: trials run on local threads."""
+    """DASK_SCHEDULER_ADDRESS checked for form (tcp://, or tls:// with Dask's TLS settings); None
+    when unset: trials run on local threads."""
     value = os.environ.get(DASK_VAR, "").strip()
     if not value:
         return None
@@ -139,8 +126,7 @@ def address_from_environment() -> str | None:
             "authenticates with TLS certificates (tls://, docs/cluster.md)"
         )
     try:
-        _scheme, location = parse_address(value)
-        host, _port = parse_host_port(location)
+        host, _port = parse_host_port(parse_address(value)[1])
         if not host:
             raise ValueError("no host")
     except ValueError as exc:
@@ -170,11 +156,8 @@ class StaleWorkerError(RuntimeError):
 
 
 def connect_dask(address: str, family: str) -> Client:
-    """A client of the scheduler whose workers run this very code; one line if not.
-
-    Dask's client logs each failed reconnection with a traceback; the stage reports a lost
-    scheduler itself, in one line (`ExecutorLostError`), so those logs are silenced.
-    """
+    """A client of the scheduler whose workers run this very code; one line if not. Dask's logs
+    (a traceback per failed reconnection) are silenced: the stage reports a lost scheduler."""
     from distributed import Client
 
     for name in [*logging.root.manager.loggerDict, "distributed"]:
@@ -198,10 +181,8 @@ def connect_dask(address: str, family: str) -> Client:
 
 
 def _wait_for_scheduler(address: str) -> None:
-    """Wait until the scheduler's port accepts a connection, for at most CONNECT_TIMEOUT_S.
-
-    Dask's own client retries inside its event loop: a stop request there leaves a
-    half-built client whose clean-up hangs for 30 s; this loop can be interrupted anywhere."""
+    """Wait until the scheduler's port accepts a connection, for at most CONNECT_TIMEOUT_S (a stop
+    request inside Dask's own retry loop leaves a client whose clean-up hangs for 30 s)."""
     from distributed.comm.addressing import parse_address, parse_host_port
 
     host, port = parse_host_port(parse_address(address)[1])

@@ -1,18 +1,8 @@
 """The local executor: trials as small fold tasks on a few threads, oldest trial first.
-
-A trial is split into tasks "boost fold i up to the next checkpoint" of its `TrialEvaluation`
-(the same evaluation a Dask worker runs in one piece). Whichever thread is free takes the
-pending task of the oldest trial, so a long trial is worked on by every core instead of holding
-one core while the other waits for the next trial to be asked. Whole trials as tasks (what a
-Dask worker runs) leave a core idle whenever the oldest trial is long and the in-order window
-lets no new trial be asked; `benchmarks/bench_executors.py` measures the two side by side.
-
-Results do not depend on which thread ran what: each booster is advanced by one thread at a
-time, its family makes its result independent of the thread count and of the thread that runs
-it, and each trial prunes against its own fixed evidence. Each trial
-trains on fold matrices of its own, taken from a `FoldPool` and given back once none of its
-fold tasks runs any more.
-"""
+A task boosts one fold of a `TrialEvaluation` to its next checkpoint; a free thread takes the
+oldest trial's, so a long trial is worked on by every core instead of leaving one idle while
+the in-order window holds back the next ask (benchmarks/bench_executors.py compares whole-trial
+tasks). Results do not depend on which thread ran what (hpo.search.evaluation)."""
 
 from __future__ import annotations
 
@@ -40,10 +30,8 @@ class FoldScheduler:
     """A `concurrent.futures`-style executor of trial tasks over `n_threads` threads."""
 
     def __init__(self, n_threads: int, pool: FoldPool, nthread_per_fit: int) -> None:
-        self._pool = pool
-        self._data = pool.data
+        self._pool, self._data, self._nthread = pool, pool.data, nthread_per_fit
         self._n_folds = pool.data.n_folds
-        self._nthread = nthread_per_fit
         # (trial number, fold, tie-breaker, job): the oldest trial's tasks come first
         self._tasks: queue.PriorityQueue[tuple[int, int, int, _Job | None]] = queue.PriorityQueue()
         self._order = itertools.count()
@@ -136,10 +124,10 @@ class FoldScheduler:
 
 
 class LocalExecutor:
-    """`parallel_trials` threads in this process, each fit on cores // parallel_trials cores."""
+    """`parallel_trials` threads in this process, each fit on cores // parallel_trials cores
+    (at least 1): parallel fits must not oversubscribe the cores."""
 
     def __init__(self, data: TrainingData, parallel_trials: int) -> None:
-        # cores // parallel trials, at least 1: parallel fits must not oversubscribe the cores
         nthread = max(1, available_cores() // parallel_trials)
         self._scheduler = FoldScheduler(parallel_trials, fold_pool(data), nthread)
         self.tags = {"hpo.executor": "local-threads", "hpo.workers": str(parallel_trials)}

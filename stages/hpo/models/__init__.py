@@ -1,9 +1,6 @@
-"""Model families: each one module of this package, behind the one interface `Family`.
-
-A new family (CatBoost, scikit-learn's HistGradientBoosting, ...) is a new module here that
-defines what `Family` lists, plus its settings under `model.families` in params.yaml; its
-name is the module's name. docs/design.md says what each part is for.
-"""
+"""Model families: each one module of this package, behind the one interface `Family`. A new
+family is a module here defining what `Family` lists, with its settings under `model.families`
+in params.yaml (its name is the module's)."""
 
 from __future__ import annotations
 

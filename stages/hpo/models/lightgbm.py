@@ -1,10 +1,7 @@
 """LightGBM as a model family (the interface: hpo.models.Family); the `lightgbm` extra.
-
-LightGBM's histograms are summed in an order that depends on its thread count, and it picks
-row- or column-wise histograms by timing them, unless told. So every fit sets
-`deterministic: true` and `force_col_wise: true`: trees are then identical for any thread count
-(checked in tests/test_models.py), and the thread count is free.
-"""
+Every fit sets `deterministic` and `force_col_wise` (LightGBM otherwise sums histograms in a
+thread-dependent order, and times row- against column-wise): trees are then identical for any
+thread count (tests/test_models.py)."""
 
 from __future__ import annotations
 
@@ -38,11 +35,10 @@ RESERVED = frozenset(
      "num_iteration", "n_iter", "num_tree", "num_trees", "num_round", "num_rounds", "nrounds",
      "num_boost_round", "n_estimators", "max_iter"}
 )  # fmt: skip
-_OBJECTIVES = {"regression": "regression", "binary": "binary", "multiclass": "multiclass"}
 
 
 def booster_params(setup: Setup, tuned: dict[str, Any], nthread: int) -> dict[str, Any]:
-    params: dict[str, Any] = {"objective": _OBJECTIVES[setup.task], "metric": "None"}
+    params: dict[str, Any] = {"objective": setup.task, "metric": "None"}  # named as the tasks
     if setup.task == "multiclass":
         params["num_class"] = setup.n_classes
     params |= {**setup.fixed, **_DETERMINISM, "seed": setup.seed, "verbosity": -1}
@@ -63,9 +59,8 @@ _THREAD = threading.local()
 
 
 def _quiet_this_thread() -> None:
-    """LightGBM keeps its log level and log sink per thread: a booster advanced on another
-    thread than the one that made it prints its warnings, whatever its verbosity. A call that
-    takes params sets this thread's level."""
+    """Set this thread's log level (any call taking params does): LightGBM keeps it per thread, so
+    a booster advanced on another thread than its own prints warnings, whatever its verbosity."""
     if not getattr(_THREAD, "quiet", False):
         lgb.Dataset(np.zeros((2, 1)), params={"verbosity": -1}).construct()
         _THREAD.quiet = True
@@ -140,8 +135,7 @@ class FoldBooster:
         return self._booster.predict(self._x_valid)
 
 
-def fold_booster(setup: Setup, tuned: dict[str, Any], fold: tuple, nthread: int) -> FoldBooster:
-    return FoldBooster(setup, tuned, fold, nthread)
+fold_booster = FoldBooster
 
 
 def fit(setup: Setup, tuned: dict[str, Any], x: pd.DataFrame, y: np.ndarray) -> lgb.Booster:
@@ -152,13 +146,8 @@ def fit(setup: Setup, tuned: dict[str, Any], x: pd.DataFrame, y: np.ndarray) -> 
 def baseline(setup: Setup, x: pd.DataFrame, y: np.ndarray) -> lgb.LGBMModel:
     """LightGBM's defaults, with the seed, the thread count and determinism set."""
     kind = lgb.LGBMRegressor if setup.task == "regression" else lgb.LGBMClassifier
-    settings = {
-        **_DETERMINISM,
-        "random_state": setup.seed,
-        "n_jobs": available_cores(),
-        "verbosity": -1,
-    }
-    return kind(**settings).fit(x, y)
+    settings = {**_DETERMINISM, "random_state": setup.seed, "n_jobs": available_cores()}
+    return kind(**settings, verbosity=-1).fit(x, y)
 
 
 def predict(model: lgb.Booster | lgb.LGBMModel, x: pd.DataFrame) -> np.ndarray:
@@ -173,8 +162,7 @@ def save(model: lgb.Booster, path: Path) -> None:
 
 
 def load(path: Path) -> lgb.Booster:
-    """The saved model; ValueError for a file that is not a whole one (LightGBM would crash the
-    process on a cut one)."""
+    """The saved model; ValueError for a cut file (LightGBM would crash the process on one)."""
     text = path.read_text(errors="replace")
     if not (text.startswith("tree\n") and "\nend of parameters\n" in text):
         raise ValueError("not a whole LightGBM model file")

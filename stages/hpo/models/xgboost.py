@@ -1,9 +1,6 @@
-"""XGBoost as a model family (the interface: hpo.models.Family).
-
-Every fit uses `hist` on matrices quantised once per fold (QuantileDMatrix), and reseeds its
-row and column sampling from (seed, round) each round (`seed_per_iteration`): a `hist` fit is
-then identical for any thread count, and a booster moved between threads samples the same rows.
-"""
+"""XGBoost as a model family (the interface: hpo.models.Family). Every fit is `hist` on matrices
+quantised once per fold, reseeding its sampling each round (`seed_per_iteration`): identical for
+any thread count, and a booster moved between threads samples the same rows."""
 
 from __future__ import annotations
 
@@ -35,8 +32,7 @@ _OBJECTIVES = {
 
 
 def booster_params(setup: Setup, tuned: dict[str, Any], nthread: int | None) -> dict[str, Any]:
-    """XGBoost's native params for one fit: the task's objective, the fixed settings, the
-    tuned values."""
+    """XGBoost's native params for one fit: the task's objective, fixed settings, tuned values."""
     objective, metric = _OBJECTIVES[setup.task]
     params: dict[str, Any] = {"objective": objective, "eval_metric": metric}
     if setup.task == "multiclass":
@@ -102,8 +98,7 @@ class FoldBooster:
         return self._booster.predict(self._fold.valid)
 
 
-def fold_booster(setup: Setup, tuned: dict[str, Any], fold: Fold, nthread: int) -> FoldBooster:
-    return FoldBooster(setup, tuned, fold, nthread)
+fold_booster = FoldBooster
 
 
 def fit(setup: Setup, tuned: dict[str, Any], x: pd.DataFrame, y: np.ndarray) -> xgb.Booster:
@@ -116,9 +111,8 @@ def fit(setup: Setup, tuned: dict[str, Any], x: pd.DataFrame, y: np.ndarray) -> 
 def baseline(setup: Setup, x: pd.DataFrame, y: np.ndarray) -> xgb.XGBModel:
     """XGBoost's defaults, with only the seed and the thread count set."""
     kind = xgb.XGBRegressor if setup.task == "regression" else xgb.XGBClassifier
-    return kind(random_state=setup.seed, n_jobs=available_cores(), enable_categorical=True).fit(
-        x, y
-    )
+    model = kind(random_state=setup.seed, n_jobs=available_cores(), enable_categorical=True)
+    return model.fit(x, y)
 
 
 def predict(model: xgb.Booster | xgb.XGBModel, x: pd.DataFrame) -> np.ndarray:

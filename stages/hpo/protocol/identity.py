@@ -1,10 +1,6 @@
-"""The code identity of a trial: what, besides params and data, decides its result.
-
-One digest serves two checks. It is part of the study's name, so that after an edit to the
-trial code or an upgrade of a library that shapes trials `dvc repro` runs new trials instead
-of resuming a study made by other code; and a Dask worker refuses a trial whose driver has
-another identity, so that trials from two setups never mix in one study.
-"""
+"""The code identity of a trial: what, besides params and data, decides its result. It is part
+of the study's name (an edit to the trial code or a library upgrade starts a new study), and a
+Dask worker refuses a trial whose driver has another identity."""
 
 from __future__ import annotations
 
@@ -13,10 +9,8 @@ import hashlib
 import importlib
 from pathlib import Path
 
-# The code that decides what a trial is: the model family's module and its interface, the
-# metrics, the evaluation, the search, and the protocol that fixes each trial's history.
-# Storage, tracking, executors, the params schema and the stage scripts are left out: editing
-# them must not start a new study.
+# The code that decides what a trial is. Storage, tracking, executors, the params schema and the
+# stage scripts are left out: editing them must not start a new study.
 TRIAL_CODE = (
     "hpo.models",
     "hpo.tasks",
@@ -33,8 +27,7 @@ TRIAL_LIBRARIES = ("optuna", "sklearn", "numpy", "pandas")
 
 @functools.cache
 def this_process_identity(family: str) -> str:
-    """sha256 over the trial code's sources and the versions of the libraries it runs on, for
-    model family `family` (computed once per process: it reads files)."""
+    """sha256 of the trial code's sources and libraries' versions for `family` (once: it reads)."""
     digest = hashlib.sha256()
     family_module = importlib.import_module(f"hpo.models.{family}")
     for name in (*TRIAL_CODE, family_module.__name__):

@@ -1,24 +1,8 @@
 """The driver: parallel Optuna trials whose sequence depends on neither timing, budget nor crashes.
-
-Optuna's own `n_jobs` lets each thread ask the sampler whenever it is free, so what the
-sampler and the pruner see depends on which trial happened to finish first. Here the main
-thread is the only one that touches the study, and it follows a fixed protocol:
-
-* trials are asked in number order, each with a sampler seeded by (seed + trial number);
-* at most `window = parallel_trials + lookahead` trials are asked and not yet told; trial k is
-  asked only after trial k - window has been told, and trials are told in number order;
-* trial k's sampler sees trials 0..k-window finished and the later ones running, and its
-  pruner compares it with the complete trials among 0..k-window (view.py).
-
-So trial k is a function of the settings and of k alone: the executor only changes how fast
-trials come back; a study of N trials is the first N trials of any longer one; and a run that
-was killed continues exactly as if it had not been. One process runs a study at a time (the
-session holds the study's lock), so the driver walks the stored trials in number order: a
-finished one is replayed into the protocol without being evaluated, a running one (left by a
-stopped run) is evaluated again with the same params, or told from its saved outcome; only
-past the end are new trials asked. A trial that finishes before its turn to be told is saved
-at once (PENDING_ATTR), so a killed run loses no finished work.
-"""
+Only the main thread touches the study, following the ask/tell protocol of docs/design.md (the
+history each trial sees: view.py). It walks the stored trials in number order: a finished one is
+replayed, a running one (left by a stopped run) evaluated again or told from its saved outcome
+(PENDING_ATTR); only past the end are new trials asked."""
 
 from __future__ import annotations
 
@@ -68,9 +52,8 @@ class TrialExecutor(Protocol):
 
 @dataclass(frozen=True)
 class TuneClock:
-    """The study's tuning time when a trial was told, summed over the sessions before it:
-    wall time, and the main thread's time (sampling, building tasks, handing out writes), as
-    wall time (which includes waiting for a core a fit holds) and as CPU time."""
+    """The study's tuning time when a trial was told, over all its sessions: wall time, and the
+    main thread's (sampling, building tasks) as wall and as CPU time."""
 
     wall_s: float = 0.0
     main_s: float = 0.0
@@ -81,7 +64,7 @@ class TuneClock:
         return cls(**trial.user_attrs.get(CLOCK_ATTR, {}))
 
     def latest(self, other: TuneClock) -> TuneClock:
-        return TuneClock(*(max(a, b) for a, b in zip(vars(self).values(), vars(other).values())))
+        return TuneClock(*map(max, vars(self).values(), vars(other).values()))
 
 
 @dataclass
@@ -142,10 +125,8 @@ class Progress:
             self.failed += 1
 
     def budget_left(self, n_in_flight: int) -> bool:
-        """Whether one more trial may be asked beside `n_in_flight` asked and not yet told.
-
-        Failed trials do not use up the budget, but an always-failing objective must end.
-        """
+        """Whether one more trial may be asked beside `n_in_flight` asked and not yet told;
+        failed trials do not use up the budget, but an always-failing objective must end."""
         return max(self.finished, self.failed) + n_in_flight < self.n_trials
 
     def line(self, trial: FrozenTrial) -> str:
@@ -160,8 +141,7 @@ class Progress:
 
 @dataclass
 class _Slot:
-    """A trial between its place in the protocol and its turn to be told: evaluated (its
-    `future`), or found finished in the storage (`stored`)."""
+    """A trial until its turn to be told: evaluated (`future`), or found finished (`stored`)."""
 
     number: int
     running: FrozenTrial | None = None
@@ -185,8 +165,7 @@ class StudyRunner:
     executor: TrialExecutor
     writer: TrialWriter
     fault_hook: Callable[[int], None] = lambda _number: None
-    # Set by Ctrl-C or SIGTERM (hpo.waits.StopSignal) and checked every POLL_S: the run stops
-    # between asks and tells, and the writer finishes what it was sent.
+    # Set by Ctrl-C or SIGTERM (hpo.waits.StopSignal); checked every POLL_S, between tells.
     stop: threading.Event = field(default_factory=threading.Event)
     _lines: deque[tuple[int, str]] = field(default_factory=deque, init=False)
     _clock_base: TuneClock = field(default_factory=TuneClock, init=False)
@@ -325,12 +304,10 @@ class StudyRunner:
         """Tell what finished; leave the rest running, for the next run to evaluate again."""
         for slot in in_flight:
             future = slot.future
-            if slot.stored is not None or future is None or not future.done():
-                continue
-            if future.cancelled() or future.exception() is not None:
-                continue
-            with contextlib.suppress(Exception):  # never mask the interrupt
-                self._tell(slot, progress)
+            done = slot.stored is None and future is not None and future.done()
+            if done and not future.cancelled() and future.exception() is None:
+                with contextlib.suppress(Exception):  # never mask the interrupt
+                    self._tell(slot, progress)
         with contextlib.suppress(Exception):
             self.writer.flush(STOP_FLUSH_S)
             self._show_stored()
@@ -349,6 +326,7 @@ def _told_value(
 def summarize(study_name: str, progress: Progress) -> dict[str, Any]:
     """The outcome of the study's first trials as the tune stage writes it (tune_summary.json)."""
     best, clock = progress.best_trial, progress.clock
+    counts = dict(complete=progress.complete, pruned=progress.pruned, failed=progress.failed)
     return {
         "study_name": study_name,
         "metric": progress.metric,
@@ -356,11 +334,7 @@ def summarize(study_name: str, progress: Progress) -> dict[str, Any]:
         "best_trial_number": best.number,
         "best_value": best.value,
         "best_params": best.params,
-        "n_trials": {
-            "complete": progress.complete,
-            "pruned": progress.pruned,
-            "failed": progress.failed,
-        },
+        "n_trials": counts,
         "optimization_time_seconds": clock.wall_s,
         "main_thread_seconds": clock.main_s,
         "main_thread_cpu_seconds": clock.main_cpu_s,

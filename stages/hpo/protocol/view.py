@@ -1,14 +1,6 @@
-"""The study as the ask/tell protocol defines it for the next trial, not as the storage holds it.
-
-Trial k is asked once trial k - window is told, and trials are told in number order; so when
-trial k is asked, trials 0..k-window are finished and the later ones are running. That is the
-history its sampler (TPE with constant liar reads the running trials too) and its pruner must
-see, whether the study is being run for the first time, resumed after a crash, grown from an
-earlier budget or walked by a second tune process. The storage cannot show it: there, trials
-beyond k may exist and the running ones may have finished long ago. So the driver keeps this
-in-memory copy, adds trials in number order and tells them in number order, and asks the
-sampler against it.
-"""
+"""The study as the ask/tell protocol (docs/design.md) defines it for the next trial, not as the
+storage holds it (later trials may exist there, running ones may have finished long ago): an
+in-memory copy the sampler is asked against, TPE's constant liar reading its running trials."""
 
 from __future__ import annotations
 
@@ -28,12 +20,9 @@ SamplerFactory = Callable[[int], optuna.samplers.BaseSampler]
 
 
 def running_trial(
-    params: dict[str, Any],
-    distributions: dict[str, BaseDistribution],
-    user_attrs: dict[str, Any] | None = None,
+    params: dict[str, Any], distributions: dict[str, BaseDistribution]
 ) -> FrozenTrial:
-    """A running trial with these params, to create in a storage in one write (its number and
-    id are the storage's to give)."""
+    """A running trial with these params, to create in a storage (which gives its number and id)."""
     return FrozenTrial(
         number=-1,
         state=TrialState.RUNNING,
@@ -42,7 +31,7 @@ def running_trial(
         datetime_complete=None,
         params=params,
         distributions=distributions,
-        user_attrs=user_attrs or {},
+        user_attrs={},
         system_attrs={},
         intermediate_values={},
         trial_id=-1,
@@ -50,11 +39,8 @@ def running_trial(
 
 
 class ProtocolView:
-    """Trial k's view of the study: trials 0..k-window finished, k-window+1..k-1 running.
-
-    It depends on k alone, not on when trial k is asked: a budget that holds an ask back
-    until a failed trial makes room, or a resumed run that asks late, sees the same trials.
-    """
+    """Trial k's view of the study: trials 0..k-window finished, k-window+1..k-1 running. It
+    depends on k alone, not on when trial k is asked (held back by the budget, or resumed)."""
 
     def __init__(
         self,
@@ -63,9 +49,7 @@ class ProtocolView:
         window: int,
         direction: str,
     ) -> None:
-        self._distributions = distributions
-        self._make_sampler = make_sampler
-        self._window = window
+        self._distributions, self._make_sampler, self._window = distributions, make_sampler, window
         self._storage = InMemoryStorage()
         self._study = optuna.create_study(storage=self._storage, direction=direction)
         self._study_id = self._storage.get_study_id_from_name(self._study.study_name)

@@ -1,9 +1,6 @@
-"""What the driver writes while it runs a study, and the attributes it keeps on trials.
-
-The driver decides everything a trial is (its number, params and outcome); a `TrialWriter`
-only keeps it, in the order it was sent, off the driver's thread (hpo.storage.writer). The
-driver learns back which trials are stored, and shows a trial as done only then.
-"""
+"""What the driver writes while it runs a study, and the attributes it keeps on trials. A
+`TrialWriter` only keeps what the driver decided, in order, off its thread (hpo.storage.writer);
+the driver shows a trial as done once it learns it is stored."""
 
 from __future__ import annotations
 
@@ -33,8 +30,7 @@ class TrialWriter(Protocol):
         """Store the finished `trial` over its running version, then record it (MLflow)."""
 
     def stored(self) -> list[int]:
-        """Trials told and stored since the last call, in order; raises the writer's failure
-        as a PipelineError that says how many finished trials the study keeps."""
+        """Trials told and stored since the last call, in order; raises the writer's failure."""
 
     def flush(self, timeout: float) -> bool:
         """Whether every write so far was applied within `timeout` seconds."""

@@ -1,18 +1,8 @@
 """How one trial is evaluated, whatever runs it: k-fold CV advanced checkpoint by checkpoint.
-
-All folds of a trial move to the same checkpoint (every `pruner.interval_steps` boosting
-rounds) before the mean validation score is known there, so a pruner can stop a poor trial
-after a few rounds rather than after whole folds, and each fold's step to the next checkpoint
-is a small task that any free core may run. The objective is unchanged: the mean over folds of
-the validation score of a model with exactly n_estimators rounds.
-
-A trial is a pure function of its `TrialTask` and the `TrainingData`: it reads nothing from
-the study and writes nothing anywhere, and its result does not depend on the thread count of
-its fits (each family promises that). So the same trial gives the same `TrialOutcome` on a
-local thread or on a Dask worker, and a task that an executor runs twice is harmless. Its
-pruner judges it against the evidence in its task, not the live study, which keeps pruning
-decisions independent of timing.
-"""
+All folds move to each checkpoint (every `pruner.interval_steps` rounds) before the pruner
+looks, so a poor trial stops after a few rounds, not whole folds. A trial is a pure function of
+its `TrialTask` and the `TrainingData`, whatever thread count or executor runs it: its pruner
+judges it against the evidence in its task, not the live study (docs/design.md)."""
 
 from __future__ import annotations
 
@@ -38,8 +28,7 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class TrainingData:
-    """The training split and how the study scores it: sent once to each process that runs
-    trials."""
+    """The training split and how the study scores it: sent once to each process running trials."""
 
     x: pd.DataFrame
     y: np.ndarray
@@ -70,10 +59,9 @@ def make_folds(data: TrainingData) -> list[Fold]:
 
     kind = KFold if data.setup.task == "regression" else StratifiedKFold
     family = load_family(data.family)
+    splitter = kind(data.n_folds, shuffle=True, random_state=data.cv_seed)
     folds = []
-    for train, valid in kind(data.n_folds, shuffle=True, random_state=data.cv_seed).split(
-        data.x, data.y
-    ):
+    for train, valid in splitter.split(data.x, data.y):
         model_input = family.fold(data.setup, data.x.iloc[train], data.y[train], data.x.iloc[valid])
         folds.append(Fold(model_input, data.y[valid]))
     return folds
@@ -81,12 +69,8 @@ def make_folds(data: TrainingData) -> list[Fold]:
 
 @dataclass
 class TrialEvaluation:
-    """One trial's folds moved from checkpoint to checkpoint, with its pruner at each one.
-
-    Drivers call `advance(i)` for every fold (each fold by one thread at a time, different folds
-    possibly at once), then `at_checkpoint()`, which returns the outcome once the trial is over
-    and otherwise moves every fold's target to the next checkpoint.
-    """
+    """One trial's folds moved checkpoint by checkpoint: `advance(i)` each fold (by one thread at a
+    time), then `at_checkpoint()` runs the pruner and gives the outcome once the trial is over."""
 
     task: TrialTask
     data: TrainingData
@@ -139,23 +123,17 @@ class TrialEvaluation:
 
     def _open_probe(self) -> optuna.Trial:
         """The trial's own in-memory study, holding only its evidence, judged by the pruner."""
-        study = optuna.create_study(
-            direction=direction(self.data.metric), pruner=make_pruner(self.data.pruner)
-        )
+        pruner = make_pruner(self.data.pruner)
+        study = optuna.create_study(direction=direction(self.data.metric), pruner=pruner)
         study.add_trials(self.task.evidence.trials())
         self._probe = study.ask()
         return self._probe
 
 
 class FoldPool:
-    """Fold data for the trials running at once: each running trial holds a set of its own.
-
-    A library need not let two models train on one matrix at once (XGBoost's maintainers:
-    "XGBoost is not thread safe"; a DMatrix builds some of its formats lazily, on first use),
-    so no two trials share a set, and within a trial each fold is advanced by one thread at a
-    time. A set is built when no free one is left and reused afterwards: as many sets as trials
-    ever ran at once.
-    """
+    """Fold data for the trials running at once: no two share a set, as a library need not let
+    two models train on one matrix ("XGBoost is not thread safe"; a DMatrix builds formats
+    lazily). A set is built when none is free: as many sets as trials ever ran at once."""
 
     def __init__(self, data: TrainingData) -> None:
         self.data = data
@@ -189,11 +167,7 @@ def fold_pool(data: TrainingData) -> FoldPool:
 
 
 def evaluate_trial(task: TrialTask, data: TrainingData, nthread: int) -> TrialOutcome:
-    """The whole trial in the calling thread: every fold to each checkpoint, then the pruner.
-
-    A failing configuration is an outcome (FAIL with its error), not an exception: the study
-    records it and goes on.
-    """
+    """The whole trial in this thread; a failing configuration is a FAIL outcome, not a raise."""
     started = time.time()
     pool = fold_pool(data)
     folds = pool.take()
@@ -203,8 +177,7 @@ def evaluate_trial(task: TrialTask, data: TrainingData, nthread: int) -> TrialOu
         while True:
             for fold_index in range(len(folds)):
                 evaluation.advance(fold_index)
-            outcome = evaluation.at_checkpoint()
-            if outcome is not None:
+            if (outcome := evaluation.at_checkpoint()) is not None:
                 return outcome
     except Exception as exc:  # e.g. the library rejects a param
         reported = evaluation.reported if evaluation is not None else None

@@ -34,12 +34,8 @@ def distributions(space: SearchSpace) -> dict[str, BaseDistribution]:
 
 
 def make_sampler(params: SamplerParams, trial_number: int) -> TPESampler:
-    """TPE seeded by (seed + trial number): sampling depends on the study's history only.
-
-    A fresh seed per trial (instead of one random stream for the whole run) means that a
-    resumed study does not restart the sampler's random stream; what trial k samples then
-    differs from an uninterrupted run only through the history it sees.
-    """
+    """TPE seeded by (seed + trial number), not one random stream per run: what trial k samples
+    depends on the history it sees only, so a resumed study samples as an uninterrupted one."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         return TPESampler(

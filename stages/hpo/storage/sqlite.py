@@ -12,21 +12,15 @@ from filelock import FileLock
 
 
 def process_lock(database: Path) -> FileLock:
-    """An exclusive lock between processes on one host, for one SQLite database.
-
-    A separate `.lock` file: opening and closing the database file itself would drop the POSIX
-    locks that SQLite holds on it.
-    """
+    """An exclusive lock between processes on one host, for one SQLite database: a separate
+    `.lock` file, as closing the database file itself would drop SQLite's POSIX locks on it."""
     database.parent.mkdir(parents=True, exist_ok=True)
     return FileLock(database.with_name(database.name + ".lock"))
 
 
 def check_intact(database: Path) -> None:
-    """Raise sqlite3.DatabaseError if an existing database file is damaged (e.g. truncated).
-
-    SQLite opens a damaged file without complaint and fails only when a query reaches a bad
-    page, in the middle of the work; `quick_check` reads every page once, in milliseconds here.
-    """
+    """Raise sqlite3.DatabaseError if an existing database file is damaged (e.g. truncated):
+    SQLite would fail only when a query reaches a bad page, mid-work; `quick_check` reads all."""
     if not database.is_file() or database.stat().st_size == 0:
         return  # missing or empty: SQLite starts a new database
     uri = f"file:{database}?mode=ro"

@@ -1,10 +1,5 @@
-"""The Optuna study store: SQLite in outputs/optuna_store.db by default, or OPTUNA_STORAGE.
-
-Either way a study is named by what shapes its trials, run by one tune process at a time
-(`hold_study`), and kept across runs and experiments; the tune stage leaves
-outputs/optuna_study.db, its DVC output, as a copy of the trials this run's budget takes from
-the study.
-"""
+"""The Optuna study store: SQLite in outputs/optuna_store.db by default, or OPTUNA_STORAGE; one
+tune process at a time per study (`hold_study`); and the DVC output copy of the run's trials."""
 
 from __future__ import annotations
 
@@ -49,8 +44,7 @@ _HOLDER = sqlalchemy.text(
 
 
 def storage_url_from_environment() -> URL | None:
-    """OPTUNA_STORAGE checked for form: a PostgreSQL URL or a SQLite file; None when unset or
-    naming the default store."""
+    """OPTUNA_STORAGE checked for form: a PostgreSQL URL or a SQLite file; None for the default."""
     value = os.environ.get(STORAGE_VAR, "").strip()
     if not value:
         return None
@@ -129,13 +123,12 @@ def _reaching(url: URL) -> Iterator[None]:
 
 
 def open_storage(path: Path, remedy: str = REBUILD) -> RDBStorage:
-    """RDB storage on a SQLite file in WAL mode (readers never block the writer); a file that
-    cannot be used (damaged, a folder, read-only, locked too long) gives one line naming it."""
+    """RDB storage on a SQLite file in WAL mode (readers never block the writer); one line naming
+    a file that cannot be used (damaged, a folder, read-only, locked too long)."""
     try:
         check_intact(path)
-        storage = RDBStorage(
-            f"sqlite:///{path}", engine_kwargs={"connect_args": {"timeout": LOCK_TIMEOUT_S}}
-        )
+        engine_kwargs = {"connect_args": {"timeout": LOCK_TIMEOUT_S}}
+        storage = RDBStorage(f"sqlite:///{path}", engine_kwargs=engine_kwargs)
     except (OSError, sqlalchemy.exc.SQLAlchemyError, StorageInternalError) as exc:
         raise file_error(path, exc, remedy) from None
     sqlalchemy.event.listen(storage.engine, "connect", _sqlite_pragmas)
@@ -159,10 +152,10 @@ def close_storage(storage: RDBStorage) -> None:
 
 @contextlib.contextmanager
 def hold_study(url: URL | None, name: str) -> Iterator[str]:
-    """Run study `name` alone: a second tune process waits up to HOLD_TIMEOUT_S, then stops
-    with one line that says who holds it. On PostgreSQL an advisory lock per study, held by a
+    """Run study `name` alone (a second tune process waits up to HOLD_TIMEOUT_S, then names the
+    holder); yields who holds it now. On PostgreSQL an advisory lock per study, held by a
     connection (it ends with the process, on any host); on SQLite a lock on the whole store,
-    taken before the store is opened. Yields who holds it now."""
+    taken before it is opened."""
     me = f"tune process {os.getpid()} on {socket.gethostname()} since {time.strftime('%H:%M:%S')}"
     if url is not None and url.get_backend_name() == "postgresql":
         key = {"key": int.from_bytes(hashlib.sha256(name.encode()).digest()[:7])}
@@ -175,7 +168,8 @@ def hold_study(url: URL | None, name: str) -> Iterator[str]:
                 connections += [engine.connect(), engine.connect()]  # the lock's, and a probe
                 try_lock = sqlalchemy.text("SELECT pg_try_advisory_lock(:key)")
                 _wait_for(lambda: connections[0].execute(try_lock, key).scalar(),
-                          lambda: connections[1].execute(_HOLDER, key).scalar(), label(url), name)  # fmt: skip
+                          lambda: connections[1].execute(_HOLDER, key).scalar(),
+                          label(url), name)  # fmt: skip
             yield me
         finally:
             for connection in connections:  # a server that is gone cannot be told
@@ -238,9 +232,7 @@ def _name_objective(study: optuna.Study, metric: str) -> None:
 
 
 def write_study_file(study: optuna.Study, trials: list[FrozenTrial], path: Path) -> None:
-    """Replace `path` with a SQLite study holding `trials`: the stage's DVC output, the run's
-    first trials taken from a store that may hold more. Written beside it and renamed, so a
-    reader never sees half a file."""
+    """Replace `path` with a SQLite study of `trials` (the DVC output): written aside, renamed."""
     path.parent.mkdir(parents=True, exist_ok=True)
     for stale in path.parent.glob(path.name + ".partial*"):  # left by a killed copy
         stale.unlink()

@@ -1,12 +1,6 @@
-"""The driver's writes - its trials in the study, their MLflow runs - applied in order in a
-child process (hpo.protocol.writes.TrialWriter).
-
-The storage and MLflow work then takes neither the driver's thread nor its GIL. The child
-(multiprocessing, spawn) writes every command it was sent, even after the driver is killed: it
-reads until the pipe closes. It answers each stored trial, so the driver shows a trial as done
-only once it is in the study, and it stops at the first failure, which the driver reports as
-one line that names the store at fault and how many finished trials the study keeps.
-"""
+"""The driver's writes (hpo.protocol.writes.TrialWriter) applied in order in a child process, off
+its thread and GIL. The child writes all it was sent, even after the driver is killed, and stops
+at its first failure, which the driver reports as one line naming the store and the kept trials."""
 
 from __future__ import annotations
 
@@ -25,9 +19,9 @@ from typing import Any
 from optuna.trial import FrozenTrial
 
 from hpo.errors import PipelineError, what_is_wrong
-from hpo.storage.sqlite import file_identity
 from hpo.protocol.writes import PENDING_ATTR
 from hpo.search.trial import TrialOutcome
+from hpo.storage.sqlite import file_identity
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +44,8 @@ class WriterConfig:
 
 
 class WriteBehind:
-    """The TrialWriter of the tune stage: its child process starts at once and imports its
-    libraries while the driver reaches its services; `configure` then names the stores. The
-    driver's thread only queues a command; a sender thread writes it to the pipe, so a child
-    slow or stuck on a service never blocks the driver."""
+    """The tune stage's TrialWriter: its child starts (and imports) at once, `configure` names the
+    stores later; a sender thread feeds the pipe, so a stuck child never blocks the driver."""
 
     def __init__(self) -> None:
         context = multiprocessing.get_context("spawn")
@@ -100,17 +92,16 @@ class WriteBehind:
         return True
 
     def close(self, timeout: float) -> None:
-        """Let the child apply what it was sent and exit. One still writing after `timeout`
-        seconds is stopped: what it had not stored was never shown as done, and the next run
-        evaluates those trials again."""
+        """Let the child apply what it was sent and exit; one still writing after `timeout` s is
+        stopped (what it had not stored was never shown as done: the next run evaluates it)."""
         if self._closed:
             return
         self._closed = True
         self._outbox.put(None)
         self._process.join(timeout)
         if self._process.is_alive() and self._configured:
-            log.warning(f"warning: the study writer had not stored every trial within {timeout:.0f} s; "
-                        "`dvc repro` evaluates the rest again")  # fmt: skip
+            log.warning(f"warning: the study writer had not stored every trial within "
+                        f"{timeout:.0f} s; `dvc repro` evaluates the rest again")  # fmt: skip
             self._process.kill()
             self._process.join()
         self._connection.close()
@@ -144,11 +135,8 @@ class WriteBehind:
         except (EOFError, OSError):
             self._process.join(1)
             code = self._process.exitcode
-            how = (
-                f"killed by signal {-code}"
-                if code is not None and code < 0
-                else f"exit code {code}"
-            )
+            killed = code is not None and code < 0
+            how = f"killed by signal {-code}" if killed else f"exit code {code}"
             self._error = self._error or (
                 f"the study writer process ended unexpectedly ({how}); the study keeps its "
                 f"finished trials ({self.kept}), and `dvc repro` resumes it"
@@ -161,8 +149,7 @@ class WriteBehind:
 
 
 class StoreWriter:
-    """The TrialWriter applied where it is called: in the writer process, and in tests. Each
-    trial is recorded (MLflow) once it is stored; `recorder` may be None (no tracking)."""
+    """The TrialWriter applied where it is called (writer process, tests); `recorder` optional."""
 
     def __init__(self, storage: Any, study_name: str, recorder: Any = None) -> None:
         self.storage, self.recorder = storage, recorder
@@ -185,8 +172,8 @@ class StoreWriter:
         self.storage.set_trial_user_attr(self._id(number), PENDING_ATTR, outcome.to_json())
 
     def tell(self, trial: FrozenTrial, outcome: TrialOutcome) -> None:
-        """The finished trial over its running version; its state last, so that a write cut
-        short leaves it running, to be evaluated again. Then its record."""
+        """The finished trial over its running version, its state last (a write cut short leaves
+        it running, to be evaluated again); then its record."""
         trial_id = self._id(trial.number)
         for step, value in trial.intermediate_values.items():
             self.storage.set_trial_intermediate_value(trial_id, step, value)
@@ -241,9 +228,8 @@ def _serve(connection: Connection) -> None:
         os.environ.pop(name, None)
     writer = None
     try:
-        storage = open_storage_url(
-            None if config.storage_url is None else make_url(config.storage_url)
-        )
+        url = None if config.storage_url is None else make_url(config.storage_url)
+        storage = open_storage_url(url)
         try:
             recorder = StudyRun(MlflowClient(config.tracking_uri), config.experiment_id,
                                 config.run_id, config.metric, config.tags)  # fmt: skip
@@ -268,8 +254,7 @@ def _serve(connection: Connection) -> None:
 
 
 class VanishedError(Exception):
-    """A store's file was deleted or replaced while tune ran (SQLite goes on writing to the
-    file it opened, so nothing else would tell)."""
+    """A store's file was deleted or replaced while tune ran (SQLite writes on to the old one)."""
 
 
 def _failure(exc: BaseException, config: WriterConfig, writer: StoreWriter | None) -> str:
@@ -283,9 +268,11 @@ def _failure(exc: BaseException, config: WriterConfig, writer: StoreWriter | Non
         exc = exc.__cause__
     reason = what_is_wrong(exc)[:300]
     if writer is None or writer.recording is None:
-        return f"{config.study_label}: the study store failed ({reason}){kept}, and `dvc repro` resumes once it is fixed"
-    return (f"{config.tracking_label}: recording trial {writer.recording} failed ({reason}){kept}, "
-            "and `dvc repro` records the missing runs once it is fixed")  # fmt: skip
+        what, then = f"{config.study_label}: the study store failed", "resumes once it is fixed"
+    else:
+        what = f"{config.tracking_label}: recording trial {writer.recording} failed"
+        then = "records the missing runs once it is fixed"
+    return f"{what} ({reason}){kept}, and `dvc repro` {then}"
 
 
 def _commands(connection: Connection) -> Any:

@@ -1,10 +1,6 @@
-"""The MLflow store: its setting, connecting to it, names and provenance, and the final model.
-
-Everything goes through `MlflowClient` with explicit run ids: MLflow's active run is
-thread-local, so the fluent API cannot nest runs reliably across worker threads. The store is
-MLFLOW_TRACKING_URI when set (an `mlflow server`), else SQLite (outputs/mlflow.db) with
-artifacts in outputs/mlruns; the pipeline only appends to it.
-"""
+"""The MLflow store: MLFLOW_TRACKING_URI (an `mlflow server`), else SQLite in outputs/mlflow.db;
+connecting to it, names and provenance, the final model. Everything goes through `MlflowClient`
+with explicit run ids (the fluent API's active run is thread-local); the pipeline only appends."""
 
 from __future__ import annotations
 
@@ -25,7 +21,7 @@ from urllib.parse import urlsplit
 import pandas as pd
 import requests
 import sqlalchemy
-from mlflow.entities import Experiment, Metric, Param
+from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 from mlflow.tracking import MlflowClient
@@ -54,8 +50,7 @@ HTTP_WAIT_BOUNDS = {
 }
 BOUNDED_HERE: set[str] = set()
 
-# MLflow logs each database error of its SQL store with a traceback, then raises it; the stage
-# reports what it raises in one line, so the log only adds a traceback to that line.
+# MLflow logs each SQL store error with a traceback before raising it; the stage's line suffices.
 logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 
 
@@ -101,12 +96,9 @@ def label() -> str:
 
 
 def connect(experiment: str) -> tuple[MlflowClient, str]:
-    """The client and the experiment id; creates the store and the experiment on first use.
-
-    Call it in the main thread before any worker starts. A new SQLite store is made whole in a
-    file of its own and then renamed into place: a store whose making failed half-way (a full
-    disk) is never left behind to be taken for a store.
-    """
+    """The client and the experiment id; creates the store and the experiment on first use (in
+    the main thread, before any worker starts). A new SQLite store is made in a file of its own
+    and renamed into place, so one whose making failed (a full disk) is never taken for a store."""
     remote = tracking_uri_from_environment()
     if remote is not None:
         os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # a line per run
@@ -131,8 +123,7 @@ def connect(experiment: str) -> tuple[MlflowClient, str]:
 
 
 def _open_experiment(client: MlflowClient, name: str) -> tuple[MlflowClient, str]:
-    """The experiment `name`, created if missing (a new local one with a relative artifact
-    root), marked as model training."""
+    """The experiment `name`, created if missing (a local one with a relative artifact root)."""
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
         try:
@@ -143,15 +134,16 @@ def _open_experiment(client: MlflowClient, name: str) -> tuple[MlflowClient, str
             if error.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
                 raise
         experiment = client.get_experiment_by_name(name)
-    _open_on_training_runs(client, experiment)
+    # Model training: MLflow 3's UI then opens it on its runs table, not the GenAI overview (in
+    # 3.17 a per-browser switch decides, which the README's link sets; docs/ui_check.py checks).
+    if experiment.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     return client, experiment.experiment_id
 
 
 def bound_http_waits() -> None:
-    """Bound MLflow's retries for the calls a stage waits on, unless the user set them: by
-    default MLflow retries a failing request 7 times with exponential backoff and waits 120 s
-    for each answer, which kept a stage silent for minutes in front of a server whose database
-    was down. With these a failing server is reported within about 45 s."""
+    """Bound MLflow's retries, unless the user set them: its defaults (7 retries with backoff, 120 s
+    per answer) kept a stage silent for minutes before a server whose database was down."""
     for name, value in HTTP_WAIT_BOUNDS.items():
         if name not in os.environ:
             os.environ[name] = value
@@ -159,8 +151,7 @@ def bound_http_waits() -> None:
 
 
 def _open_remote(uri: str, experiment: str) -> tuple[MlflowClient, str]:
-    """The server's client and experiment, or one line within a minute. Called before the
-    stage writes anything."""
+    """The server's client and experiment, or one line within a minute, before any write."""
     insecure = os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() == "true"
     verify = False if insecure else os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH") or True
     try:
@@ -197,34 +188,18 @@ def _refusal(uri: str, exc: Exception, experiment: str) -> str:
             "check MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
         )
     if ("error code 403" in text and "Permission denied" in text) or "PERMISSION_DENIED" in text:
-        return f"user {user or ''!r} may not use experiment {experiment!r}; an MLflow admin can grant EDIT on it"
+        return (
+            f"user {user or ''!r} may not use experiment {experiment!r}; an MLflow admin can "
+            "grant EDIT on it"
+        )
     return scrub(text)[:300]
 
 
-def _open_on_training_runs(client: MlflowClient, experiment: Experiment) -> None:
-    """Mark the experiment as model training, for new and existing stores alike.
-
-    MLflow 3's UI reads this tag (`mlflow.experimentKind`) to open an experiment on its runs
-    table rather than on the GenAI overview, unless its GenAI / Model training switch is on;
-    in 3.17 the switch is always on and a per-browser setting decides, which the README's link
-    sets with `?workflowType=machine_learning` (docs/ui_check.py checks that view).
-    """
-    if experiment.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
-        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
-
-
 def _make_artifact_location_relative(tracking_uri: str, experiment_id: str) -> None:
-    """Store the experiment's artifact root as the relative path `outputs/mlruns`.
-
-    MLflow's API always records an absolute path (`SqlAlchemyStore.create_experiment` passes
-    every local location through `resolve_uri_if_local`, and no setting turns that off), so a
-    store written in a container at /app/outputs would point nowhere on the host, and a clone
-    moved elsewhere would lose its artifacts. Runs and logged models inherit the experiment's
-    root, and MLflow resolves a relative root against the working directory: the project root
-    for every stage and for `mlflow ui` as the README starts it. This one UPDATE of MLflow's
-    own table is the only write outside its API; tests/test_tracking.py fails if MLflow's
-    schema or resolution changes under it.
-    """
+    """Store the experiment's artifact root as the relative `outputs/mlruns`, resolved against
+    the project root: MLflow's API records an absolute path, which points nowhere once the store
+    moves (written in a container, a clone moved). The only write outside MLflow's API;
+    tests/test_tracking.py fails if MLflow's schema or resolution changes under it."""
     db = tracking_uri.removeprefix("sqlite:///")
     paths.MLFLOW_ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with contextlib.closing(sqlite3.connect(db)) as connection, connection:
@@ -275,30 +250,22 @@ def log_final_model(
     study_run_id: str,
     study_name: str,
 ) -> dict[str, Any]:
-    """Log the refit model as hpo/tracking/served.py serves it (`served`: its model_config
-    and the distributions it imports), with its signature and an example (input and output),
-    registered in the model registry under the experiment's name.
-
-    A model whose bytes are already registered (train_best rerun on the same study) is not
-    logged again: its existing run and version are returned.
-    """
+    """Log the refit model as hpo/tracking/served.py serves it (`served`: its model_config and
+    the distributions it imports), with a signature and an example, registered under the
+    experiment's name; a model whose bytes are already registered returns that run and version."""
     import mlflow
     from mlflow.models import infer_signature
 
     registered = client.get_experiment(experiment_id).name
     digest = hashlib.sha256(model_file.read_bytes()).hexdigest()
-    known = client.search_model_versions(
-        f"name = '{registered}' and tags.{MODEL_DIGEST_TAG} = '{digest}'"
-    )
+    same_model = f"name = '{registered}' and tags.{MODEL_DIGEST_TAG} = '{digest}'"
+    known = client.search_model_versions(same_model)
     if known:
         found = min(known, key=lambda v: int(v.version))
         return _model_info(found.run_id, found.source, registered, found.version)
     tags = provenance_tags(params)
-    run = client.create_run(
-        experiment_id,
-        run_name=f"final-model {study_name}",
-        tags={"study_parent_run_id": study_run_id, "hpo.executor": "local-process", **tags},
-    )
+    run_tags = {"study_parent_run_id": study_run_id, "hpo.executor": "local-process", **tags}
+    run = client.create_run(experiment_id, run_name=f"final-model {study_name}", tags=run_tags)
     log_params_flat(client, run.info.run_id, params)
     mlflow.set_tracking_uri(client.tracking_uri)
     config, distributions = served

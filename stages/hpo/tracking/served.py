@@ -1,11 +1,6 @@
-"""The refit model as `mlflow models serve` answers: for regression a `prediction` column; for
-classification the predicted `label` and a `probability_<class>` column per class.
-
-MLflow logs this file as the model's code ("models from code", no pickle), with the hpo package
-beside it and the saved model as an artifact; `model_config` holds what the model was trained
-on: the family, the task, the classes and each text column's categories. A caller sends text
-columns as text; they become the categoricals the model was trained on.
-"""
+"""The refit model as `mlflow models serve` answers: a `prediction` (regression), or a `label`
+and a `probability_<class>` per class. MLflow logs this file as the model's code (no pickle); its
+`model_config` makes a caller's text columns the categoricals the model was trained on."""
 
 from __future__ import annotations
 

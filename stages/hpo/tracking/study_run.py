@@ -1,10 +1,6 @@
-"""The study's MLflow run: one parent run per study, one child run per told trial.
-
-`StudyRun` owns the parent run's whole life (open, finish, fail, kill) and writes the trial
-records under it. A trial's run holds its params, its final CV metrics and its learning curve
-as the metric history `cv_<metric>_curve` (step = boosting rounds), which the MLflow UI plots.
-Three store calls per trial and no artifact file.
-"""
+"""The study's MLflow run (open, finish, fail, kill) and one child run per told trial: its
+params, final CV metrics and learning curve (metric history `cv_<metric>_curve`, step = rounds),
+in three store calls and no artifact file."""
 
 from __future__ import annotations
 
@@ -51,19 +47,14 @@ class StudyRun:
         params: dict[str, Any],
         tags: dict[str, str],
     ) -> StudyRun:
-        """The study's run: created once, reopened when the study resumes or grows.
-
-        If the study outlived its MLflow store (mlflow.db deleted, or the run deleted in the UI),
-        a new parent run is created; the runner then records every trial under it again. (MLflow
-        does not delete child runs with their parent: after a deletion in the UI, the old trial
-        runs stay beside the new ones.)
-        """
+        """The study's run: created once, reopened when the study resumes or grows; created anew,
+        its trials recorded again, if the study outlived it (mlflow.db or the run deleted; MLflow
+        keeps the old child runs of a run deleted in the UI)."""
         run_id = study.user_attrs.get(STUDY_RUN_ID_ATTR)
         reopened = _active_run(client, run_id) if run_id is not None else None
         if reopened is not None:
             client.update_run(run_id, status="RUNNING")
-            # What this session runs from (commit, DVC experiment) and where (executor,
-            # workers) replaces what the last one said, a tag it does not carry included.
+            # This session's provenance and executor tags replace the last one's, absent ones too.
             client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
             for key in (OPTIONAL_PROVENANCE & reopened.data.tags.keys()) - tags.keys():
                 client.delete_tag(run_id, key)
@@ -90,9 +81,8 @@ class StudyRun:
             raise
 
     def finish(self, summary: dict[str, Any], finished_at: float) -> None:
-        """Log the study's outcome and mark the run finished at `finished_at` (the epoch seconds
-        its last trial was told: a study resumed, cut or returned to later keeps the end time,
-        and so the duration, of the trials it holds)."""
+        """Log the study's outcome; the run ends at `finished_at`, when its last trial was told
+        (so a study resumed, cut or returned to keeps the duration of the trials it holds)."""
         counts = summary["n_trials"]
         values = {
             f"best_cv_{self.metric}": summary["best_value"],
@@ -108,11 +98,8 @@ class StudyRun:
 
     def recorded_numbers(self) -> set[int]:
         """Trials with a complete child run; a run left half-written by a kill is removed."""
-        runs = self.client.search_runs(
-            [self.experiment_id],
-            f"tags.{MLFLOW_PARENT_RUN_ID} = '{self.run_id}'",
-            max_results=50_000,
-        )
+        children = f"tags.{MLFLOW_PARENT_RUN_ID} = '{self.run_id}'"
+        runs = self.client.search_runs([self.experiment_id], children, max_results=50_000)
         recorded = set()
         for run in runs:
             if run.info.status == "RUNNING":  # killed between create_run and set_terminated
@@ -138,16 +125,15 @@ class StudyRun:
         run_id = run.info.run_id
         timestamp = int(outcome.finished_at * 1000)
         metrics = [Metric("trial_number", trial.number, timestamp, 0)]
-        curve = _curve(outcome).items()
+        result = outcome.result
+        curve = result.curve.items() if result is not None else ()
         metrics += [Metric(f"cv_{self.metric}_curve", v, timestamp, step) for step, v in curve]
-        metrics += [
-            Metric(k, v, timestamp, 0) for k, v in _trial_metrics(outcome, self.metric).items()
-        ]
-        self.client.log_batch(
-            run_id,
-            metrics=metrics,
-            params=[Param(k, str(v)) for k, v in trial.params.items()],
-        )
+        if result is not None and not result.stopped_early:
+            final = {f"fold_{i}_{self.metric}": v for i, v in enumerate(result.fold_scores)}
+            final[f"cv_{self.metric}"] = result.mean
+            metrics += [Metric(k, v, timestamp, 0) for k, v in final.items()]
+        params = [Param(k, str(v)) for k, v in trial.params.items()]
+        self.client.log_batch(run_id, metrics=metrics, params=params)
         self.client.set_terminated(run_id, _RUN_STATUS[trial.state], end_time=timestamp)
 
 
@@ -160,16 +146,3 @@ def _active_run(client: MlflowClient, run_id: str) -> Run | None:
             return None
         raise
     return run if run.info.lifecycle_stage == LifecycleStage.ACTIVE else None
-
-
-def _curve(outcome: TrialOutcome) -> dict[int, float]:
-    return outcome.result.curve if outcome.result is not None else {}
-
-
-def _trial_metrics(outcome: TrialOutcome, metric: str) -> dict[str, float]:
-    result = outcome.result
-    if result is None or result.stopped_early:
-        return {}
-    return {f"fold_{i}_{metric}": v for i, v in enumerate(result.fold_scores)} | {
-        f"cv_{metric}": result.mean
-    }
