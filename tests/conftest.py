@@ -39,6 +39,7 @@ PROJECT_FILES = [
 # The plots page's custom Vega templates and HTML template, copied after `dvc init` makes .dvc/.
 DVC_DIR_FILES = ["plots", "plots_page.html"]
 
+
 def deep_update(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     for key, value in overrides.items():
         if isinstance(value, dict) and isinstance(base.get(key), dict):
@@ -62,8 +63,8 @@ TINY_PARAMS: dict[str, Any] = {
         "pruner": {"n_startup_trials": 2, "n_warmup_steps": 10, "interval_steps": 10},
     },
     **deep_update(
-        space("xgboost", {"n_estimators": {"low": 20, "high": 60}, "max_depth": {"low": 3, "high": 5}}),
-        space("lightgbm", {"n_estimators": {"low": 20, "high": 60}, "num_leaves": {"low": 8, "high": 32}}),
+        space("xgboost", {"n_estimators": {"low": 20, "high": 60}, "max_depth": {"high": 5}}),
+        space("lightgbm", {"n_estimators": {"low": 20, "high": 60}, "num_leaves": {"high": 32}}),
     ),
 }
 

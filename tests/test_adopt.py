@@ -96,11 +96,13 @@ def test_every_stage_reports_in_the_task_s_terms(run: tuple) -> None:
         assert 0.5 < metrics["test_accuracy"] <= 1
         predictions = pd.read_csv(project / "outputs/plots/test_predictions.csv")
         labels = set(pd.read_csv(project / f"data/{table}.csv")[target])
-        assert set(predictions["actual"]) <= labels and set(predictions["predicted"]) <= labels
+        assert set(predictions["actual"]) <= labels
+        assert set(predictions["predicted"]) <= labels
     curve = pd.read_csv(project / "outputs/plots/test_curve.csv")
     series = set(curve["series"])
     expected = {"regression": 1, "binary": 1, "multiclass": 3}[task]
-    assert len(series) == expected and (curve["x"] >= 0).all()
+    assert len(series) == expected
+    assert (curve["x"] >= 0).all()
     plots = json.loads(dvc(project, "plots", "show", "--json").stdout)
     assert not plots.get("errors")
     assert plots["data"]["Test split"][0]["content"]["data"]["values"]
@@ -111,7 +113,8 @@ def test_the_registered_model_is_served_as_the_task_wants(run: tuple) -> None:
     project, table, _family = run
     task, target = TABLES[table]
     results = _json(project, "results.json")
-    model = f"models:/{results['mlflow']['registered_model']}/{results['mlflow']['registered_model_version']}"
+    registered = results["mlflow"]
+    model = f"models:/{registered['registered_model']}/{registered['registered_model_version']}"
     rows = pd.read_csv(project / f"data/{table}.csv").drop(columns=target).head(6)
     body = json.dumps({"dataframe_split": json.loads(rows.to_json(orient="split", index=False))})
     tracking = {"MLFLOW_TRACKING_URI": f"sqlite:///{project / 'outputs/mlflow.db'}"}

@@ -19,10 +19,6 @@ from hpo.tracking import mlflow as tracking
 
 SECRET = "s3cr3t-P%40ss"  # URL-quoted "s3cr3t-P@ss"
 DASK_VAR, STORAGE_VAR, TRACKING_VAR = dask.DASK_VAR, studies.STORAGE_VAR, tracking.TRACKING_VAR
-# A library bug (stated as the correct behaviour; the mark goes when it is fixed).
-SQLITE_VALUE_SHOWN_RAW = pytest.mark.xfail(
-    strict=True, reason="hpo/storage/studies.py _sqlite_file shows the value without redact()"
-)
 CHECKS: dict[str, Callable[[], Any]] = {
     DASK_VAR: dask.address_from_environment,
     STORAGE_VAR: studies.storage_url_from_environment,
@@ -83,7 +79,7 @@ def test_another_sqlite_file_is_a_study_store_of_its_own(
         (STORAGE_VAR, f"postgresql://hpo:{SECRET}@/hpo"),  # no host
         (STORAGE_VAR, "sqlite://"),  # no file
         (STORAGE_VAR, "sqlite:///:memory:"),
-        pytest.param(STORAGE_VAR, f"sqlite://hpo:{SECRET}@/", marks=SQLITE_VALUE_SHOWN_RAW),
+        pytest.param(STORAGE_VAR, f"sqlite://hpo:{SECRET}@/"),
         (STORAGE_VAR, "sqlite:////no/such/folder/study.db"),
         (TRACKING_VAR, "ftp://127.0.0.1/runs"),
         (TRACKING_VAR, "sqlite:///mlflow.db"),  # a server only: the local store is the default

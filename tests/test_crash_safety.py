@@ -195,7 +195,8 @@ def test_a_second_tune_process_on_a_held_study_stops_with_one_line(
         waited = time.monotonic() - started
     errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
     assert done.returncode == 2, stderr
-    assert len(errors) == 1 and "Traceback" not in stderr, stderr
+    assert len(errors) == 1, stderr
+    assert "Traceback" not in stderr
     assert f"study {name} is being tuned by {holder}" in errors[0]
     assert studies.HOLD_TIMEOUT_S <= waited < studies.HOLD_TIMEOUT_S + 30
     assert not (project / "outputs/tune_summary.json").exists()

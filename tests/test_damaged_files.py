@@ -73,23 +73,10 @@ CASES = [
     ("evaluate", "data/prepared/test.parquet", OUTPUTS),
     ("plot", "outputs/optuna_study.db", OUTPUTS),
 ]
-# A library bug (stated as the correct behaviour; the mark goes when it is fixed).
-DAMAGED_STUDY_COPY_MISNAMED = pytest.mark.xfail(
-    strict=True,
-    reason="hpo/storage/studies.py open_storage no longer catches sqlite3.Error: the damaged "
-    "file's DatabaseError (from check_intact) reaches hpo.stage, which names the study store",
-)
-MISNAMED = {
-    ("plot", "outputs/optuna_study.db", "garbage"),
-    ("plot", "outputs/optuna_study.db", "truncated"),
-}
 
 
 def _case(stage: str, name: str, damage: str) -> Any:
-    marks = [DAMAGED_STUDY_COPY_MISNAMED] if (stage, name, damage) in MISNAMED else []
-    return pytest.param(
-        stage, name, damage, id=f"{stage}-{name.split('/')[-1]}-{damage}", marks=marks
-    )
+    return pytest.param(stage, name, damage, id=f"{stage}-{name.split('/')[-1]}-{damage}")
 
 
 PARAMS = tiered(

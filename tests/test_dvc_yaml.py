@@ -30,9 +30,9 @@ def test_the_code_names_no_path_that_dvc_yaml_does_not_declare() -> None:
     used = set()
     for source in (REPO / "stages").rglob("*.py"):
         for node in ast.walk(ast.parse(source.read_text())):
-            if isinstance(node, ast.Attribute) and getattr(node.value, "id", None) == "paths":
-                if node.attr.isupper():
-                    used.add(node.attr.lower())
+            is_path = isinstance(node, ast.Attribute) and getattr(node.value, "id", None) == "paths"
+            if is_path and node.attr.isupper():
+                used.add(node.attr.lower())
     assert used, "the stages read their paths through hpo.paths"
     assert used <= set(PATHS), f"not in dvc.yaml's vars: {used - set(PATHS)}"
 

@@ -14,6 +14,7 @@ from conftest import commit, dvc, make_project, run, tiered, trial_records, writ
 from mlflow.tracking import MlflowClient
 
 PARALLEL = {"tune": {"parallel_trials": 2, "n_trials": 8}}
+STAGES = ("prepare", "tune", "train_best", "evaluate", "plot")
 
 
 def _ran_stages(output: str) -> set[str]:
@@ -77,7 +78,7 @@ CHANGES = [
     ("plot param", {"plot": {"importance_seed": 7}}, {"plot"}),
     # Every stage depends on the whole library (dvc.yaml lists it once); tune then resumes its
     # study without evaluating a trial (test_only_code_that_shapes_trials_renames_the_study).
-    ("library module", "stages/hpo/figures.py", {"prepare", "tune", "train_best", "evaluate", "plot"}),
+    ("library module", "stages/hpo/figures.py", {*STAGES}),
     ("stage script", "stages/evaluate.py", {"evaluate"}),
     ("tune.n_trials", {"tune": {"n_trials": 9}}, {"tune", "train_best", "evaluate", "plot"}),
     ("split", {"prepare": {"test_size": 0.25}},

@@ -7,7 +7,6 @@ outputs/mlflow.db and outputs/mlruns), as every stage does.
 
 from __future__ import annotations
 
-import os
 import shutil
 import sqlite3
 from collections.abc import Callable
@@ -105,13 +104,6 @@ def test_a_new_store_holds_the_named_experiment(new_project: Path) -> None:
     assert other.get_experiment(other_id).artifact_location == ARTIFACTS.as_posix()
 
 
-def _block_with_a_folder(project: Path) -> Callable[[], None]:
-    """A folder where this process makes the new store (its partial file)."""
-    partial = project / f"{DB}.partial-{os.getpid()}"
-    partial.mkdir(parents=True)
-    return partial.rmdir
-
-
 def _block_the_artifact_root(project: Path) -> Callable[[], None]:
     """A file where the artifact folder goes: the store is made, the experiment's step fails."""
     blocker = project / ARTIFACTS
@@ -120,72 +112,31 @@ def _block_the_artifact_root(project: Path) -> Callable[[], None]:
     return blocker.unlink
 
 
-BLOCKS = {
-    "partial-file-a-folder": _block_with_a_folder,
-    "artifacts-a-file": _block_the_artifact_root,
-}
-FOLDER_RAISES_RAW = pytest.mark.xfail(
-    strict=True,
-    raises=IsADirectoryError,
-    reason="hpo/tracking/mlflow.py connect: `partial.unlink()` in its except clause raises "
-    "again for a folder, replacing the one-line PipelineError",
-)
-RETRY_REUSES_MLFLOWS_CACHED_STORE = pytest.mark.xfail(
-    strict=True,
-    raises=PipelineError,
-    reason="hpo/tracking/mlflow.py connect: the retry in the same process reuses the partial "
-    "file's name, and MLflow's store and engine cached for that URI (on the deleted file): "
-    "'attempt to write a readonly database'",
-)
-
-
-@pytest.mark.parametrize(
-    "block",
-    [
-        pytest.param("partial-file-a-folder", marks=FOLDER_RAISES_RAW),
-        pytest.param("artifacts-a-file"),
-    ],
-)
-def test_a_failed_first_creation_leaves_no_store(new_project: Path, block: str) -> None:
-    BLOCKS[block](new_project)
+def test_a_failed_first_creation_leaves_no_store_and_names_the_file_at_fault(
+    new_project: Path,
+) -> None:
+    _block_the_artifact_root(new_project)
     with pytest.raises(PipelineError) as raised:
         tracking.connect(EXPERIMENT)
-    assert str(raised.value).startswith(f"{DB}: ")
+    assert str(raised.value).startswith(f"{ARTIFACTS}: ")
     assert "\n" not in str(raised.value)
     left = {p.name for p in (new_project / "outputs").iterdir()} - {"mlflow.db.lock", "mlruns"}
-    assert left <= {f"mlflow.db.partial-{os.getpid()}"}  # no store, no file of its making
+    assert left == set()  # no store, no file of its making
     assert not (new_project / DB).exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="hpo/tracking/mlflow.py connect names outputs/mlflow.db for every OSError: "
-    "'outputs/mlflow.db: file exists; move it aside', a file that does not exist",
-)
-def test_a_blocked_artifact_folder_is_the_file_named(new_project: Path) -> None:
-    _block_the_artifact_root(new_project)
-    with pytest.raises(PipelineError, match=f"^{ARTIFACTS}: "):
-        tracking.connect(EXPERIMENT)
-
-
-@pytest.mark.parametrize(
-    "block",
-    [
-        pytest.param("partial-file-a-folder"),
-        pytest.param("artifacts-a-file", marks=RETRY_REUSES_MLFLOWS_CACHED_STORE),
-    ],
-)
-def test_the_next_connect_after_a_failed_creation_makes_the_store(
-    new_project: Path, block: str
-) -> None:
-    unblock = BLOCKS[block](new_project)
-    with pytest.raises((PipelineError, OSError)):  # what each gives: the test above
+def test_the_next_connect_after_a_failed_creation_makes_the_store(new_project: Path) -> None:
+    unblock = _block_the_artifact_root(new_project)
+    with pytest.raises(PipelineError):
         tracking.connect(EXPERIMENT)
     unblock()
+    stale = new_project / f"{DB}.partial-0123456789ab"  # as a killed creation leaves it
+    stale.write_bytes(b"half a store")
 
     client, experiment_id = tracking.connect(EXPERIMENT)
 
     assert client.get_experiment(experiment_id).name == EXPERIMENT
+    assert not stale.exists()
     with sqlite3.connect(f"file:{new_project / DB}?mode=ro", uri=True) as db:
         assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
         assert db.execute("SELECT name FROM experiments").fetchall() == [
@@ -292,21 +243,11 @@ def test_the_artifact_root_stays_relative_wherever_the_project_is(
     assert (tmp_path / "note.txt").read_text() == "hello"
 
 
-UNKNOWN_SCHEMA_RAISES_RAW = pytest.mark.xfail(
-    strict=True,
-    raises=sqlite3.OperationalError,
-    reason="hpo/tracking/mlflow.py _make_artifact_location_relative lost the old "
-    "`except sqlite3.Error`: a renamed column escapes as 'no such column'",
-)
-
-
 @pytest.mark.parametrize(
     "change",
     [
         pytest.param(
-            "ALTER TABLE experiments RENAME COLUMN artifact_location TO root",
-            marks=UNKNOWN_SCHEMA_RAISES_RAW,
-            id="column-renamed",
+            "ALTER TABLE experiments RENAME COLUMN artifact_location TO root", id="column-renamed"
         ),
         pytest.param("DELETE FROM experiments WHERE name != 'Default'", id="row-gone"),
     ],

@@ -3,6 +3,7 @@ one line per wrong key path (unknown, missing, repeated, wrong type, impossible 
 
 from __future__ import annotations
 
+import dataclasses
 import decimal
 import difflib
 import re
@@ -15,7 +16,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from pydantic_core import ErrorDetails
 
 from hpo.errors import RUN_FROM_ROOT, PipelineError
-from hpo.models import Setup
 from hpo.tasks import DEFAULT_METRIC, METRICS, Task
 
 PARAMS_FILE = Path("params.yaml")
@@ -24,6 +24,16 @@ FAMILIES = tuple(sorted(p.stem for p in (Path(__file__).parent / "models").glob(
 # Seeds go to NumPy, scikit-learn and Optuna, which take 0 <= seed < 2**32.
 Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
 Scalar = pydantic.StrictStr | pydantic.StrictInt | pydantic.StrictFloat | pydantic.StrictBool
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    """What every fit of a study shares besides the tuned values (hpo.models)."""
+
+    task: str  # regression, binary or multiclass (hpo.tasks)
+    n_classes: int  # 0 for regression
+    seed: int
+    fixed: dict[str, Any] = dataclasses.field(default_factory=dict)  # untuned library params
 
 
 class _Strict(BaseModel):

@@ -192,6 +192,8 @@ def write_split(frame: pd.DataFrame, path: Path, target: str) -> None:
 def read_split(path: Path, data: DataParams) -> Split:
     """A split the prepare stage wrote, checked again: one line if it is missing or damaged."""
     try:
+        if path.is_dir():  # Parquet would read a folder as a dataset of its files
+            raise IsADirectoryError(path)
         table = pq.read_table(path)
     except (OSError, ValueError) as exc:  # ValueError: not Parquet, or cut short
         raise file_error(path, exc, REBUILD) from None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -63,8 +64,14 @@ def what_is_wrong(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror.lower()
     lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-    first = " ".join(lines[0].split()).split(" Stack trace:")[0] if lines else ""
-    return first or type(exc).__name__
+    return native_message(lines[0]) if lines else type(exc).__name__
+
+
+def native_message(text: str) -> str:
+    """A native library's message on one line, without XGBoost's "[time] file:line:" prefix
+    and the stack trace it appends."""
+    one_line = " ".join(text.split()).split(" Stack trace:")[0]
+    return re.sub(r"^\[[\d:]+\] \S+:\d+: ", "", one_line)
 
 
 def is_locked(exc: BaseException) -> bool:

@@ -138,6 +138,7 @@ def open_tune_session(params: Params, split: Split, stop: StopSignal) -> Iterato
                     study_run = StudyRun.open(
                         client, experiment_id, study, metric, run_params, tags
                     )
+                    writer.recount = lambda: sum(t.state.is_finished() for t in study.trials)
                     writer.configure(WriterConfig(
                         storage_url=typed_url, study_name=name, metric=metric, tags=tags,
                         study_label=studies.label(storage_url), tracking_label=tracking.label(),

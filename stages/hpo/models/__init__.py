@@ -7,27 +7,17 @@ from __future__ import annotations
 import importlib
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
 
+from hpo.config import Setup
 from hpo.errors import PipelineError
 
 # The number of boosting rounds, tuned in every family's search space.
 N_ROUNDS = "n_estimators"
-
-
-@dataclass(frozen=True)
-class Setup:
-    """What every fit of a study shares besides the tuned values."""
-
-    task: str  # regression, binary or multiclass (hpo.tasks)
-    n_classes: int  # 0 for regression
-    seed: int
-    fixed: dict[str, Any] = field(default_factory=dict)  # the family's untuned library params
 
 
 class FoldBooster(Protocol):

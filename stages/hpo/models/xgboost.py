@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import xgboost as xgb
 
+from hpo.errors import native_message
 from hpo.models import N_ROUNDS, Setup, available_cores, refusals
 
 LIBRARIES = ("xgboost",)
@@ -63,7 +64,7 @@ def _refused(name: str, value: Any) -> str | None:
             probe = xgb.DMatrix(np.arange(8.0).reshape(4, 2), label=np.arange(4.0))
             xgb.train({name: value, "nthread": 1, "verbosity": 1}, probe, num_boost_round=1)
         except xgb.core.XGBoostError as exc:
-            reason = " ".join(str(exc).split()).split(" Stack trace:")[0]
+            reason = native_message(str(exc))
             return f"XGBoost refuses {value!r} ({reason})"
     if any("are not used" in str(warning.message) for warning in caught):
         known = [*xgb.XGBRegressor().get_params(), "lambda", "alpha", "eta", "min_split_loss"]
@@ -132,4 +133,4 @@ def load(path: Path) -> xgb.Booster:
     try:
         return xgb.Booster(model_file=path)
     except xgb.core.XGBoostError as exc:
-        raise ValueError(" ".join(str(exc).split()).split(" Stack trace:")[0]) from None
+        raise ValueError(native_message(str(exc))) from None

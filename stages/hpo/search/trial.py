@@ -14,6 +14,8 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from hpo.errors import native_message
+
 
 @dataclass(frozen=True)
 class PrunerEvidence:
@@ -118,8 +120,7 @@ class TrialOutcome:
         cls, task: TrialTask, exc: BaseException, reported: dict[int, float] | None = None,
         started: float | None = None,
     ) -> TrialOutcome:  # fmt: skip
-        # XGBoost appends a native stack trace; the first part says what went wrong.
-        message = " ".join(str(exc).split()).split(" Stack trace:")[0]
+        message = native_message(str(exc))
         started_at = time.time() if started is None else started
         return cls(task.number, task.params, TrialState.FAIL, None, dict(reported or {}),
                    f"{type(exc).__name__}: {message}", started_at, time.time())  # fmt: skip

@@ -8,6 +8,7 @@ import fcntl
 import hashlib
 import os
 import socket
+import sqlite3
 import time
 import warnings
 from collections.abc import Iterator
@@ -26,7 +27,7 @@ from sqlalchemy.exc import ArgumentError
 from hpo import paths
 from hpo.errors import MOVE_STORE_ASIDE, REBUILD, PipelineError, file_error
 from hpo.redaction import redact, scrub, secrets_of, userinfo
-from hpo.storage.sqlite import check_intact
+from hpo.sqlite import check_intact
 from hpo.waits import announced
 
 STORAGE_VAR = "OPTUNA_STORAGE"
@@ -79,7 +80,8 @@ def storage_url_from_environment() -> URL | None:
 
 def _sqlite_file(url: URL, value: str) -> URL | None:
     if not url.database or url.database == ":memory:":
-        raise PipelineError(f"{STORAGE_VAR}: a SQLite study needs a file path, got {value!r}")
+        shown = redact(value)
+        raise PipelineError(f"{STORAGE_VAR}: a SQLite study needs a file path, got {shown!r}")
     path = Path(url.database)
     if not path.parent.is_dir():
         raise PipelineError(f"{STORAGE_VAR}: folder {path.parent} does not exist")
@@ -129,7 +131,7 @@ def open_storage(path: Path, remedy: str = REBUILD) -> RDBStorage:
         check_intact(path)
         engine_kwargs = {"connect_args": {"timeout": LOCK_TIMEOUT_S}}
         storage = RDBStorage(f"sqlite:///{path}", engine_kwargs=engine_kwargs)
-    except (OSError, sqlalchemy.exc.SQLAlchemyError, StorageInternalError) as exc:
+    except (OSError, sqlite3.Error, sqlalchemy.exc.SQLAlchemyError, StorageInternalError) as exc:
         raise file_error(path, exc, remedy) from None
     sqlalchemy.event.listen(storage.engine, "connect", _sqlite_pragmas)
     storage.engine.dispose()  # drop connections opened before the listener existed

@@ -12,6 +12,7 @@ import queue
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
@@ -21,7 +22,7 @@ from optuna.trial import FrozenTrial
 from hpo.errors import PipelineError, what_is_wrong
 from hpo.protocol.writes import PENDING_ATTR
 from hpo.search.trial import TrialOutcome
-from hpo.storage.sqlite import file_identity
+from hpo.sqlite import file_identity
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,9 @@ class WriteBehind:
         self._flushes = self._flushed = self.kept = 0
         self._error: str | None = None
         self._closed = self._configured = False
+        # How many finished trials the study holds, counted in the store when the child dies
+        # (it may have stored one more than it could say); set by the session.
+        self.recount: Callable[[], int] | None = None
 
     def configure(self, config: WriterConfig) -> None:
         self._configured = True
@@ -137,10 +141,13 @@ class WriteBehind:
             code = self._process.exitcode
             killed = code is not None and code < 0
             how = f"killed by signal {-code}" if killed else f"exit code {code}"
-            self._error = self._error or (
-                f"the study writer process ended unexpectedly ({how}); the study keeps its "
-                f"finished trials ({self.kept}), and `dvc repro` resumes it"
-            )
+            if self._error is None:
+                with contextlib.suppress(Exception):
+                    self.kept = self.recount() if self.recount else self.kept
+                self._error = (
+                    f"the study writer process ended unexpectedly ({how}); the study keeps its "
+                    f"finished trials ({self.kept}), and `dvc repro` resumes it"
+                )
         self._raise_error()
 
     def _raise_error(self) -> None:
@@ -149,10 +156,17 @@ class WriteBehind:
 
 
 class StoreWriter:
-    """The TrialWriter applied where it is called (writer process, tests); `recorder` optional."""
+    """The TrialWriter applied where it is called (writer process, tests); `recorder` optional;
+    `on_stored(number, kept)` hears of each trial once it is in the study, before its record."""
 
-    def __init__(self, storage: Any, study_name: str, recorder: Any = None) -> None:
-        self.storage, self.recorder = storage, recorder
+    def __init__(
+        self,
+        storage: Any,
+        study_name: str,
+        recorder: Any = None,
+        on_stored: Callable[[int, int], None] = lambda _number, _kept: None,
+    ) -> None:
+        self.storage, self.recorder, self.on_stored = storage, recorder, on_stored
         self.study_id = storage.get_study_id_from_name(study_name)
         trials = storage.get_all_trials(self.study_id, deepcopy=False)
         self.kept = sum(trial.state.is_finished() for trial in trials)  # finished, in the study
@@ -183,6 +197,7 @@ class StoreWriter:
         self.storage.set_trial_state_values(trial_id, trial.state, values)
         self.kept += 1
         self._stored.append(trial.number)
+        self.on_stored(trial.number, self.kept)
         self._record(trial, outcome)
 
     def stored(self) -> list[int]:
@@ -233,7 +248,11 @@ def _serve(connection: Connection) -> None:
         try:
             recorder = StudyRun(MlflowClient(config.tracking_uri), config.experiment_id,
                                 config.run_id, config.metric, config.tags)  # fmt: skip
-            writer = StoreWriter(storage, config.study_name, recorder)
+
+            def stored(number: int, kept: int) -> None:
+                connection.send(("stored", number, kept))
+
+            writer = StoreWriter(storage, config.study_name, recorder, stored)
             connection.send(("kept", writer.kept))
             files = {label: file_identity(path) for label, path in config.files.items()}
             for name, *args in _commands(connection):
@@ -244,8 +263,6 @@ def _serve(connection: Connection) -> None:
                     connection.send(("flushed",))
                     continue
                 getattr(writer, name)(*args)
-                for number in writer.stored():
-                    connection.send(("stored", number, writer.kept))
         finally:
             close_storage(storage)
     except Exception as exc:  # the driver shows it as one line, its secrets masked there

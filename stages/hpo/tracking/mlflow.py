@@ -13,6 +13,7 @@ import re
 import sqlite3
 import subprocess
 import time
+import uuid
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT
 from hpo import paths
 from hpo.errors import MOVE_STORE_ASIDE, PipelineError, file_error
 from hpo.redaction import redact, scrub, userinfo
-from hpo.storage.sqlite import check_intact, process_lock
+from hpo.sqlite import check_intact, process_lock
 from hpo.waits import announced
 
 TRACKING_VAR = "MLFLOW_TRACKING_URI"
@@ -105,12 +106,15 @@ def connect(experiment: str) -> tuple[MlflowClient, str]:
         bound_http_waits()
         with announced(f"the MLflow server at {redact(remote)} ({TRACKING_VAR})"):
             return _open_remote(remote, experiment)
-    db, partial = paths.MLFLOW_DB, Path(f"{paths.MLFLOW_DB}.partial-{os.getpid()}")
+    # A name of its own per attempt: MLflow keeps a store open per URI for the process's life.
+    db, partial = paths.MLFLOW_DB, Path(f"{paths.MLFLOW_DB}.partial-{uuid.uuid4().hex[:12]}")
     try:
         check_intact(db)
         with process_lock(db):
             if not db.exists():
-                partial.unlink(missing_ok=True)
+                for stale in db.parent.glob(f"{db.name}.partial-*"):  # a killed creation's
+                    with contextlib.suppress(OSError):
+                        stale.unlink()
                 _open_experiment(MlflowClient(f"sqlite:///{partial.resolve()}"), experiment)
                 os.replace(partial, db)
             with contextlib.closing(sqlite3.connect(db)) as connection:
@@ -118,8 +122,10 @@ def connect(experiment: str) -> tuple[MlflowClient, str]:
                 connection.execute("PRAGMA journal_mode=WAL")
             return _open_experiment(MlflowClient(f"sqlite:///{db.resolve()}"), experiment)
     except (OSError, sqlite3.Error, MlflowException, sqlalchemy.exc.SQLAlchemyError) as exc:
-        partial.unlink(missing_ok=True)
-        raise file_error(db, exc, MOVE_STORE_ASIDE) from None
+        with contextlib.suppress(OSError):
+            partial.unlink(missing_ok=True)
+        at_fault = exc.filename if isinstance(exc, OSError) and exc.filename else db
+        raise file_error(at_fault, exc, MOVE_STORE_ASIDE) from None
 
 
 def _open_experiment(client: MlflowClient, name: str) -> tuple[MlflowClient, str]:
@@ -202,15 +208,19 @@ def _make_artifact_location_relative(tracking_uri: str, experiment_id: str) -> N
     tests/test_tracking.py fails if MLflow's schema or resolution changes under it."""
     db = tracking_uri.removeprefix("sqlite:///")
     paths.MLFLOW_ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    with contextlib.closing(sqlite3.connect(db)) as connection, connection:
-        updated = connection.execute(
-            "UPDATE experiments SET artifact_location = ? WHERE experiment_id = ?",
-            (paths.MLFLOW_ARTIFACTS.as_posix(), int(experiment_id)),
-        ).rowcount
+    try:
+        with contextlib.closing(sqlite3.connect(db)) as connection, connection:
+            updated = connection.execute(
+                "UPDATE experiments SET artifact_location = ? WHERE experiment_id = ?",
+                (paths.MLFLOW_ARTIFACTS.as_posix(), int(experiment_id)),
+            ).rowcount
+        reason = "no such experiment row"
+    except sqlite3.Error as exc:
+        updated, reason = 0, str(exc)
     if updated != 1:
         raise PipelineError(
-            f"{paths.MLFLOW_DB}: cannot make the artifact root relative (no such experiment "
-            "row); this MLflow version's store schema is not the one the pipeline knows"
+            f"{paths.MLFLOW_DB}: cannot make the artifact root relative ({reason}); this MLflow "
+            "version's store schema is not the one the pipeline knows"
         )
 
 
