@@ -226,25 +226,53 @@ def commit(project: Path, message: str) -> None:
     run(project, "git", "commit", "-qm", message, "--allow-empty")
 
 
-@pytest.fixture(scope="session")
-def tiny_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One full `dvc repro` of the tiny configuration, shared by the read-only checks.
-
-    It runs once per test run, in whichever pytest-xdist worker needs it first (the other
-    waits on the lock). Each worker then gets its own copy: checks that run commands in it
-    (`dvc status`, opening its SQLite stores) never race with another worker copying it.
-    """
-    shared = tmp_path_factory.getbasetemp()
+def shared_run(
+    request: pytest.FixtureRequest,
+    factory: pytest.TempPathFactory,
+    name: str,
+    overrides: dict[str, Any],
+    *targets: str,
+) -> Path:
+    """A project of `overrides` after `dvc repro [targets]`, made once per test run by whichever
+    pytest-xdist worker needs it first (the other waits on the lock), and copied for each
+    caller: checks that run commands in it never race with a worker copying it."""
+    shared = factory.getbasetemp()
     if hasattr(request.config, "workerinput"):  # an xdist worker: its base is inside the run's
         shared = shared.parent
-    built, done = shared / "tiny-run" / "project", shared / "tiny-run" / "done"
-    with FileLock(shared / "tiny-run.lock"):
+    built, done = shared / name / "project", shared / name / "done"
+    with FileLock(shared / f"{name}.lock"):
         if not done.exists():
             shutil.rmtree(built.parent, ignore_errors=True)  # what a failed attempt left
-            make_project(built, GROWN_SPACE)
-            dvc(built, "repro")
+            make_project(built, overrides)
+            dvc(built, "repro", *targets)
             done.touch()
-    return shutil.copytree(built, tmp_path_factory.mktemp("tiny") / "project", symlinks=True)
+    return shutil.copytree(built, factory.mktemp(name) / "project", symlinks=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One full `dvc repro` of the tiny configuration, shared by the read-only checks."""
+    return shared_run(request, tmp_path_factory, "tiny-run", GROWN_SPACE)
+
+
+# Trials of a few seconds each, so that a signal or a fault lands in the middle of tuning.
+SLOW = deep_update(
+    {"tune": {"n_trials": 8, "pruner": {"n_startup_trials": 20}}},  # no pruning: full trials
+    space(
+        "xgboost", {"n_estimators": {"low": 150, "high": 200}, "max_depth": {"low": 8, "high": 9}}
+    ),
+)
+
+
+@pytest.fixture(scope="session")
+def slow_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The SLOW study tuned once without interruption: what every disturbed run must end with."""
+    return shared_run(request, tmp_path_factory, "slow-run", SLOW, "tune")
+
+
+@pytest.fixture
+def undisturbed(slow_run: Path) -> list[tuple]:
+    return trial_records(slow_run)
 
 
 def trial_records(project: Path) -> list[tuple]:

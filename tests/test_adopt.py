@@ -137,15 +137,9 @@ def test_the_registered_model_is_served_as_the_task_wants(run: tuple) -> None:
     assert list(served["label"]) == [classes[i] for i in probabilities.argmax(axis=1)]
 
 
-@pytest.mark.parametrize(
-    ("table", "family"),
-    tiered(
-        [pytest.param(t, f, id=f"{t}-{f}") for t in TABLES for f in ("xgboost", "lightgbm")],
-        {"wine-lightgbm"},
-    ),
-)
-def test_a_rerun_from_scratch_is_bit_identical(tmp_path: Path, table: str, family: str) -> None:
-    first, second = (adopted(tmp_path / name, table, family) for name in ("first", "second"))
+def test_a_rerun_from_scratch_is_bit_identical(run: tuple, tmp_path: Path) -> None:
+    first, table, family = run
+    second = adopted(tmp_path / "second", table, family)
     assert trial_records(first) == trial_records(second)
     model = next((first / "outputs/model").iterdir()).name
     assert (first / "outputs/model" / model).read_bytes() == (

@@ -16,17 +16,10 @@ from pathlib import Path
 import optuna
 import pytest
 import sqlalchemy
-from conftest import deep_update, dvc, make_project, space, subprocess_env, tiered, trial_records
+from conftest import SLOW, dvc, make_project, subprocess_env, tiered, trial_records
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-# Trials of a few seconds each, so that a signal lands in the middle of tuning.
-SLOW = deep_update(
-    {"tune": {"n_trials": 8, "pruner": {"n_startup_trials": 20}}},  # no pruning: full trials
-    space(
-        "xgboost", {"n_estimators": {"low": 150, "high": 200}, "max_depth": {"low": 8, "high": 9}}
-    ),
-)
 N_TRIALS = SLOW["tune"]["n_trials"]
 
 
@@ -96,14 +89,6 @@ def _mlflow_runs(project: Path) -> list:
     client = MlflowClient(f"sqlite:///{project / 'outputs/mlflow.db'}")
     experiment = client.get_experiment_by_name("xgboost-california-housing")
     return client.search_runs([experiment.experiment_id], max_results=1000)
-
-
-@pytest.fixture(scope="module")
-def undisturbed(tmp_path_factory: pytest.TempPathFactory) -> list[tuple]:
-    """The trials of the SLOW study run once without interruption: what every run must end with."""
-    project = make_project(tmp_path_factory.mktemp("undisturbed") / "p", SLOW)
-    dvc(project, "repro", "tune")
-    return trial_records(project)
 
 
 def _assert_undisturbed(

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import dvc, make_project, tiered
+from conftest import SLOW, dvc, make_project, tiered
 from services import (
     PostgresServer,
     _start_or_fail,
@@ -25,13 +25,11 @@ from services import (
     postgres_server,
 )
 from test_crash_safety import (
-    SLOW,
     StudyStorage,
     _assert_undisturbed,
     _start,
     _study,
     _wait_for_finished_trials,
-    undisturbed,  # noqa: F401 - the fixture, shared with test_crash_safety
 )
 from test_scale_out import WORKERS_ENV
 
@@ -123,7 +121,7 @@ def test_a_tracking_server_whose_database_is_down_gives_one_line_within_a_minute
 def test_a_study_database_lost_mid_run_gives_one_line_and_the_run_resumes(
     tmp_path: Path,
     own_postgres: PostgresServer,
-    undisturbed: list[tuple],  # noqa: F811
+    undisturbed: list[tuple],
 ) -> None:
     url = own_postgres.create_database("study")
     storage = StudyStorage({"OPTUNA_STORAGE": url}, url)

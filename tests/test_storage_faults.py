@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import dvc, make_project, subprocess_env, tiered, trial_records
-from test_crash_safety import SLOW, _start
+from conftest import dvc, subprocess_env, tiered, trial_records
+from test_crash_safety import _start
 
 STORE = "outputs/optuna_store.db"
 PRINTED = re.compile(r"^trial +(\d+) (COMPLETE|PRUNED|FAIL)", re.MULTILINE)
@@ -51,18 +51,11 @@ def _kept(line: str) -> int:
     return int(re.search(r"keeps its finished trials \((\d+)\)", line).group(1))
 
 
-@pytest.fixture(scope="module")
-def undisturbed(tmp_path_factory: pytest.TempPathFactory) -> list[tuple]:
-    project = make_project(tmp_path_factory.mktemp("undisturbed") / "p", SLOW)
-    dvc(project, "repro", "tune")
-    return trial_records(project)
-
-
 @pytest.fixture
-def prepared(tmp_path: Path) -> Path:
-    project = make_project(tmp_path / "p", SLOW)
-    dvc(project, "repro", "prepare")
-    return project
+def prepared(slow_run: Path) -> Path:
+    """The SLOW project with its split prepared and nothing tuned yet."""
+    shutil.rmtree(slow_run / "outputs")
+    return slow_run
 
 
 def _in_namespace(project: Path, script: str) -> subprocess.CompletedProcess:
