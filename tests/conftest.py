@@ -60,7 +60,7 @@ TINY_PARAMS: dict[str, Any] = {
         "n_trials": 6,
         "cv_folds": 2,
         "sampler": {"n_startup_trials": 3},
-        "pruner": {"n_startup_trials": 2, "n_warmup_steps": 10, "interval_steps": 10},
+        "pruner": {"n_startup_trials": 1, "n_warmup_steps": 10, "interval_steps": 10},
     },
     **deep_update(
         space("xgboost", {"n_estimators": {"low": 20, "high": 60}, "max_depth": {"high": 5}}),
@@ -257,9 +257,9 @@ def tiny_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
 
 # Trials of a few seconds each, so that a signal or a fault lands in the middle of tuning.
 SLOW = deep_update(
-    {"tune": {"n_trials": 8, "pruner": {"n_startup_trials": 20}}},  # no pruning: full trials
+    {"tune": {"n_trials": 6, "pruner": {"n_startup_trials": 20}}},  # no pruning: full trials
     space(
-        "xgboost", {"n_estimators": {"low": 150, "high": 200}, "max_depth": {"low": 8, "high": 9}}
+        "xgboost", {"n_estimators": {"low": 100, "high": 150}, "max_depth": {"low": 8, "high": 9}}
     ),
 )
 

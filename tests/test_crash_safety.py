@@ -111,7 +111,9 @@ def _stores(default: str) -> pytest.MarkDecorator:
     return pytest.mark.parametrize("storage", tiered(stores, {default}), indirect=True)
 
 
-@_stores(default="sqlite")
+# The default tier kills `dvc repro` in tests/test_storage_faults.py, with the same checks.
+@pytest.mark.exhaustive
+@pytest.mark.parametrize("storage", ["sqlite", "postgresql"], indirect=True)
 def test_sigkill_mid_tune_keeps_finished_trials_and_resumes(
     tmp_path: Path, storage: StudyStorage, undisturbed: list[tuple]
 ) -> None:
@@ -207,6 +209,9 @@ def _records(study: optuna.Study) -> list[tuple]:
     ]
 
 
+# The default tier: the runner records failures (tests/test_tuning.py), and a FAIL trial's
+# MLflow run (tests/test_tracking.py); this runs the whole pipeline through them.
+@pytest.mark.exhaustive
 def test_failing_trials_are_recorded_and_the_pipeline_goes_on(tmp_path: Path) -> None:
     project = make_project(tmp_path / "p")
     dvc(project, "repro", env={"HPO_INJECT_FAULT_TRIALS": "1,3"})

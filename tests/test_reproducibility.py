@@ -5,16 +5,23 @@ from __future__ import annotations
 import json
 import re
 import shutil
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import optuna
 import pytest
-from conftest import commit, dvc, make_project, run, tiered, trial_records, write_params
-from mlflow.tracking import MlflowClient
+from conftest import (
+    GROWN_SPACE,
+    TINY_PARAMS,
+    commit,
+    dvc,
+    make_project,
+    tiered,
+    trial_records,
+    write_params,
+)
 
-PARALLEL = {"tune": {"parallel_trials": 2, "n_trials": 8}}
 STAGES = ("prepare", "tune", "train_best", "evaluate", "plot")
+N_TRIALS = TINY_PARAMS["tune"]["n_trials"]
 
 
 def _ran_stages(output: str) -> set[str]:
@@ -22,14 +29,12 @@ def _ran_stages(output: str) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def twin_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """Two independent runs of the same params, each in its own fresh project, at the same time
-    (so each also runs on a machine the other keeps busy)."""
-    root = tmp_path_factory.mktemp("twins")
-    projects = (make_project(root / "a", PARALLEL), make_project(root / "b", PARALLEL))
-    with ThreadPoolExecutor(len(projects)) as pool:
-        list(pool.map(lambda project: dvc(project, "repro"), projects))
-    return projects
+def twin_runs(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Two independent runs of the same params (2 parallel trials), each in its own fresh
+    project: the shared tiny run, and this module's own."""
+    twin = make_project(tmp_path_factory.mktemp("twin") / "b", GROWN_SPACE)
+    dvc(twin, "repro")
+    return tiny_run, twin
 
 
 def test_two_runs_give_identical_trials(twin_runs: tuple[Path, Path]) -> None:
@@ -113,71 +118,6 @@ def _finished_at(project: Path) -> dict[int, object]:
         t.number: t.datetime_complete
         for t in optuna.load_study(study_name=name, storage=storage).trials
     }
-
-
-def _trial_runs(project: Path, results: dict) -> list:
-    client = MlflowClient(f"sqlite:///{project / 'outputs/mlflow.db'}")
-    study_run = client.get_run(results["mlflow"]["study_run_id"])
-    return client.search_runs(
-        [study_run.info.experiment_id],
-        f"tags.mlflow.parentRunId = '{study_run.info.run_id}'",
-        max_results=1000,
-    )
-
-
-def test_experiments_grow_and_cut_the_study_without_recomputing_it(
-    twin_runs: tuple[Path, Path], tmp_path: Path
-) -> None:
-    """5 trials, then `dvc exp run -S tune.n_trials=8`: the trials and model of an 8-trial run
-    from scratch, from 3 new trials. Then 3 trials and back to the committed 5: no new trial."""
-    from_scratch = twin_runs[0]  # PARALLEL: 8 trials
-    project = make_project(tmp_path / "exp", {"tune": {**PARALLEL["tune"], "n_trials": 5}})
-    dvc(project, "repro")
-    commit(project, "a 5-trial run")
-    committed = trial_records(project)
-    committed_model = (project / "outputs/model/model.ubj").read_bytes()
-    finished_at = _finished_at(project)
-
-    dvc(project, "exp", "run", "-S", "tune.n_trials=8", "--name", "eight-trials")
-    assert trial_records(project) == trial_records(from_scratch)
-    assert (project / "outputs/model/model.ubj").read_bytes() == (
-        from_scratch / "outputs/model/model.ubj"
-    ).read_bytes()
-    grown = _finished_at(project)
-    assert {n: grown[n] for n in finished_at} == finished_at, "a stored trial was recomputed"
-    results = json.loads((project / "outputs/results.json").read_text())
-    assert len(_trial_runs(project, results)) == len(grown)  # one MLflow run per trial, once
-    client = MlflowClient(f"sqlite:///{project / 'outputs/mlflow.db'}")
-    head = run(project, "git", "rev-parse", "HEAD").stdout.strip()
-    for run_id in (results["mlflow"]["study_run_id"], results["mlflow"]["model_run_id"]):
-        tags = client.get_run(run_id).data.tags
-        assert tags["dvc_exp_name"] == "eight-trials"
-        assert tags["mlflow.source.git.commit"] == head
-    assert "eight-trials" in dvc(project, "exp", "show", "--json").stdout
-
-    done = dvc(project, "exp", "run", "-S", "tune.n_trials=3", "--name", "three-trials")
-    cut = trial_records(project)
-    said = f"tune.n_trials=3: the first {len(cut)} of the study's 8 stored trials; no trial"
-    assert said in done.stdout + done.stderr
-    finished = [i for i, record in enumerate(committed) if record[1] in ("COMPLETE", "PRUNED")]
-    assert cut == committed[: finished[2] + 1]  # the first trials holding 3 finished ones
-    # The study run ends when its last trial did, not when the cut study was last opened.
-    last_told = max(_finished_at(project)[n] for n in range(len(cut)))
-    study_run = client.get_run(results["mlflow"]["study_run_id"])
-    assert study_run.info.end_time == int(last_told.timestamp() * 1000)
-    assert study_run.info.run_name == results["study_name"]  # no trial count to go stale
-    assert study_run.data.tags["dvc_exp_name"] == "three-trials"
-
-    run(project, "git", "checkout", "--", "params.yaml", "dvc.lock")
-    dvc(project, "repro")
-    assert trial_records(project) == committed
-    assert (project / "outputs/model/model.ubj").read_bytes() == committed_model
-    assert _finished_at(project) == grown, "no trial ran after the 8-trial experiment"
-    assert len(_trial_runs(project, results)) == len(grown)
-    # The study run says what its last session ran from: outside an experiment, none. (The
-    # repro above took tune's outputs from DVC's run cache, without a session.)
-    dvc(project, "repro", "--force", "tune")
-    assert "dvc_exp_name" not in client.get_run(study_run.info.run_id).data.tags
 
 
 def test_only_code_that_shapes_trials_renames_the_study(

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 from conftest import dvc, subprocess_env, tiered, trial_records
-from test_crash_safety import _start
+from test_crash_safety import _assert_undisturbed, _start, _study
 
 STORE = "outputs/optuna_store.db"
 PRINTED = re.compile(r"^trial +(\d+) (COMPLETE|PRUNED|FAIL)", re.MULTILINE)
@@ -52,10 +52,12 @@ def _kept(line: str) -> int:
 
 
 @pytest.fixture
-def prepared(slow_run: Path) -> Path:
-    """The SLOW project with its split prepared and nothing tuned yet."""
-    shutil.rmtree(slow_run / "outputs")
-    return slow_run
+def prepared(slow_run: Path, tmp_path: Path) -> Path:
+    """A copy of the SLOW project with its split prepared and nothing tuned yet."""
+    project = shutil.copytree(slow_run, tmp_path / "p", symlinks=True)
+    shutil.rmtree(project / "outputs")
+    shutil.rmtree(project / ".dvc" / "cache")  # or `dvc repro` would restore tune's outputs
+    return project
 
 
 def _in_namespace(project: Path, script: str) -> subprocess.CompletedProcess:
@@ -71,32 +73,40 @@ def _in_namespace(project: Path, script: str) -> subprocess.CompletedProcess:
 def test_the_whole_process_group_killed_leaves_every_printed_trial_stored(
     prepared: Path, undisturbed: list[tuple]
 ) -> None:
-    process = _start(prepared, "stages/tune.py")
+    """`dvc repro` killed (SIGKILL to its process group: dvc, tune and the writer alike) mid-run:
+    every trial printed as done is stored, none is recomputed, and the next `dvc repro` ends
+    with the undisturbed trials and one MLflow run per trial."""
+    process = _start(prepared, "-m", "dvc", "repro")
     deadline = time.monotonic() + 120
     while len(_stored(prepared)) < 3:
         assert process.poll() is None, process.communicate()
         assert time.monotonic() < deadline
         time.sleep(0.05)
-    os.killpg(process.pid, signal.SIGKILL)  # the driver and its writer alike
+    os.killpg(process.pid, signal.SIGKILL)
     _, stderr = process.communicate()
     printed = {int(n) for n, _ in PRINTED.findall(stderr)}
-    assert printed <= _stored(prepared)
+    stored = _stored(prepared)
+    assert printed <= stored
+    finished_at = {t.number: t.datetime_complete for t in _study(prepared).trials}
     dvc(prepared, "repro", "tune")
-    assert trial_records(prepared) == undisturbed
+    after = {t.number: t.datetime_complete for t in _study(prepared).trials}
+    assert all(after[number] == finished_at[number] for number in stored), "a trial was recomputed"
+    _assert_undisturbed(prepared, undisturbed)
 
 
 @pytest.mark.parametrize(
     ("size", "store"),
     tiered(
         [
-            pytest.param("300k", "outputs/mlflow.db", id="full-while-making-the-mlflow-store"),
-            pytest.param("1400k", STORE, id="full-while-storing-trials"),
+            pytest.param("300k", ("outputs/mlflow.db",), id="full-while-making-the-mlflow-store"),
+            # whichever store the trials fill first
+            pytest.param("1400k", (STORE, "outputs/mlflow.db"), id="full-while-storing-trials"),
         ],
         {"full-while-storing-trials"},
     ),
 )
 def test_a_full_disk_is_one_line_and_the_run_resumes_once_there_is_space(
-    prepared: Path, undisturbed: list[tuple], size: str, store: str
+    prepared: Path, undisturbed: list[tuple], size: str, store: tuple[str, ...]
 ) -> None:
     """outputs/ on a tmpfs of `size`; then the tmpfs grows, and tune resumes there."""
     done = _in_namespace(
@@ -113,7 +123,7 @@ def test_a_full_disk_is_one_line_and_the_run_resumes_once_there_is_space(
     stderr = (prepared / "tune.err").read_text()
     line = _one_error(stderr)
     assert stderr.rstrip().endswith("exit 2")
-    assert line.startswith(f"error: {store}: "), line
+    assert line.startswith(tuple(f"error: {name}: " for name in store)), line
     assert "disk is full" in line
     printed = {int(n) for n, _ in PRINTED.findall(stderr)}
     stored = _stored(prepared, prepared / "optuna_store.db")

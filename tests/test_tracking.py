@@ -19,6 +19,7 @@ import xgboost as xgb
 import yaml
 from conftest import REPO
 from mlflow.tracking import MlflowClient
+from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 
 from hpo.errors import PipelineError
@@ -206,6 +207,22 @@ def test_child_runs_carry_the_provenance_tags_and_the_metric(
         assert run.data.metrics[f"fold_1_{METRIC}"] == pytest.approx(trial.value)
         curve = client.get_metric_history(run.info.run_id, f"cv_{METRIC}_curve")
         assert [(m.step, m.value) for m in curve] == [(10, pytest.approx(trial.value))]
+
+
+def test_a_failed_trial_s_run_is_failed_with_its_error(project: Path, study: optuna.Study) -> None:
+    client, experiment_id = tracking.connect(EXPERIMENT)
+    study_run = _open(client, experiment_id, study)
+    failed = optuna.trial.create_trial(
+        state=TrialState.FAIL, params={"x": 1.0}, distributions={"x": FloatDistribution(0, 2)},
+        user_attrs={"error": "RuntimeError: injected fault in trial 2"},
+    )  # fmt: skip
+    failed.number = 2
+    study_run.record(failed, TrialOutcome.from_frozen(failed))
+    (run,) = client.search_runs([experiment_id], "tags.optuna.trial_number = '2'")
+    assert run.info.status == "FAILED"
+    assert run.data.tags["optuna.state"] == "FAIL"
+    assert run.data.tags["error"] == "RuntimeError: injected fault in trial 2"
+    assert f"cv_{METRIC}" not in run.data.metrics
 
 
 def test_a_finished_study_run_keeps_the_time_of_its_last_trial(
