@@ -624,3 +624,34 @@ def test_load_params_names_the_file_it_read(tmp_path: Path) -> None:
     assert str(error.value) == (
         f"{path}: tune.cv_folds: Input should be greater than or equal to 2, got 1"
     )
+
+
+@pytest.mark.parametrize(
+    ("level", "shown"), [("quiet", False), ("normal", True), ("verbose", True)]
+)
+def test_the_log_level_a_user_sets_decides_the_progress_lines(
+    tmp_path: Path, run_stage, monkeypatch: pytest.MonkeyPatch, level: str, shown: bool
+) -> None:
+    project = _shipped_project(tmp_path)
+    monkeypatch.setenv("HPO_LOG_LEVEL", level)
+    done = run_stage("prepare", project)
+    assert done.exit_code == 0, done.stderr
+    assert ("prepared 16512 training and 4128 test rows" in done.stderr) is shown
+
+
+def test_an_unknown_log_level_is_one_line(
+    tmp_path: Path, run_stage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project = _shipped_project(tmp_path)
+    monkeypatch.setenv("HPO_LOG_LEVEL", "chatty")
+    line = run_stage("prepare", project).one_error()
+    assert line == "error: HPO_LOG_LEVEL: 'chatty' is not one of quiet, normal, verbose"
+    assert not (project / "data/prepared").exists()
+
+
+def _shipped_project(folder: Path) -> Path:
+    """The shipped params, dvc.yaml and table in `folder`."""
+    shutil.copy(REPO / "params.yaml", folder / "params.yaml")
+    shutil.copy(REPO / "dvc.yaml", folder / "dvc.yaml")
+    _shipped_table_in(folder)
+    return folder

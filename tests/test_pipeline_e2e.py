@@ -249,3 +249,26 @@ def test_notebook_runs_on_the_outputs(
     )
     figures = [o for o in outputs if "image/png" in o.get("data", {})]
     assert len(figures) == 5  # history, learning curves, importance, test split, fold spread
+
+
+def test_a_study_of_one_trial_is_plotted(tmp_path: Path) -> None:
+    """`tune.n_trials: 1` passes validation, so the plot stage takes it: the importance figure
+    says it needs two completed trials instead of failing, and its table is empty."""
+    from hpo.figures import history_figure, importance_evaluator, importance_figure
+    from hpo.figures import importance_table as table_of
+
+    study = optuna.create_study()
+    study.add_trial(
+        optuna.trial.create_trial(
+            params={"x": 1.0},
+            distributions={"x": optuna.distributions.FloatDistribution(0, 2)},
+            value=0.5,
+        )
+    )
+    importances = table_of(study, importance_evaluator("fanova", 0))
+    assert importances.empty
+    assert list(importances.columns) == ["param", "importance"]
+    figure = importance_figure(importances, "fanova")
+    assert "needs at least 2 completed trials" in figure.axes[0].texts[0].get_text()
+    history_figure(study).savefig(tmp_path / "history.png")
+    assert (tmp_path / "history.png").stat().st_size > 0
