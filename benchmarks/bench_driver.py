@@ -48,7 +48,6 @@ from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from statistics import mean
 
@@ -61,10 +60,14 @@ from optuna.trial import TrialState  # noqa: E402
 
 from hpo.config import Params, load_params  # noqa: E402
 from hpo.protocol.runner import StudyRunner  # noqa: E402
-from hpo.protocol.writes import FOLD_SCORES_ATTR  # noqa: E402
 from hpo.search.space import distributions, make_sampler  # noqa: E402
-from hpo.search.trial import CVResult, TrialOutcome, TrialTask  # noqa: E402
-from hpo.session import STOPPED_WRITER_EXIT_S, WRITER_EXIT_S  # noqa: E402
+from hpo.search.trial import (  # noqa: E402
+    FOLD_SCORES_ATTR,
+    CVResult,
+    TrialOutcome,
+    TrialTask,
+)
+from hpo.session import STOPPED_WRITER_EXIT_S, WRITER_EXIT_S, make_runner  # noqa: E402
 from hpo.storage import studies  # noqa: E402
 from hpo.storage.writer import WriteBehind, WriterConfig  # noqa: E402
 from hpo.tasks import direction  # noqa: E402
@@ -322,7 +325,7 @@ def driver_session(
     """The tune stage's session as hpo/session.py builds it, around the simulated cluster: the
     study `name` in a SQLite store in `directory`, its MLflow run in `mlflow_store`, the writer
     process and the runner. When the block ends, the writer has applied every write."""
-    tune, metric = params.tune, params.metric
+    metric = params.metric
     client, experiment_id = mlflow_store
     study_db = directory / "optuna_study.db"
     mlflow_db = client.tracking_uri.removeprefix("sqlite:///")
@@ -340,18 +343,7 @@ def driver_session(
                 experiment_id=experiment_id, run_id=study_run.run_id, metric=metric, tags=tags,
                 patient=(), files={str(study_db): str(study_db), mlflow_db: mlflow_db},
             ))  # fmt: skip
-            runner = StudyRunner(
-                study=study,
-                distributions=distributions(params.model.chosen.search_space),
-                metric=metric,
-                n_trials=tune.n_trials,
-                window=tune.parallel_trials + tune.lookahead,
-                make_sampler=partial(make_sampler, tune.sampler),
-                make_task=TrialTask,
-                executor=executor,
-                writer=writer,
-            )
-            yield DriverSession(runner, study_run)
+            yield DriverSession(make_runner(study, params, executor, writer), study_run)
             writer.close(WRITER_EXIT_S)
         finally:
             studies.close_storage(storage)

@@ -27,7 +27,6 @@ def main() -> None:
     family.save(model, model_file)
     config = model_config(family_name, params.data.task, train.classes, train.x)
     distributions = ["mlflow", "numpy", "pandas", "scipy", *family.SERVING]
-    example = train.x.head(5)
     settings = {
         "family": family_name,
         "seed": params.model.seed,
@@ -38,7 +37,7 @@ def main() -> None:
         experiment_id,
         model_file,
         (config, distributions),
-        (as_input(config, example), served_frame(config, family.predict(model, example))),
+        (as_input(config, train.x), served_frame(config, family.predict(model, train.x.head(5)))),
         {"model": settings, "best_params": summary["best_params"]},
         study_run_id=summary["mlflow_parent_run_id"],
         study_name=summary["study_name"],

@@ -17,10 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 import pytest
 import yaml
 from filelock import FileLock
+
+from hpo.search.trial import PrunerEvidence
 
 # Real PostgreSQL, MLflow server and Dask fixtures (tests/services.py).
 pytest_plugins = ["services"]
@@ -285,3 +288,12 @@ def trial_records(project: Path) -> list[tuple]:
     return [
         (t.number, t.state.name, t.params, t.value, t.intermediate_values) for t in study.trials
     ]
+
+
+def evidence_of(trials: list[tuple[float, dict[int, float]]]) -> PrunerEvidence:
+    """Pruner evidence from (objective value, {step: intermediate value}) pairs."""
+    steps = tuple(dict.fromkeys(step for _value, curve in trials for step in curve))
+    curves = np.full((len(trials), len(steps)), np.nan)
+    for row, (_value, curve) in enumerate(trials):
+        curves[row, [steps.index(step) for step in curve]] = list(curve.values())
+    return PrunerEvidence(steps, np.array([value for value, _curve in trials], dtype=float), curves)

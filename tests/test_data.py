@@ -5,6 +5,7 @@ one line naming the file, with the way to rebuild it."""
 
 from __future__ import annotations
 
+import decimal
 import gzip
 import hashlib
 import importlib.util
@@ -17,6 +18,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import yaml
 from conftest import REPO, deep_update, tiered
@@ -281,6 +284,31 @@ def test_numeric_class_labels_are_the_classes_of_both_splits(tmp_path: Path, run
         assert part.y.tolist() == cancer["target"].iloc[part.x["id"]].tolist()
 
 
+def test_decimals_and_booleans_are_numbers_and_a_boolean_target_keeps_its_labels(
+    tmp_path: Path, run_stage
+) -> None:
+    """As a database export has them: Parquet decimal and boolean columns."""
+    rows = range(40)
+    frame = pd.DataFrame({
+        "id": rows, "price": [decimal.Decimal(f"{i}.25") for i in rows],
+        "member": [i % 3 == 0 for i in rows], "y": [i % 2 == 0 for i in rows],
+    })  # fmt: skip
+    types = {"id": pa.int64(), "price": pa.decimal128(6, 2), "member": pa.bool_(), "y": pa.bool_()}
+    table = pa.Table.from_pandas(frame, schema=pa.schema(types.items()), preserve_index=False)
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer)
+    project = _project(tmp_path, "data/t.parquet", buffer.getvalue(), BINARY)
+
+    result = run_stage("prepare", project)
+
+    assert result.exit_code == 0, result.stderr
+    part = read_split(project / TRAIN, _data(project))
+    assert part.classes == ["False", "True"]
+    assert part.x["price"].dtype == part.x["member"].dtype == np.float64
+    assert part.x["price"].tolist() == [i + 0.25 for i in part.x["id"]]
+    assert [part.classes[code] for code in part.y] == [str(i % 2 == 0) for i in part.x["id"]]
+
+
 # --- bad tables: one line each, nothing written -----------------------------------------------
 
 NUMBERS = _csv("x,z,y", _numbers(20))
@@ -325,6 +353,18 @@ CASES = [
         TABLE, _csv("x,z,y", _labelled({"a": 10, "b": 10, "c": 10})), BINARY,
         "error: data/table.csv: ", ("the target 'y' has 3 classes; data.task binary takes 2",),
         id="binary-three-classes",
+    ),
+    pytest.param(
+        TABLE, _csv("x,z,y", _labelled({"a": 10, "b": 10})), MULTICLASS,
+        "error: data/table.csv: ",
+        ("the target 'y' has 2 classes; data.task multiclass takes 3 or more",),
+        id="multiclass-two-classes",
+    ),
+    pytest.param(
+        "data/table.parquet",
+        _parquet(pd.DataFrame({"when": pd.date_range("2024-01-01", periods=20), "y": range(20)})),
+        {}, "error: data/table.parquet: ", ("column 'when' is datetime64", "give numbers or text"),
+        id="date-column",
     ),
     pytest.param(
         TABLE, _csv("x,z,y", _labelled({"a": 30, "b": 30, "c": 5})),
@@ -434,8 +474,8 @@ CASES = [
 ]  # fmt: skip
 CASES = tiered(
     CASES,
-    {"target-missing", "binary-three-classes", "class-below-folds", "wrong-suffix",
-     "truncated-gzip", "infinite-feature", "checksum-mismatch"},
+    {"target-missing", "binary-three-classes", "multiclass-two-classes", "class-below-folds",
+     "wrong-suffix", "truncated-gzip", "infinite-feature", "checksum-mismatch"},
 )  # fmt: skip
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import REPO, tiered
+from conftest import REPO, evidence_of, tiered
 from optuna.trial import TrialState
 
 from hpo.config import Params, load_params
@@ -19,7 +19,7 @@ from hpo.execution.dask import StaleWorkerError, evaluate_on_worker
 from hpo.models import Setup
 from hpo.protocol.identity import TRIAL_CODE, TRIAL_LIBRARIES, this_process_identity
 from hpo.search.evaluation import TrainingData
-from hpo.search.trial import PrunerEvidence, TrialTask
+from hpo.search.trial import TrialTask
 from hpo.session import study_name
 
 PARAMS = load_params(REPO / "params.yaml")
@@ -82,7 +82,7 @@ def test_another_version_of_the_family_s_library_makes_a_new_study_and_a_stale_w
     assert after[_other(family)] == before[_other(family)]  # the other family's studies stay
     assert study_name(params, TRAIN_SHA256) != name
     # A worker with the new version refuses a task from a driver with the old one.
-    task = TrialTask(0, {"n_estimators": 1}, PrunerEvidence.of([]))
+    task = TrialTask(0, {"n_estimators": 1}, evidence_of([]))
     with pytest.raises(StaleWorkerError):
         evaluate_on_worker(task, _worker_data(family), digest=before[family])
 
@@ -92,7 +92,7 @@ def test_a_worker_with_the_driver_s_identity_runs_the_trial(
     family: str, monkeypatch: pytest.MonkeyPatch, fresh_identity: None
 ) -> None:
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # as a Dask nanny sets it: one thread a task
-    task = TrialTask(0, {"n_estimators": 1}, PrunerEvidence.of([]))
+    task = TrialTask(0, {"n_estimators": 1}, evidence_of([]))
     outcome = evaluate_on_worker(task, _worker_data(family), this_process_identity(family))
 
     assert outcome.state == TrialState.COMPLETE, outcome.error

@@ -22,7 +22,7 @@ import optuna
 import pandas as pd
 import pytest
 import xgboost as xgb
-from conftest import REPO, subprocess_env, tiered
+from conftest import REPO, evidence_of, subprocess_env, tiered
 from optuna.trial import TrialState
 from sklearn.base import BaseEstimator
 from sklearn.datasets import load_breast_cancer, load_wine
@@ -211,13 +211,13 @@ def trial(
     nthread: int = 1,
 ) -> TrialOutcome:
     """One trial evaluated as a local thread or a Dask worker evaluates it."""
-    task = TrialTask(0, values, evidence or PrunerEvidence.of([]))
+    task = TrialTask(0, values, evidence or evidence_of([]))
     return evaluate_trial(task, training, nthread)
 
 
 def evidence_at(value: float, rounds: int = ROUNDS) -> PrunerEvidence:
     """One complete trial that scored `value` at every checkpoint."""
-    return PrunerEvidence.of([(value, dict.fromkeys(range(EVERY, rounds + 1, EVERY), value))])
+    return evidence_of([(value, dict.fromkeys(range(EVERY, rounds + 1, EVERY), value))])
 
 
 # --- determinism: the guarantee each family makes ---------------------------------------------

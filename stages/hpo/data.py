@@ -68,7 +68,8 @@ def read_table(data: DataParams) -> pd.DataFrame:
 
 
 def _as_model_input(frame: pd.DataFrame, data: DataParams, path: Path) -> pd.DataFrame:
-    """The features (text as categoricals) and the target, after the checks of `check`."""
+    """The features (text as categoricals, decimals and booleans as floats) and the target (true
+    and false as labels), after the checks of `check`. Dates are refused there."""
     if data.target not in frame.columns:
         close = difflib.get_close_matches(data.target, list(frame.columns), n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
@@ -79,9 +80,11 @@ def _as_model_input(frame: pd.DataFrame, data: DataParams, path: Path) -> pd.Dat
     frame = frame.drop(columns=data.drop)
     for column in frame.columns:
         values = frame[column]
-        if pd.api.types.is_bool_dtype(values):
+        if values.dtype.kind == "b" and column == data.target:
+            values = values.astype(str)
+        if values.dtype.kind == "b" or pd.api.types.infer_dtype(values) == "decimal":
             frame[column] = values.astype(float)
-        elif not pd.api.types.is_numeric_dtype(values):
+        elif values.dtype.kind in "OSU" or isinstance(values.dtype, pd.CategoricalDtype):
             labels = sorted(values.dropna().astype(str).unique())
             frame[column] = pd.Categorical(values.astype("str").where(values.notna()), labels)
     check(frame, data, path)
@@ -121,10 +124,11 @@ def check(frame: pd.DataFrame, data: DataParams, path: Path) -> None:
         raise PipelineError(
             f"{path}: the target {data.target!r} has one class; classification needs 2 or more"
         )
-    if data.task == "binary" and classes > 2:
+    if (data.task, classes > 2) in {("binary", True), ("multiclass", False)}:
+        wanted = "2 (multiclass takes more)" if classes > 2 else "3 or more (binary takes 2)"
         raise PipelineError(
-            f"{path}: the target {data.target!r} has {classes} classes; data.task binary "
-            "takes 2 (multiclass takes more)"
+            f"{path}: the target {data.target!r} has {classes} classes; data.task {data.task} "
+            f"takes {wanted}"
         )
 
 

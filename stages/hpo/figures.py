@@ -14,7 +14,7 @@ from matplotlib.ticker import FormatStrFormatter
 from optuna.importance import BaseImportanceEvaluator, PedAnovaImportanceEvaluator
 from optuna.trial import TrialState
 
-from hpo.tasks import predicted_labels
+from hpo.tasks import class_probabilities, predicted_labels
 
 EVALUATORS: dict[str, type[BaseImportanceEvaluator]] = {
     "fanova": optuna.importance.FanovaImportanceEvaluator,
@@ -113,7 +113,7 @@ def holdout_tables(
     names = np.asarray([str(c) for c in classes], dtype=object)
     labels = names[predicted_labels(predicted)]
     predictions = pd.DataFrame({"actual": names[y], "predicted": labels})
-    scores = np.column_stack([1 - predicted, predicted]) if predicted.ndim == 1 else predicted
+    scores = class_probabilities(predicted)
     curves = []
     for code in range(1, 2) if predicted.ndim == 1 else range(len(classes)):
         fpr, tpr, _ = roc_curve(y == code, scores[:, code])

@@ -146,19 +146,10 @@ def open_tune_session(params: Params, split: Split, stop: StopSignal) -> Iterato
                         run_id=study_run.run_id, patient=tuple(tracking.BOUNDED_HERE),
                         files=local_stores(storage_url, client),
                     ))  # fmt: skip
-                    runner = StudyRunner(
-                        study=study,
-                        distributions=distributions(params.model.chosen.search_space),
-                        metric=metric,
-                        n_trials=tune.n_trials,
-                        window=tune.parallel_trials + tune.lookahead,
-                        make_sampler=partial(make_sampler, tune.sampler),
-                        make_task=TrialTask,
-                        executor=executor,
-                        writer=writer,
-                        fault_hook=injected_faults(faults),
-                        stop=stop.requested,
-                    )
+                    runner = make_runner(
+                        study, params, executor, writer,
+                        fault_hook=injected_faults(faults), stop=stop.requested,
+                    )  # fmt: skip
                     yield TuneSession(study, study_run, runner, writer, stop)
                     writer.close(WRITER_EXIT_S)
                 finally:
@@ -167,6 +158,30 @@ def open_tune_session(params: Params, split: Split, stop: StopSignal) -> Iterato
             executor.shutdown(cancel=True)
     finally:
         writer.close(STOPPED_WRITER_EXIT_S)
+
+
+def make_runner(
+    study: optuna.Study,
+    params: Params,
+    executor: TrialExecutor,
+    writer: WriteBehind,
+    **hooks: Any,
+) -> StudyRunner:
+    """The runner of `study` as params.yaml configures it; `hooks` are StudyRunner's optional
+    fault_hook and stop."""
+    tune = params.tune
+    return StudyRunner(
+        study=study,
+        distributions=distributions(params.model.chosen.search_space),
+        metric=params.metric,
+        n_trials=tune.n_trials,
+        window=tune.parallel_trials + tune.lookahead,
+        make_sampler=partial(make_sampler, tune.sampler),
+        make_task=TrialTask,
+        executor=executor,
+        writer=writer,
+        **hooks,
+    )
 
 
 def local_stores(storage_url: Any, client: Any) -> dict[str, str]:

@@ -17,7 +17,7 @@ from hpo import paths
 from hpo.errors import MOVE_STORE_ASIDE, PipelineError, file_error
 from hpo.redaction import scrub
 
-# quiet: warnings and errors only; normal: a line per trial; verbose: each store and service too.
+# quiet: warnings and errors only; normal: a line per trial; verbose: the libraries' notices too.
 LOG_LEVEL_VAR = "HPO_LOG_LEVEL"
 LOG_LEVELS = {"quiet": logging.WARNING, "normal": logging.INFO, "verbose": logging.DEBUG}
 

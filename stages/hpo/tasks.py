@@ -42,17 +42,18 @@ def score(metric: str, y: np.ndarray, predicted: np.ndarray) -> float:
     raise ValueError(f"unknown metric {metric!r}")
 
 
+def class_probabilities(predicted: np.ndarray) -> np.ndarray:
+    """A column per class: a binary model predicts class 1's probability only."""
+    return predicted if predicted.ndim == 2 else np.column_stack([1 - predicted, predicted])
+
+
 def predicted_labels(predicted: np.ndarray) -> np.ndarray:
-    """Class codes: the likeliest class, or class 1 above probability 0.5 for binary."""
-    if predicted.ndim == 1:
-        return (predicted > 0.5).astype(np.int64)
-    return np.argmax(predicted, axis=1)
+    """Class codes: the likeliest class (for binary, class 1 above probability 0.5)."""
+    return np.argmax(class_probabilities(predicted), axis=1)
 
 
 def _log_loss(y: np.ndarray, predicted: np.ndarray) -> float:
-    probabilities = predicted.astype(np.float64)
-    if probabilities.ndim == 1:
-        probabilities = np.column_stack([1 - probabilities, probabilities])
+    probabilities = class_probabilities(predicted.astype(np.float64))
     eps = np.finfo(np.float64).eps
     of_truth = np.clip(probabilities[np.arange(len(y)), y.astype(np.int64)], eps, 1 - eps)
     return float(-np.mean(np.log(of_truth)))

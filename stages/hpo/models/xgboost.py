@@ -32,16 +32,14 @@ _OBJECTIVES = {
 }
 
 
-def booster_params(setup: Setup, tuned: dict[str, Any], nthread: int | None) -> dict[str, Any]:
+def booster_params(setup: Setup, tuned: dict[str, Any], nthread: int) -> dict[str, Any]:
     """XGBoost's native params for one fit: the task's objective, fixed settings, tuned values."""
     objective, metric = _OBJECTIVES[setup.task]
     params: dict[str, Any] = {"objective": objective, "eval_metric": metric}
     if setup.task == "multiclass":
         params["num_class"] = setup.n_classes
     params |= {"tree_method": "hist", "max_bin": _max_bin(setup), **setup.fixed}
-    params |= {"seed": setup.seed, "seed_per_iteration": True, "verbosity": 1}
-    if nthread is not None:
-        params["nthread"] = nthread
+    params |= {"seed": setup.seed, "seed_per_iteration": True, "verbosity": 1, "nthread": nthread}
     return params | {k: v for k, v in tuned.items() if k != N_ROUNDS}
 
 
@@ -103,7 +101,7 @@ fold_booster = FoldBooster
 
 
 def fit(setup: Setup, tuned: dict[str, Any], x: pd.DataFrame, y: np.ndarray) -> xgb.Booster:
-    """Trained exactly as each CV fold was: the same params, matrix and rounds."""
+    """Trained as each CV fold was (the same params, binning and rounds), on the whole split."""
     train = xgb.QuantileDMatrix(x, y, max_bin=_max_bin(setup), enable_categorical=True)
     params = booster_params(setup, tuned, nthread=available_cores())
     return xgb.train(params, train, num_boost_round=tuned[N_ROUNDS])

@@ -25,8 +25,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpo.errors import PipelineError
 from hpo.protocol.view import ProtocolView, SamplerFactory, running_trial
-from hpo.protocol.writes import CLOCK_ATTR, FOLD_SCORES_ATTR, PENDING_ATTR, TrialWriter
-from hpo.search.trial import PrunerEvidence, TrialOutcome, TrialTask
+from hpo.protocol.writes import CLOCK_ATTR, PENDING_ATTR, TrialWriter
+from hpo.search.trial import ERROR_ATTR, FOLD_SCORES_ATTR, PrunerEvidence, TrialOutcome, TrialTask
 
 log = logging.getLogger(__name__)
 # Seconds between checks while waiting for workers or for a stop request.
@@ -285,7 +285,7 @@ class StudyRunner:
         if outcome.result is not None and outcome.state == TrialState.COMPLETE:
             attrs[FOLD_SCORES_ATTR] = outcome.result.fold_scores
         if outcome.error is not None:
-            attrs["error"] = outcome.error
+            attrs[ERROR_ATTR] = outcome.error
         clock = TuneClock(
             self._clock_base.wall_s + time.perf_counter() - self._started,
             self._clock_base.main_s + progress.main_thread_seconds,

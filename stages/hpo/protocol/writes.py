@@ -11,10 +11,18 @@ from optuna.trial import FrozenTrial
 from hpo.search.trial import TrialOutcome
 
 # Trial user attributes: a finished trial's outcome while it waits for its turn to be told;
-# the study's tuning time when the trial was told (TuneClock); each fold's final score.
+# the study's tuning time when the trial was told (TuneClock). The rest: hpo.search.trial.
 PENDING_ATTR = "pending_outcome"
 CLOCK_ATTR = "tune_clock"
-FOLD_SCORES_ATTR = "fold_scores"
+
+
+class TrialRecorder(Protocol):
+    """Where a told trial is recorded beside the study: hpo.tracking.study_run (MLflow)."""
+
+    def recorded_numbers(self) -> set[int]:
+        """The trials recorded in full; a record cut short is removed."""
+
+    def record(self, trial: FrozenTrial, outcome: TrialOutcome) -> None: ...
 
 
 class TrialWriter(Protocol):

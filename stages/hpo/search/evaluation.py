@@ -139,13 +139,11 @@ class FoldPool:
         self.data = data
         self._free: list[list[Fold]] = []
         self._lock = threading.Lock()
-        self.built = 0
 
     def take(self) -> list[Fold]:
         with self._lock:
             if self._free:
                 return self._free.pop()
-            self.built += 1
         return make_folds(self.data)
 
     def give_back(self, folds: list[Fold]) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import datetime
 import math
 import time
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -15,6 +14,9 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo.errors import native_message
+
+# Trial user attributes a told trial keeps: each fold's final score, a failed trial's error.
+FOLD_SCORES_ATTR, ERROR_ATTR = "fold_scores", "error"
 
 
 @dataclass(frozen=True)
@@ -27,15 +29,6 @@ class PrunerEvidence:
     steps: tuple[int, ...]
     values: np.ndarray  # (trials,)
     curves: np.ndarray  # (trials, steps)
-
-    @classmethod
-    def of(cls, trials: Sequence[tuple[float, dict[int, float]]]) -> PrunerEvidence:
-        """From (objective value, {step: intermediate value}) pairs."""
-        steps = tuple(dict.fromkeys(step for _value, curve in trials for step in curve))
-        curves = np.full((len(trials), len(steps)), np.nan)
-        for row, (_value, curve) in enumerate(trials):
-            curves[row, [steps.index(step) for step in curve]] = list(curve.values())
-        return cls(steps, np.array([value for value, _curve in trials], dtype=float), curves)
 
     def trials(self) -> list[FrozenTrial]:
         """The complete trials again, as the pruner reads them."""
@@ -108,11 +101,11 @@ class TrialOutcome:
         """The outcome of a trial already told, rebuilt from what the study stored."""
         result = None
         if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
-            scores = trial.user_attrs.get("fold_scores", [])
+            scores = trial.user_attrs.get(FOLD_SCORES_ATTR, [])
             pruned = trial.state == TrialState.PRUNED
             result = CVResult(dict(trial.intermediate_values), scores, pruned)
         return cls(trial.number, trial.params, trial.state, result, dict(trial.intermediate_values),
-                   trial.user_attrs.get("error"), _timestamp(trial.datetime_start),
+                   trial.user_attrs.get(ERROR_ATTR), _timestamp(trial.datetime_start),
                    _timestamp(trial.datetime_complete))  # fmt: skip
 
     @classmethod

@@ -20,7 +20,7 @@ from typing import Any
 from optuna.trial import FrozenTrial
 
 from hpo.errors import PipelineError, what_is_wrong
-from hpo.protocol.writes import PENDING_ATTR
+from hpo.protocol.writes import PENDING_ATTR, TrialRecorder
 from hpo.search.trial import TrialOutcome
 from hpo.sqlite import file_identity
 
@@ -163,7 +163,7 @@ class StoreWriter:
         self,
         storage: Any,
         study_name: str,
-        recorder: Any = None,
+        recorder: TrialRecorder | None = None,
         on_stored: Callable[[int, int], None] = lambda _number, _kept: None,
     ) -> None:
         self.storage, self.recorder, self.on_stored = storage, recorder, on_stored

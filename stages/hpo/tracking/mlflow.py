@@ -261,8 +261,9 @@ def log_final_model(
     study_name: str,
 ) -> dict[str, Any]:
     """Log the refit model as hpo/tracking/served.py serves it (`served`: its model_config and
-    the distributions it imports), with a signature and an example, registered under the
-    experiment's name; a model whose bytes are already registered returns that run and version."""
+    the distributions it imports), registered under the experiment's name; a model whose bytes
+    are already registered returns that run and version. `example`: the training input as a
+    caller sends it (a column missing in any row is optional) and the answer to its first rows."""
     import mlflow
     from mlflow.models import infer_signature
 
@@ -288,7 +289,7 @@ def log_final_model(
             artifacts={"model": str(model_file)},
             code_paths=[str(library)],
             signature=infer_signature(*example),
-            input_example=example[0],
+            input_example=example[0].head(5),
             registered_model_name=registered,
             # given, not inferred: MLflow would load the model in a new interpreter (~5 s)
             pip_requirements=[f"{name}=={version(name)}" for name in distributions],

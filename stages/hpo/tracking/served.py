@@ -1,6 +1,7 @@
 """The refit model as `mlflow models serve` answers: a `prediction` (regression), or a `label`
 and a `probability_<class>` per class. MLflow logs this file as the model's code (no pickle); its
-`model_config` makes a caller's text columns the categoricals the model was trained on."""
+`model_config` makes a caller's text columns the categoricals the model was trained on (a text
+it never saw is missing)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from hpo.models import load_family
+from hpo.tasks import class_probabilities, predicted_labels
 
 
 def model_config(family: str, task: str, classes: list[Any], x: pd.DataFrame) -> dict[str, Any]:
@@ -22,7 +24,8 @@ def model_config(family: str, task: str, classes: list[Any], x: pd.DataFrame) ->
         if isinstance(x[column].dtype, pd.CategoricalDtype)
     }
     plain = [c.item() if isinstance(c, np.generic) else c for c in classes]
-    return {"family": family, "task": task, "classes": plain, "categories": categories}
+    return {"family": family, "task": task, "classes": plain, "categories": categories,
+            "columns": list(x.columns)}  # fmt: skip
 
 
 def as_input(config: dict[str, Any], x: pd.DataFrame) -> pd.DataFrame:
@@ -38,14 +41,11 @@ def served_frame(config: dict[str, Any], predicted: np.ndarray) -> pd.DataFrame:
     if config["task"] == "regression":
         return pd.DataFrame({"prediction": np.asarray(predicted, dtype=np.float64)})
     classes = config["classes"]
-    probabilities = (
-        predicted if predicted.ndim == 2 else np.column_stack([1 - predicted, predicted])
-    )
+    probabilities = class_probabilities(predicted)
     frame = pd.DataFrame(
         {f"probability_{c}": probabilities[:, i].astype(np.float64) for i, c in enumerate(classes)}
     )
-    # The likeliest class; for binary, class 1 above 0.5 (as hpo.tasks decides it).
-    frame.insert(0, "label", np.asarray(classes, dtype=object)[probabilities.argmax(axis=1)])
+    frame.insert(0, "label", np.asarray(classes, dtype=object)[predicted_labels(predicted)])
     return frame
 
 
@@ -56,7 +56,8 @@ class ServedModel(mlflow.pyfunc.PythonModel):
         self.model = self.family.load(Path(context.artifacts["model"]))
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: Any = None) -> pd.DataFrame:
-        x = model_input.copy()
+        # A column the signature marks optional may be left out: it is missing in every row.
+        x = model_input.reindex(columns=self.config.get("columns"))  # None: an older model
         for column, categories in self.config["categories"].items():
             values = x[column]
             x[column] = pd.Categorical(values.astype("str").where(values.notna()), categories)
