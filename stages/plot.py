@@ -5,7 +5,6 @@ import logging
 
 import optuna
 import pandas as pd
-import sqlalchemy
 
 from hpo import figures, paths
 from hpo.config import load_params
@@ -37,8 +36,6 @@ def main() -> None:
         importances.to_csv(paths.IMPORTANCE_CSV, index=False)
         figures.save_png(figures.history_figure(study), paths.HISTORY_PNG)
         figures.save_png(figures.importance_figure(importances, name), paths.IMPORTANCE_PNG)
-    except sqlalchemy.exc.SQLAlchemyError as exc:  # damaged or locked after it opened
-        raise file_error(paths.STUDY_COPY, exc, REBUILD) from None
     finally:
         close_storage(storage)
     figures.save_png(figures.holdout_figure(params.data.task, predictions, curve), paths.TEST_PNG)

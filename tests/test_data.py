@@ -447,6 +447,16 @@ CASES = [
         id="missing-target",
     ),
     pytest.param(
+        TABLE, _csv("x,z,y", [f"{i},{i},{'' if i % 2 else i}" for i in range(20)]), {},
+        "error: data/table.csv: ", ("missing in rows 2, 4, 6, 8, 10 and 5 more;",),
+        id="many-missing-targets",
+    ),
+    pytest.param(
+        TABLE, _csv("x[m],z,y", _numbers(20)), {},
+        "error: data/table.csv: ", ("column 'x[m]': XGBoost or LightGBM refuse [ ] <", "rename it"),
+        id="bracket-in-feature-name",
+    ),
+    pytest.param(
         TABLE, NUMBERS, {"data": {"sha256": OTHER_DIGEST}},
         "error: data/table.csv: checksum mismatch ",
         (hashlib.sha256(NUMBERS).hexdigest(), OTHER_DIGEST),
@@ -475,7 +485,8 @@ CASES = [
 CASES = tiered(
     CASES,
     {"target-missing", "binary-three-classes", "multiclass-two-classes", "class-below-folds",
-     "wrong-suffix", "truncated-gzip", "infinite-feature", "checksum-mismatch"},
+     "bracket-in-feature-name", "wrong-suffix", "truncated-gzip", "infinite-feature",
+     "checksum-mismatch"},
 )  # fmt: skip
 
 
@@ -527,9 +538,14 @@ def test_a_checksum_file_beside_the_table_is_verified(
     assert not (project / "data" / "prepared").exists()
 
 
-def test_a_matching_checksum_file_lets_the_table_through(tmp_path: Path, run_stage) -> None:
-    project = _project(tmp_path, TABLE, NUMBERS)
-    (project / f"{TABLE}.sha256").write_text(f"{hashlib.sha256(NUMBERS).hexdigest()}  table.csv\n")
+@pytest.mark.parametrize("where", ["sidecar", "params-upper-case"])
+def test_a_matching_checksum_lets_the_table_through(tmp_path: Path, run_stage, where: str) -> None:
+    digest = hashlib.sha256(NUMBERS).hexdigest()
+    if where == "sidecar":
+        project = _project(tmp_path, TABLE, NUMBERS)
+        (project / f"{TABLE}.sha256").write_text(f"{digest}  table.csv\n")
+    else:  # as Windows' Get-FileHash writes it
+        project = _project(tmp_path, TABLE, NUMBERS, {"data": {"sha256": digest.upper()}})
 
     result = run_stage("prepare", project)
 

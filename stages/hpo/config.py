@@ -101,7 +101,7 @@ SearchSpace = dict[str, Dimension]
 
 class DataParams(_Strict):
     path: str = Field(min_length=1)
-    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{64}$")
     target: str = Field(min_length=1)
     task: Task
     drop: list[str] = []

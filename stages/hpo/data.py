@@ -48,7 +48,7 @@ def read_table(data: DataParams) -> pd.DataFrame:
     path, sidecar = Path(data.path), Path(f"{data.path}.sha256")
     if path.suffix not in READERS or (path.suffix == ".gz" and Path(path.stem).suffix != ".csv"):
         raise PipelineError(f"data.path: {path} is not a CSV (.csv, .csv.gz) or Parquet file")
-    expected = data.sha256
+    expected = data.sha256 and data.sha256.lower()
     if expected is None and sidecar.is_file():
         expected = (sidecar.read_text(errors="replace").split() or [""])[0].lower()
         if len(expected) != 64:
@@ -104,6 +104,11 @@ def check(frame: pd.DataFrame, data: DataParams, path: Path) -> None:
             raise PipelineError(
                 f"{path}: column {column!r} is {values.dtype}; give numbers or text"
             )
+        if column != data.target and set(column) & set('[]<",:{}'):
+            raise PipelineError(
+                f'{path}: column {column!r}: XGBoost or LightGBM refuse [ ] < " , : {{ }} in a '
+                "feature name; rename it"
+            )
         if numeric and np.isinf(values).any():
             raise PipelineError(
                 f"{path}: infinite values in column {column!r} (rows {_rows(np.isinf(values))})"
@@ -125,16 +130,16 @@ def check(frame: pd.DataFrame, data: DataParams, path: Path) -> None:
             f"{path}: the target {data.target!r} has one class; classification needs 2 or more"
         )
     if (data.task, classes > 2) in {("binary", True), ("multiclass", False)}:
-        wanted = "2 (multiclass takes more)" if classes > 2 else "3 or more (binary takes 2)"
         raise PipelineError(
             f"{path}: the target {data.target!r} has {classes} classes; data.task {data.task} "
-            f"takes {wanted}"
+            f"takes {'2 (multiclass takes more)' if classes > 2 else '3 or more (binary takes 2)'}"
         )
 
 
 def _rows(mask: pd.Series) -> str:
     """The first few rows where `mask` holds, numbered as data rows of the file (from 1)."""
-    return ", ".join(str(i + 1) for i in np.flatnonzero(mask.to_numpy())[:5])
+    rows = np.flatnonzero(mask.to_numpy()) + 1
+    return ", ".join(map(str, rows[:5])) + (f" and {len(rows) - 5} more" if len(rows) > 5 else "")
 
 
 def split(
@@ -149,7 +154,7 @@ def split(
         counts = frame[data.target].value_counts()
         if counts.min() < 2:
             raise PipelineError(
-                f"{data.path}: class {counts.idxmin()!r} has 1 row; a stratified split needs 2 "
+                f"{data.path}: class '{counts.idxmin()}' has 1 row; a stratified split needs 2 "
                 "or more of each class (drop the class or add rows)"
             )
         labels = sorted(frame[data.target].unique())
@@ -171,13 +176,13 @@ def split(
         counts = train[data.target].value_counts()
         if counts.min() < cv_folds:
             raise PipelineError(
-                f"{data.path}: class {counts.idxmin()!r} has {counts.min()} training rows, "
+                f"{data.path}: class '{counts.idxmin()}' has {counts.min()} training rows, "
                 f"fewer than tune.cv_folds = {cv_folds}; lower the folds or drop the class"
             )
         missing = set(counts.index) - set(test[data.target])
         if missing:
             raise PipelineError(
-                f"{data.path}: class {min(missing)!r} has no test rows; raise prepare.test_size"
+                f"{data.path}: class '{min(missing)}' has no test rows; raise prepare.test_size"
             )
     return train.reset_index(drop=True), test.reset_index(drop=True)
 

@@ -169,14 +169,13 @@ def make_runner(
 ) -> StudyRunner:
     """The runner of `study` as params.yaml configures it; `hooks` are StudyRunner's optional
     fault_hook and stop."""
-    tune = params.tune
     return StudyRunner(
         study=study,
         distributions=distributions(params.model.chosen.search_space),
         metric=params.metric,
-        n_trials=tune.n_trials,
-        window=tune.parallel_trials + tune.lookahead,
-        make_sampler=partial(make_sampler, tune.sampler),
+        n_trials=params.tune.n_trials,
+        window=params.tune.parallel_trials + params.tune.lookahead,
+        make_sampler=partial(make_sampler, params.tune.sampler),
         make_task=TrialTask,
         executor=executor,
         writer=writer,
