@@ -190,7 +190,7 @@ CASES = [
     pytest.param(
         _set("model.family", "catboost"),
         "model.family",
-        "unknown family 'catboost' (one of lightgbm, xgboost)",
+        f"unknown family 'catboost' (one of {', '.join(FAMILIES)})",
         id="unknown-family",
     ),
     pytest.param(
@@ -199,7 +199,7 @@ CASES = [
             {"search_space": {"depth": {"type": "int", "low": 1, "high": 2}}},
         ),
         "model.families.catboost",
-        "unknown family (one of lightgbm, xgboost)",
+        f"unknown family (one of {', '.join(FAMILIES)})",
         id="settings-of-an-unknown-family",
     ),
     pytest.param(
