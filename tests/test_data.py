@@ -225,7 +225,8 @@ def test_text_columns_become_categoricals_shared_by_both_splits(tmp_path: Path, 
     for part in splits:
         colours = part.x["colour"]
         assert list(colours.cat.categories) == ["blue", "green", "red", "violet"]
-        expected = [COLOURS[i] if COLOURS[i] not in ("", "NA") else None for i in part.x["id"]]
+        ids = part.x["id"].astype(int)
+        expected = [COLOURS[i] if COLOURS[i] not in ("", "NA") else None for i in ids]
         assert [None if pd.isna(c) else c for c in colours] == expected
     assert sum(int(part.x["colour"].isna().sum()) for part in splits) == 8
     assert sum(len(part.x) for part in splits) == len(COLOURS)
@@ -250,7 +251,8 @@ def test_a_classification_target_is_a_categorical_of_its_sorted_labels(
         part: Split = read_split(project / name, _data(project))
         assert part.classes == ["apple", "fig", "pear"]
         assert part.y.dtype == np.int64
-        assert [part.classes[code] for code in part.y] == [LABELS[i] for i in part.x["id"]]
+        ids = part.x["id"].astype(int)
+        assert [part.classes[code] for code in part.y] == [LABELS[i] for i in ids]
 
 
 def test_a_parquet_table_is_prepared(tmp_path: Path, run_stage) -> None:
@@ -281,19 +283,25 @@ def test_numeric_class_labels_are_the_classes_of_both_splits(tmp_path: Path, run
     for name in (TRAIN, TEST):
         part = read_split(project / name, _data(project))
         assert part.classes == [0, 1]
-        assert part.y.tolist() == cancer["target"].iloc[part.x["id"]].tolist()
+        assert part.y.tolist() == cancer["target"].iloc[part.x["id"].astype(int)].tolist()
 
 
-def test_decimals_and_booleans_are_numbers_and_a_boolean_target_keeps_its_labels(
+def test_every_number_type_is_a_float_feature_and_a_boolean_target_keeps_its_labels(
     tmp_path: Path, run_stage
 ) -> None:
-    """As a database export has them: Parquet decimal and boolean columns."""
+    """As a database export has them: Parquet decimals, booleans, unsigned and nullable integers
+    and a column of nothing but nulls. Floats are what a served model's caller sends (MLflow
+    infers no schema for uint64, and an int64 one refuses a missing value)."""
     rows = range(40)
     frame = pd.DataFrame({
         "id": rows, "price": [decimal.Decimal(f"{i}.25") for i in rows],
-        "member": [i % 3 == 0 for i in rows], "y": [i % 2 == 0 for i in rows],
+        "member": [i % 3 == 0 for i in rows], "big": [2**63 + i for i in rows],
+        "visits": pd.array([None if i % 4 == 0 else i for i in rows], dtype="Int64"),
+        "notes": [None] * 40, "y": [i % 2 == 0 for i in rows],
     })  # fmt: skip
-    types = {"id": pa.int64(), "price": pa.decimal128(6, 2), "member": pa.bool_(), "y": pa.bool_()}
+    types = {"id": pa.int64(), "price": pa.decimal128(6, 2), "member": pa.bool_(),
+             "big": pa.uint64(), "visits": pa.int64(), "notes": pa.null(),
+             "y": pa.bool_()}  # fmt: skip
     table = pa.Table.from_pandas(frame, schema=pa.schema(types.items()), preserve_index=False)
     buffer = io.BytesIO()
     pq.write_table(table, buffer)
@@ -304,9 +312,12 @@ def test_decimals_and_booleans_are_numbers_and_a_boolean_target_keeps_its_labels
     assert result.exit_code == 0, result.stderr
     part = read_split(project / TRAIN, _data(project))
     assert part.classes == ["False", "True"]
-    assert part.x["price"].dtype == part.x["member"].dtype == np.float64
-    assert part.x["price"].tolist() == [i + 0.25 for i in part.x["id"]]
-    assert [part.classes[code] for code in part.y] == [str(i % 2 == 0) for i in part.x["id"]]
+    assert set(part.x.dtypes) == {np.dtype(np.float64)}
+    ids = part.x["id"].astype(int)
+    assert part.x["price"].tolist() == [i + 0.25 for i in ids]
+    assert part.x["notes"].isna().all()
+    assert part.x["visits"].isna().tolist() == [i % 4 == 0 for i in ids]
+    assert [part.classes[code] for code in part.y] == [str(i % 2 == 0) for i in ids]
 
 
 # --- bad tables: one line each, nothing written -----------------------------------------------
@@ -346,7 +357,7 @@ CASES = [
     ),
     pytest.param(
         TABLE, _csv("x,z,y", _labelled({"a": 20})), BINARY,
-        "error: data/table.csv: ", ("the target 'y' has one class",),
+        "error: data/table.csv: ", ("the target 'y' has one value",),
         id="one-class",
     ),
     pytest.param(
@@ -450,6 +461,16 @@ CASES = [
         TABLE, _csv("x,z,y", [f"{i},{i},{'' if i % 2 else i}" for i in range(20)]), {},
         "error: data/table.csv: ", ("missing in rows 2, 4, 6, 8, 10 and 5 more;",),
         id="many-missing-targets",
+    ),
+    pytest.param(
+        TABLE, _csv("x,z,y", [f"{i},{i},7.0" for i in range(20)]), {},
+        "error: data/table.csv: ", ("the target 'y' has one value; there is nothing to learn",),
+        id="constant-target",
+    ),
+    pytest.param(
+        TABLE, _csv('x,"z\nw",y', _numbers(20)), {},
+        "error: data/table.csv: ", ("column 'z\\nw'", "line breaks"),
+        id="line-break-in-feature-name",
     ),
     pytest.param(
         TABLE, _csv("x[m],z,y", _numbers(20)), {},

@@ -251,24 +251,27 @@ def test_notebook_runs_on_the_outputs(
     assert len(figures) == 5  # history, learning curves, importance, test split, fold spread
 
 
-def test_a_study_of_one_trial_is_plotted(tmp_path: Path) -> None:
-    """`tune.n_trials: 1` passes validation, so the plot stage takes it: the importance figure
-    says it needs two completed trials instead of failing, and its table is empty."""
+@pytest.mark.parametrize("values", [[0.5], [0.5, 0.5, 0.5]], ids=["one-trial", "equal-scores"])
+def test_a_study_without_differing_scores_is_plotted(tmp_path: Path, values: list) -> None:
+    """`tune.n_trials: 1` passes validation, and a table the models cannot learn from scores
+    every trial alike (fANOVA then fails on zero variance): the importance figure says it needs
+    two completed trials of different scores instead of failing, and its table is empty."""
     from hpo.figures import history_figure, importance_evaluator, importance_figure
     from hpo.figures import importance_table as table_of
 
     study = optuna.create_study()
-    study.add_trial(
-        optuna.trial.create_trial(
-            params={"x": 1.0},
-            distributions={"x": optuna.distributions.FloatDistribution(0, 2)},
-            value=0.5,
+    for number, value in enumerate(values):
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={"x": 0.5 * number},
+                distributions={"x": optuna.distributions.FloatDistribution(0, 2)},
+                value=value,
+            )
         )
-    )
     importances = table_of(study, importance_evaluator("fanova", 0))
     assert importances.empty
     assert list(importances.columns) == ["param", "importance"]
     figure = importance_figure(importances, "fanova")
-    assert "needs at least 2 completed trials" in figure.axes[0].texts[0].get_text()
+    assert "needs 2 completed trials of different scores" in figure.axes[0].texts[0].get_text()
     history_figure(study).savefig(tmp_path / "history.png")
     assert (tmp_path / "history.png").stat().st_size > 0

@@ -20,12 +20,8 @@ import pyarrow.parquet as pq
 from hpo.config import DataParams
 from hpo.errors import REBUILD, PipelineError, file_error
 
-READERS = {
-    ".csv": pd.read_csv,
-    ".gz": pd.read_csv,
-    ".parquet": pd.read_parquet,
-    ".pq": pd.read_parquet,
-}
+READERS = {".csv": pd.read_csv, ".gz": pd.read_csv,
+           ".parquet": pd.read_parquet, ".pq": pd.read_parquet}  # fmt: skip
 CLASSES_KEY = b"hpo.classes"  # Parquet metadata of a split: its classes, in code order
 
 
@@ -68,8 +64,9 @@ def read_table(data: DataParams) -> pd.DataFrame:
 
 
 def _as_model_input(frame: pd.DataFrame, data: DataParams, path: Path) -> pd.DataFrame:
-    """The features (text as categoricals, decimals and booleans as floats) and the target (true
-    and false as labels), after the checks of `check`. Dates are refused there."""
+    """The features (text as categoricals, other values as floats: what a served model's caller
+    sends) and the target (true and false as labels), after the checks of `check`, which refuses
+    dates."""
     if data.target not in frame.columns:
         close = difflib.get_close_matches(data.target, list(frame.columns), n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
@@ -79,12 +76,12 @@ def _as_model_input(frame: pd.DataFrame, data: DataParams, path: Path) -> pd.Dat
         raise PipelineError(f"data.drop: {path} has no column {missing[0]!r}")
     frame = frame.drop(columns=data.drop)
     for column in frame.columns:
-        values = frame[column]
-        if values.dtype.kind == "b" and column == data.target:
-            values = values.astype(str)
-        if values.dtype.kind == "b" or pd.api.types.infer_dtype(values) == "decimal":
-            frame[column] = values.astype(float)
-        elif values.dtype.kind in "OSU" or isinstance(values.dtype, pd.CategoricalDtype):
+        values, target = frame[column], column == data.target
+        inferred = pd.api.types.infer_dtype(values)
+        kind = "f" if inferred in ("decimal", "empty") else values.dtype.kind
+        if kind in "biuf" and not (target and kind in "biu"):  # labels 0, 1 or True stay labels
+            frame[column] = values.astype(np.float64)
+        elif kind in "OSUb" or isinstance(values.dtype, pd.CategoricalDtype):
             labels = sorted(values.dropna().astype(str).unique())
             frame[column] = pd.Categorical(values.astype("str").where(values.notna()), labels)
     check(frame, data, path)
@@ -104,10 +101,10 @@ def check(frame: pd.DataFrame, data: DataParams, path: Path) -> None:
             raise PipelineError(
                 f"{path}: column {column!r} is {values.dtype}; give numbers or text"
             )
-        if column != data.target and set(column) & set('[]<",:{}'):
+        if column != data.target and set(column) & set('[]<",:{}\n\r'):
             raise PipelineError(
-                f'{path}: column {column!r}: XGBoost or LightGBM refuse [ ] < " , : {{ }} in a '
-                "feature name; rename it"
+                f'{path}: column {column!r}: XGBoost or LightGBM refuse [ ] < " , : {{ }} and line '
+                "breaks in a feature name; rename it"
             )
         if numeric and np.isinf(values).any():
             raise PipelineError(
@@ -125,9 +122,9 @@ def check(frame: pd.DataFrame, data: DataParams, path: Path) -> None:
             "numbers (binary and multiclass take labels)"
         )
     classes = target.nunique()
-    if data.task != "regression" and classes < 2:
+    if classes < 2:
         raise PipelineError(
-            f"{path}: the target {data.target!r} has one class; classification needs 2 or more"
+            f"{path}: the target {data.target!r} has one value; there is nothing to learn"
         )
     if (data.task, classes > 2) in {("binary", True), ("multiclass", False)}:
         raise PipelineError(

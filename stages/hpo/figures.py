@@ -40,8 +40,8 @@ def history_table(study: optuna.Study) -> pd.DataFrame:
 
 
 def importance_table(study: optuna.Study, evaluator: BaseImportanceEvaluator) -> pd.DataFrame:
-    """Each hyperparameter's importance; empty when fewer than 2 trials completed."""
-    if len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) < 2:
+    """Each hyperparameter's importance; empty unless 2 completed trials differ in value."""
+    if len({t.value for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}) < 2:
         return pd.DataFrame({"param": [], "importance": []})
     importances = optuna.importance.get_param_importances(study, evaluator=evaluator)
     return pd.DataFrame({"param": list(importances), "importance": list(importances.values())})
@@ -86,7 +86,7 @@ def importance_figure(table: pd.DataFrame, evaluator_name: str) -> Figure:
     figure = Figure(figsize=(7, 4))
     axes = figure.subplots()
     if ordered.empty:
-        axes.text(0.5, 0.5, "importance needs at least 2 completed trials", ha="center")
+        axes.text(0.5, 0.5, "importance needs 2 completed trials of different scores", ha="center")
     else:
         bars = axes.barh(ordered["param"], ordered["importance"], color="tab:blue")
         axes.bar_label(bars, fmt="%.2f", padding=3, fontsize=8)

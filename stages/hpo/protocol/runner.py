@@ -220,9 +220,11 @@ class StudyRunner:
                 f"{progress.failed} failed (asking stops after n_trials failures)"
             )
         if progress.complete == 0:
+            errors = [t.user_attrs.get(ERROR_ATTR) for t in progress.trials]
+            last = next((f"; the last: {e.splitlines()[0]}" for e in reversed(errors) if e), "")
             raise PipelineError(
-                f"no trial completed ({progress.pruned} pruned, {progress.failed} failed); "
-                "see the trial errors in the study or in MLflow"
+                f"no trial completed ({progress.pruned} pruned, {progress.failed} failed){last}; "
+                "every trial's error is in the study and in MLflow"
             )
         return progress
 
