@@ -27,11 +27,8 @@ def main() -> None:
     family.save(model, model_file)
     config = model_config(family_name, params.data.task, train.classes, train.x)
     distributions = ["mlflow", "numpy", "pandas", "scipy", *family.SERVING]
-    settings = {
-        "family": family_name,
-        "seed": params.model.seed,
-        "fixed": params.model.chosen.fixed,
-    }
+    settings = {"family": family_name, "seed": params.model.seed,
+                "fixed": params.model.chosen.fixed}  # fmt: skip
     model_info = tracking.log_final_model(
         client,
         experiment_id,

@@ -64,9 +64,8 @@ def read_table(data: DataParams) -> pd.DataFrame:
 
 
 def _as_model_input(frame: pd.DataFrame, data: DataParams, path: Path) -> pd.DataFrame:
-    """The features (text as categoricals, other values as floats: what a served model's caller
-    sends) and the target (true and false as labels), after the checks of `check`, which refuses
-    dates."""
+    """The features (text as categoricals, the rest as floats, as a served model's caller sends
+    them) and the target (True/False kept as labels), after `check`, which refuses dates."""
     if data.target not in frame.columns:
         close = difflib.get_close_matches(data.target, list(frame.columns), n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
@@ -82,10 +81,14 @@ def _as_model_input(frame: pd.DataFrame, data: DataParams, path: Path) -> pd.Dat
         if kind in "biuf" and not (target and kind in "biu"):  # labels 0, 1 or True stay labels
             frame[column] = values.astype(np.float64)
         elif kind in "OSUb" or isinstance(values.dtype, pd.CategoricalDtype):
-            labels = sorted(values.dropna().astype(str).unique())
-            frame[column] = pd.Categorical(values.astype("str").where(values.notna()), labels)
+            frame[column] = as_categorical(values, sorted(values.dropna().astype(str).unique()))
     check(frame, data, path)
     return frame
+
+
+def as_categorical(values: pd.Series, categories: list[str]) -> pd.Categorical:
+    """Text cells as `categories`, missing where a cell is: the table's and a served caller's."""
+    return pd.Categorical(values.astype("str").where(values.notna()), categories)
 
 
 def check(frame: pd.DataFrame, data: DataParams, path: Path) -> None:

@@ -13,6 +13,7 @@ import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 
+from hpo.data import as_categorical
 from hpo.models import load_family
 from hpo.tasks import class_probabilities, predicted_labels
 
@@ -59,8 +60,7 @@ class ServedModel(mlflow.pyfunc.PythonModel):
         # A column the signature marks optional may be left out: it is missing in every row.
         x = model_input.reindex(columns=self.config.get("columns"))  # None: an older model
         for column, categories in self.config["categories"].items():
-            values = x[column]
-            x[column] = pd.Categorical(values.astype("str").where(values.notna()), categories)
+            x[column] = as_categorical(x[column], categories)
         return served_frame(self.config, self.family.predict(self.model, x))
 
 
