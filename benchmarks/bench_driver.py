@@ -353,7 +353,7 @@ def driver_session(
 
 def optuna_floor_ms(params: Params, replay: list[ReplayedTrial], n_trials: int) -> float:
     """Optuna alone: main-thread CPU ms per trial of ask + tell on an in-memory study with one
-    TPESampler of the pipeline's settings, over the same space, for `n_trials` trials (the
+    sampler of the pipeline's settings, over the same space, for `n_trials` trials (the
     replayed values told as complete). What any driver of this sampler must pay at least."""
     sampler = make_sampler(params.tune.sampler, trial_number=0)
     study = optuna.create_study(direction=direction(params.metric), sampler=sampler)

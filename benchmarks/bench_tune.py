@@ -65,7 +65,7 @@ import optuna  # noqa: E402
 import pandas as pd  # noqa: E402
 import xgboost as xgb  # noqa: E402
 import yaml  # noqa: E402
-from optuna.pruners import BasePruner, MedianPruner, NopPruner  # noqa: E402
+from optuna.pruners import BasePruner, MedianPruner  # noqa: E402
 from scratch_project import (  # noqa: E402
     dvc,
     make_scratch_project,
@@ -211,17 +211,14 @@ def _rounds_per_fold(trial: optuna.trial.FrozenTrial) -> int:
 
 
 def _study(params: Params, seed: int, pruner: BasePruner) -> optuna.Study:
-    """A study with the pipeline's sampler settings, seeded once (Optuna's way)."""
-    seeded = params.tune.sampler.model_copy(update={"seed": seed})
+    """A study with TPE of the pipeline's TPE settings, seeded once (Optuna's way)."""
+    seeded = params.tune.sampler.model_copy(update={"seed": seed, "name": "tpe"})
     return optuna.create_study(sampler=make_sampler(seeded, trial_number=0), pruner=pruner)
 
 
 def _fold_pruner(params: Params) -> BasePruner:
     """The median rule at fold steps: every fold from the first, after the same startup trials."""
-    pruning = params.tune.pruner
-    if pruning.name == "none":
-        return NopPruner()
-    return MedianPruner(n_startup_trials=pruning.n_startup_trials, n_warmup_steps=0)
+    return MedianPruner(n_startup_trials=params.tune.pruner.n_startup_trials, n_warmup_steps=0)
 
 
 def _suggest(trial: optuna.Trial, params: Params) -> dict:
@@ -301,7 +298,8 @@ def xgb_cv_peer(params: Params, seed: int, x: pd.DataFrame, y: np.ndarray) -> Ru
     def rounds(trial: optuna.trial.FrozenTrial) -> int:
         return _rounds_per_fold(trial) * folds
 
-    return _optimize(XGB_CV, params, seed, objective, rounds, make_pruner(params.tune.pruner))
+    median = make_pruner(params.tune.pruner.model_copy(update={"name": "median"}))
+    return _optimize(XGB_CV, params, seed, objective, rounds, median)
 
 
 def plain_peer(params: Params, seed: int, x: pd.DataFrame, y: np.ndarray) -> Run:

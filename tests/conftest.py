@@ -296,4 +296,5 @@ def evidence_of(trials: list[tuple[float, dict[int, float]]]) -> PrunerEvidence:
     curves = np.full((len(trials), len(steps)), np.nan)
     for row, (_value, curve) in enumerate(trials):
         curves[row, [steps.index(step) for step in curve]] = list(curve.values())
-    return PrunerEvidence(steps, np.array([value for value, _curve in trials], dtype=float), curves)
+    values = np.array([value for value, _curve in trials], dtype=float)
+    return PrunerEvidence(steps, values, curves, np.empty((len(trials), 0)))

@@ -263,8 +263,43 @@ CASES = [
     pytest.param(_set("tune.cv_folds", 1), "tune.cv_folds", "greater than or equal to 2", id="cv1"),
     pytest.param(_set("prepare.test_size", 0), "prepare.test_size", "greater than 0", id="ts-0"),
     pytest.param(_set("prepare.test_size", 1.5), "prepare.test_size", "less than 1", id="ts-1.5"),
-    pytest.param(_set("tune.pruner.name", "hyperband"), "tune.pruner.name", "median", id="pruner"),
-    pytest.param(_set("tune.sampler.name", "random"), "tune.sampler.name", "tpe", id="sampler"),
+    pytest.param(_set("tune.pruner.name", "asha"), "tune.pruner.name", "median", id="pruner"),
+    pytest.param(
+        _set("tune.pruner.name", "hyperband"), "tune.pruner.name", "trial numbers", id="hyperband"
+    ),
+    pytest.param(_set("tune.sampler.name", "nsga2"), "tune.sampler.name", "tpe", id="sampler"),
+    pytest.param(
+        _put("tune.sampler.cmaes", {"popsize": 1}), "tune.sampler.cmaes.popsize", "greater",
+        id="cmaes-popsize",
+    ),
+    pytest.param(
+        _put("tune.sampler.gp", {"n_ei_candidates": 5}), "tune.sampler.gp.n_ei_candidates",
+        "unknown key", id="tpe-setting-under-gp",
+    ),
+    pytest.param(
+        _put("tune.pruner.percentile", {"percentile": 120}), "tune.pruner.percentile.percentile",
+        "less than or equal to 100", id="percentile-120",
+    ),
+    pytest.param(
+        _put("tune.pruner.wilcoxon", {"p_threshold": 0}), "tune.pruner.wilcoxon.p_threshold",
+        "greater than 0", id="wilcoxon-p",
+    ),
+    pytest.param(
+        _set("tune.enqueue", [{"max_depth": 30}]), "tune.enqueue.0.max_depth", "is outside",
+        id="enqueue-outside",
+    ),
+    pytest.param(
+        _set("tune.enqueue", [{"max_dept": 4}]), "tune.enqueue.0.max_dept", "not in the search",
+        id="enqueue-unknown",
+    ),
+    pytest.param(
+        _set("tune.enqueue", [{"max_depth": 4.5}]), "tune.enqueue.0.max_depth", "is outside",
+        id="enqueue-float-for-int",
+    ),
+    pytest.param(
+        _set("tune.warm_start", {"study": "", "n_best": 3}), "tune.warm_start.study",
+        "at least 1 character", id="warm-start-empty",
+    ),
     pytest.param(
         _set("plot.importance_evaluator", "shap"),
         "plot.importance_evaluator",
@@ -276,8 +311,8 @@ CASES = [
     pytest.param(_set("tune.cv_seed", -1), "tune.cv_seed", "greater than", id="cv-seed"),
     pytest.param(_set("tune.sampler.seed", 2**31), "tune.sampler.seed", "less", id="tpe-seed"),
     pytest.param(
-        _set("tune.sampler.n_ei_candidates", 0),
-        "tune.sampler.n_ei_candidates",
+        _set("tune.sampler.tpe.n_ei_candidates", 0),
+        "tune.sampler.tpe.n_ei_candidates",
         "greater than or equal to 1",
         id="ei-candidates-0",
     ),

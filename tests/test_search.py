@@ -30,11 +30,25 @@ def test_the_same_settings_propose_the_same_values() -> None:
     assert _proposals(SAMPLER) == _proposals(SAMPLER)
 
 
-@pytest.mark.parametrize("key", ["n_ei_candidates", "n_startup_trials", "seed"])
+@pytest.mark.parametrize("key", ["tpe.n_ei_candidates", "n_startup_trials", "seed"])
 def test_each_numeric_sampler_setting_changes_the_proposals(key: str) -> None:
-    changed = SAMPLER.model_copy(update={key: getattr(SAMPLER, key) + 40})
+    raw = SAMPLER.model_dump()
+    section, _, name = key.rpartition(".")
+    node = raw[section] if section else raw
+    node[name] += 40
+    changed = SamplerParams.model_validate(raw)
 
     assert _proposals(changed) != _proposals(SAMPLER)
+
+
+@pytest.mark.parametrize("name", ["tpe", "random", "qmc", "cmaes"])
+def test_neighbouring_seeds_share_no_trial(name: str) -> None:
+    """Each trial's sampler seed mixes the study's seed and the trial number: seeds s and s+1
+    do not ask the same trials shifted by one, as (seed + number) did."""
+    sampler = SAMPLER.model_copy(update={"name": name})
+    proposals = [_proposals(sampler.model_copy(update={"seed": s}), 12) for s in (1, 2)]
+
+    assert not set(proposals[0]) & set(proposals[1])
 
 
 @pytest.mark.parametrize("family", sorted(PARAMS.model.families))

@@ -341,7 +341,7 @@ def test_running_trials_never_share_fold_data(data) -> None:
             super().give_back(folds)
 
     pool = WatchedPool(data)
-    runner = make_runner(data, n_trials=8, executor=FoldScheduler(2, pool, 1))
+    runner = make_runner(data, n_trials=8, executor=FoldScheduler(2, data, pool, 1))
     runner.run()
     assert shared == []
     assert held == set(), "every trial gave its folds back"
@@ -384,11 +384,11 @@ def test_pruner_evidence_gives_the_decisions_of_the_trials_it_holds() -> None:
         trial.number = number
         view.tell(trial)
         told.append(trial)
-    early = view.completed_for(40)
+    early = view.evidence_for(40)
     early_curves = early.curves.copy()
     pruner = optuna.pruners.MedianPruner(n_startup_trials=0, n_warmup_steps=0)
     for seen in (1, 40, 63, 64, 65, 150):
-        evidence = view.completed_for(seen)
+        evidence = view.evidence_for(seen)
         complete = [t for t in told[:seen] if t.state == TrialState.COMPLETE]
         for step in range(10, 130, 10):
             decisions = []
@@ -399,5 +399,5 @@ def test_pruner_evidence_gives_the_decisions_of_the_trials_it_holds() -> None:
                 probe.report(1.0, step)
                 decisions.append(probe.should_prune())
             assert decisions[0] == decisions[1], (seen, step)
-    np.testing.assert_array_equal(view.completed_for(40).curves, early_curves)
+    np.testing.assert_array_equal(view.evidence_for(40).curves, early_curves)
     np.testing.assert_array_equal(early.curves, early_curves)

@@ -151,20 +151,104 @@ class ModelParams(_Strict):
         return self.families[self.family]
 
 
+class TPESettings(_Strict):
+    n_ei_candidates: int = Field(default=24, ge=1)
+    multivariate: bool = True
+    constant_liar: bool = True
+
+
+class GPSettings(_Strict):
+    deterministic_objective: bool = False
+
+
+class CmaEsSettings(_Strict):
+    sigma0: float | None = Field(default=None, gt=0)
+    popsize: int | None = Field(default=None, ge=2)
+    with_margin: bool = False
+    consider_pruned_trials: bool = False
+
+
+class QMCSettings(_Strict):
+    qmc_type: Literal["sobol", "halton"] = "sobol"
+    scramble: bool = True
+
+
 class SamplerParams(_Strict):
-    name: Literal["tpe"]
+    """The sampler `name` with its own settings; the sections of other samplers are ignored."""
+
+    name: Literal["tpe", "gp", "cmaes", "qmc", "random"]
     seed: int = Field(ge=0, le=2**31 - 1)
-    n_startup_trials: int = Field(ge=0)
-    n_ei_candidates: int = Field(ge=1)
-    multivariate: bool
-    constant_liar: bool
+    n_startup_trials: int = Field(default=10, ge=0)  # random trials first (tpe, gp, cmaes)
+    tpe: TPESettings = TPESettings()
+    gp: GPSettings = GPSettings()
+    cmaes: CmaEsSettings = CmaEsSettings()
+    qmc: QMCSettings = QMCSettings()
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The chosen sampler's own settings."""
+        if self.name in ("qmc", "random"):
+            return {} if self.name == "random" else self.qmc.model_dump()
+        return {"n_startup_trials": self.n_startup_trials, **getattr(self, self.name).model_dump()}
+
+
+class PercentileSettings(_Strict):
+    percentile: float = Field(default=25.0, ge=0, le=100)
+
+
+class HalvingSettings(_Strict):
+    min_resource: int = Field(default=10, ge=1)  # boosting rounds before the first rung
+    reduction_factor: int = Field(default=3, ge=2)
+    min_early_stopping_rate: int = Field(default=0, ge=0)
+    bootstrap_count: int = Field(default=0, ge=0)
+
+
+class WilcoxonSettings(_Strict):
+    p_threshold: float = Field(default=0.1, gt=0, lt=1)
+    n_startup_steps: int = Field(default=2, ge=0)  # folds before a trial can be pruned
+
+
+# Hyperband assigns trials to brackets by their number in the live study; a trial's pruner sees
+# only its evidence (docs/design.md), so it cannot be made deterministic here.
+HYPERBAND_REFUSAL = (
+    "hyperband is not offered: its brackets follow the live study's trial numbers, which a "
+    "trial's pruner does not see under the pipeline's protocol; successive_halving is one bracket"
+)
 
 
 class PrunerParams(_Strict):
-    name: Literal["median", "none"]
-    n_startup_trials: int = Field(ge=0)
-    n_warmup_steps: int = Field(ge=0)
-    interval_steps: int = Field(ge=1)
+    """The pruner `name` with its own settings; the sections of other pruners are ignored."""
+
+    name: Literal["median", "percentile", "successive_halving", "wilcoxon", "none"]
+    n_startup_trials: int = Field(default=10, ge=0)  # median, percentile: complete trials first
+    n_warmup_steps: int = Field(default=50, ge=0)  # median, percentile: rounds first
+    interval_steps: int = Field(ge=1)  # rounds between checkpoints (reported values)
+    percentile: PercentileSettings = PercentileSettings()
+    successive_halving: HalvingSettings = HalvingSettings()
+    wilcoxon: WilcoxonSettings = WilcoxonSettings()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_hyperband(cls, raw: Any) -> Any:
+        if isinstance(raw, dict) and raw.get("name") == "hyperband":
+            raise ValueError(f"name: {HYPERBAND_REFUSAL}")
+        return raw
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The chosen pruner's settings."""
+        if self.name in ("median", "percentile"):
+            shared = {"n_startup_trials": self.n_startup_trials}
+            shared["n_warmup_steps"] = self.n_warmup_steps
+            extra = self.percentile.model_dump() if self.name == "percentile" else {}
+            return {**shared, **extra}
+        chosen = getattr(self, self.name, None)
+        return {} if chosen is None else chosen.model_dump()
+
+
+class WarmStartParams(_Strict):
+    study: str | None = Field(default=None, min_length=1)  # an earlier study in the study store
+    n_best: int = Field(default=10, ge=1)  # its best complete trials, evaluated first
 
 
 class TuneParams(_Strict):
@@ -176,6 +260,19 @@ class TuneParams(_Strict):
     cv_seed: Seed
     sampler: SamplerParams
     pruner: PrunerParams
+    # Configurations evaluated first, in order (a hyperparameter left out is sampled).
+    enqueue: list[dict[str, Scalar]] = []
+    warm_start: WarmStartParams = WarmStartParams()  # then an earlier study's best ones
+
+    def identity(self) -> dict[str, Any]:
+        """What shapes the trial sequence: the chosen sampler's and pruner's settings only."""
+        sampler, pruner = self.sampler, self.pruner
+        return {
+            **self.model_dump(mode="json", exclude={"n_trials", "metric", "sampler", "pruner"}),
+            "sampler": {"name": sampler.name, "seed": sampler.seed, **sampler.settings},
+            "pruner": {"name": pruner.name, "interval_steps": pruner.interval_steps,
+                       **pruner.settings},
+        }  # fmt: skip
 
 
 class PlotParams(_Strict):
@@ -198,6 +295,14 @@ class Params(_Strict):
                 f"tune.metric: {metric!r} does not fit data.task {task!r} "
                 f"(one of default, {_or(METRICS[task])})"
             )
+        space = self.model.chosen.search_space
+        for index, config in enumerate(self.tune.enqueue):
+            for name, value in config.items():
+                where = f"tune.enqueue.{index}.{name}"
+                if name not in space:
+                    raise ValueError(f"{where}: not in the search space of {self.model.family}")
+                if not _fits(space[name], value):
+                    raise ValueError(f"{where}: {value!r} is outside {space[name].model_dump()}")
         return self
 
     @property
@@ -208,6 +313,21 @@ class Params(_Strict):
     def setup(self, n_classes: int) -> Setup:
         """What every fit of the chosen family shares, for a target of `n_classes` classes."""
         return Setup(self.data.task, n_classes, self.model.seed, dict(self.model.chosen.fixed))
+
+
+def _fits(dimension: IntDimension | FloatDimension | CategoricalDimension, value: Any) -> bool:
+    """Whether `value` is one the dimension can sample (in range, on its step, or a choice)."""
+    if isinstance(dimension, CategoricalDimension):
+        return any(type(value) is type(c) and value == c for c in dimension.choices)
+    kinds = (int,) if isinstance(dimension, IntDimension) else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        return False
+    step = dimension.step
+    on_step = (
+        step is None
+        or decimal.Decimal(str(value - dimension.low)) % decimal.Decimal(str(step)) == 0
+    )
+    return dimension.low <= value <= dimension.high and on_step
 
 
 def _or(names: Any) -> str:

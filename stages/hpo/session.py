@@ -31,7 +31,7 @@ from hpo.protocol.runner import (
     summarize,
 )
 from hpo.search.evaluation import TrainingData
-from hpo.search.space import distributions, make_sampler
+from hpo.search.space import check_sampler_installed, distributions, make_sampler
 from hpo.search.trial import TrialTask
 from hpo.storage import studies
 from hpo.storage.writer import WriteBehind, WriterConfig
@@ -49,12 +49,16 @@ WRITER_EXIT_S = 30.0
 STOPPED_WRITER_EXIT_S = 3.0
 
 
-def study_name(params: Params, train_sha256: str, faults: str = "") -> str:
+def study_name(
+    params: Params, train_sha256: str, faults: str = "", first: list[dict[str, Any]] | None = None
+) -> str:
     """A name from everything that shapes the trial sequence, and nothing else: any change starts a
-    fresh study; the budget (n_trials) is left out, so a study grows and shrinks under one name."""
+    fresh study; the budget (n_trials) is left out, so a study grows and shrinks under one name.
+    `first` are the configurations evaluated first, as resolved from an earlier study."""
     family = params.model.family
     identity = {
-        "tune": params.tune.model_dump(mode="json", exclude={"n_trials", "metric"}),
+        "tune": params.tune.identity(),
+        "first": first or [],
         "metric": params.metric,
         "model": {
             "family": family,
@@ -109,10 +113,13 @@ class TuneSession:
 def open_tune_session(params: Params, split: Split, stop: StopSignal) -> Iterator[TuneSession]:
     """The tune stage's session on the configured services; released when the block ends."""
     tune, family, metric = params.tune, params.model.family, params.metric
+    check_sampler_installed(tune.sampler)
     faults = os.environ.get(FAULTS_VAR, "")
-    name = study_name(params, hashlib.sha256(paths.TRAIN.read_bytes()).hexdigest(), faults)
-    dask_address = address_from_environment()
     storage_url = studies.storage_url_from_environment()
+    first = first_configurations(params, storage_url)
+    train_sha256 = hashlib.sha256(paths.TRAIN.read_bytes()).hexdigest()
+    name = study_name(params, train_sha256, faults, first)
+    dask_address = address_from_environment()
     typed_url = None if storage_url is None else storage_url.render_as_string(hide_password=False)
     remote = tracking.tracking_uri_from_environment() is not None
     experiment = tracking.names(family, params.data.path)
@@ -147,7 +154,7 @@ def open_tune_session(params: Params, split: Split, stop: StopSignal) -> Iterato
                         files=local_stores(storage_url, client),
                     ))  # fmt: skip
                     runner = make_runner(
-                        study, params, executor, writer,
+                        study, params, executor, writer, first=first,
                         fault_hook=injected_faults(faults), stop=stop.requested,
                     )  # fmt: skip
                     yield TuneSession(study, study_run, runner, writer, stop)
@@ -168,7 +175,7 @@ def make_runner(
     **hooks: Any,
 ) -> StudyRunner:
     """The runner of `study` as params.yaml configures it; `hooks` are StudyRunner's optional
-    fault_hook and stop."""
+    first, fault_hook and stop."""
     return StudyRunner(
         study=study,
         distributions=distributions(params.model.chosen.search_space),
@@ -181,6 +188,16 @@ def make_runner(
         writer=writer,
         **hooks,
     )
+
+
+def first_configurations(params: Params, storage_url: Any) -> list[dict[str, Any]]:
+    """What the study evaluates first: tune.enqueue, then the warm start's configurations."""
+    first = [dict(config) for config in params.tune.enqueue]
+    warm = params.tune.warm_start
+    if warm.study is not None:
+        space = distributions(params.model.chosen.search_space)
+        first += studies.best_configurations(storage_url, warm.study, warm.n_best, space)
+    return first
 
 
 def local_stores(storage_url: Any, client: Any) -> dict[str, str]:

@@ -29,9 +29,11 @@ class _Job:
 class FoldScheduler:
     """A `concurrent.futures`-style executor of trial tasks over `n_threads` threads."""
 
-    def __init__(self, n_threads: int, pool: FoldPool, nthread_per_fit: int) -> None:
-        self._pool, self._data, self._nthread = pool, pool.data, nthread_per_fit
-        self._n_folds = pool.data.n_folds
+    def __init__(
+        self, n_threads: int, data: TrainingData, pool: FoldPool, nthread_per_fit: int
+    ) -> None:
+        # The pool's own data may be another study's with the same folds (another pruner).
+        self._pool, self._data, self._nthread = pool, data, nthread_per_fit
         # (trial number, fold, tie-breaker, job): the oldest trial's tasks come first
         self._tasks: queue.PriorityQueue[tuple[int, int, int, _Job | None]] = queue.PriorityQueue()
         self._order = itertools.count()
@@ -53,7 +55,7 @@ class FoldScheduler:
             self._pool.give_back(folds)
             future.set_result(TrialOutcome.failed(task, exc))
             return future
-        self._queue_checkpoint(_Job(evaluation, future))
+        self._queue_stage(_Job(evaluation, future))
         return future
 
     def shutdown(self, cancel: bool = False) -> None:
@@ -65,10 +67,11 @@ class FoldScheduler:
         for thread in self._threads:
             thread.join()
 
-    def _queue_checkpoint(self, job: _Job) -> None:
-        job.folds_to_go = self._n_folds
+    def _queue_stage(self, job: _Job) -> None:
+        stage = job.evaluation.stage_folds()
+        job.folds_to_go = len(stage)
         number = job.evaluation.task.number
-        for fold_index in range(self._n_folds):
+        for fold_index in stage:
             self._tasks.put((number, fold_index, next(self._order), job))
 
     def _work(self) -> None:
@@ -91,7 +94,7 @@ class FoldScheduler:
                     self._pool.give_back(job.evaluation.folds)
 
     def _advance(self, job: _Job, fold_index: int) -> None:
-        """Boost one fold to the checkpoint; the last fold there reports and queues the next."""
+        """Boost one fold to the checkpoint; the stage's last fold reports and queues the next."""
         if self._cancel.is_set():
             self._finish(job, InterruptedError("tuning was interrupted"))
             return
@@ -101,9 +104,9 @@ class FoldScheduler:
                 job.folds_to_go -= 1
                 last_fold = job.folds_to_go == 0
             if last_fold:
-                outcome = job.evaluation.at_checkpoint()
+                outcome = job.evaluation.at_stage_end()
                 if outcome is None:
-                    self._queue_checkpoint(job)
+                    self._queue_stage(job)
                 else:
                     self._finish(job, outcome)
         except Exception as exc:  # a failing trial is recorded, the study goes on
@@ -129,7 +132,7 @@ class LocalExecutor:
 
     def __init__(self, data: TrainingData, parallel_trials: int) -> None:
         nthread = max(1, available_cores() // parallel_trials)
-        self._scheduler = FoldScheduler(parallel_trials, fold_pool(data), nthread)
+        self._scheduler = FoldScheduler(parallel_trials, data, fold_pool(data), nthread)
         self.tags = {"hpo.executor": "local-threads", "hpo.workers": str(parallel_trials)}
 
     def submit(self, task: TrialTask) -> Future[TrialOutcome]:

@@ -24,9 +24,16 @@ from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo.errors import PipelineError
-from hpo.protocol.view import ProtocolView, SamplerFactory, running_trial
+from hpo.protocol.view import ProtocolView, SamplerFactory
 from hpo.protocol.writes import CLOCK_ATTR, PENDING_ATTR, TrialWriter
-from hpo.search.trial import ERROR_ATTR, FOLD_SCORES_ATTR, PrunerEvidence, TrialOutcome, TrialTask
+from hpo.search.trial import (
+    ERROR_ATTR,
+    FOLD_SCORES_ATTR,
+    RUNG_PREFIX,
+    PrunerEvidence,
+    TrialOutcome,
+    TrialTask,
+)
 
 log = logging.getLogger(__name__)
 # Seconds between checks while waiting for workers or for a stop request.
@@ -164,6 +171,7 @@ class StudyRunner:
     make_task: Callable[[int, dict[str, Any], PrunerEvidence], TrialTask]
     executor: TrialExecutor
     writer: TrialWriter
+    first: list[dict[str, Any]] = field(default_factory=list)  # values of the first trials
     fault_hook: Callable[[int], None] = lambda _number: None
     # Set by Ctrl-C or SIGTERM (hpo.waits.StopSignal); checked every POLL_S, between tells.
     stop: threading.Event = field(default_factory=threading.Event)
@@ -179,7 +187,9 @@ class StudyRunner:
         if stored:
             log.info(f"study {self.study.study_name}: {len(stored)} trials stored")
         direction = self.study.direction.name.lower()
-        view = ProtocolView(self.distributions, self.make_sampler, self.window, direction)
+        view = ProtocolView(
+            self.distributions, self.make_sampler, self.window, direction, self.first
+        )
         progress = Progress(self.n_trials, self.metric, direction)
         self._started = time.perf_counter()
         in_flight: deque[_Slot] = deque()
@@ -244,13 +254,13 @@ class StudyRunner:
                 return _Slot(number, trial, future, saved=True)
             log.info(f"trial {number} was left running by a stopped run: evaluating it again")
             return self._submit(number, trial, view)
-        running = running_trial(view.sample(), self.distributions)
+        running = view.sample()
         running.number = number
         self.writer.create(number, running)
         return self._submit(number, running, view)
 
     def _submit(self, number: int, running: FrozenTrial, view: ProtocolView) -> _Slot:
-        task = self.make_task(number, running.params, view.completed_for(number))
+        task = self.make_task(number, running.params, view.evidence_for(number))
         try:
             self.fault_hook(number)
         except Exception as exc:  # the test hook's failing trial never reaches the executor
@@ -295,6 +305,8 @@ class StudyRunner:
         )
         attrs[CLOCK_ATTR] = {k: round(v, 3) for k, v in vars(clock).items()}
         told.user_attrs = {**told.user_attrs, **attrs}
+        rungs = {f"{RUNG_PREFIX}{i}": value for i, value in enumerate(outcome.rungs)}
+        told.system_attrs = {**told.system_attrs, **rungs}
         told.state = outcome.state
         told.intermediate_values = {**told.intermediate_values, **outcome.reported}
         told.value = _told_value(outcome.state, outcome.value, told.intermediate_values)

@@ -1,7 +1,9 @@
-"""How one trial is evaluated, whatever runs it: k-fold CV advanced checkpoint by checkpoint.
-All folds move to each checkpoint (every `pruner.interval_steps` rounds) before the pruner
-looks, so a poor trial stops after a few rounds, not whole folds. A trial is a pure function of
-its `TrialTask` and the `TrainingData`, whatever thread count or executor runs it: its pruner
+"""How one trial is evaluated, whatever runs it: k-fold CV advanced stage by stage, the pruner
+asked between stages. By default a stage is a checkpoint: all folds move to it (every
+`pruner.interval_steps` rounds) before the pruner looks, so a poor trial stops after a few
+rounds, not whole folds. The Wilcoxon pruner compares folds instead: a stage is one whole fold,
+and the trial reports each fold's score at its index. A trial is a pure function of its
+`TrialTask` and the `TrainingData`, whatever thread count or executor runs it: its pruner
 judges it against the evidence in its task, not the live study (docs/design.md)."""
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from optuna.trial import TrialState
 
 from hpo.models import N_ROUNDS, Setup, load_family
 from hpo.search.space import make_pruner
-from hpo.search.trial import CVResult, TrialOutcome, TrialTask
+from hpo.search.trial import CVResult, TrialOutcome, TrialTask, rung_values
 from hpo.tasks import direction, score
 
 if TYPE_CHECKING:
@@ -69,8 +71,9 @@ def make_folds(data: TrainingData) -> list[Fold]:
 
 @dataclass
 class TrialEvaluation:
-    """One trial's folds moved checkpoint by checkpoint: `advance(i)` each fold (by one thread at a
-    time), then `at_checkpoint()` runs the pruner and gives the outcome once the trial is over."""
+    """One trial's folds moved stage by stage: `advance(i)` each fold of `stage_folds()` (by one
+    thread at a time), then `at_stage_end()` runs the pruner and gives the outcome once the
+    trial is over."""
 
     task: TrialTask
     data: TrainingData
@@ -87,10 +90,16 @@ class TrialEvaluation:
         ]
         self._rounds = self.task.params[N_ROUNDS]
         self._every = self.data.pruner.interval_steps
-        self.checkpoint = min(self._every, self._rounds)
+        self._by_fold = self.data.pruner.name == "wilcoxon"
+        self.checkpoint = self._rounds if self._by_fold else min(self._every, self._rounds)
+        self._fold = 0  # the fold a by-fold trial is on
         self._scores = [float("nan")] * len(self.folds)
         self._curve: dict[int, float] = {}
         self._probe: optuna.Trial | None = None
+
+    def stage_folds(self) -> list[int]:
+        """The folds to advance before the next `at_stage_end`."""
+        return [self._fold] if self._by_fold else list(range(len(self.folds)))
 
     def advance(self, fold_index: int) -> None:
         """Boost one fold up to the current checkpoint and score its validation rows."""
@@ -98,12 +107,16 @@ class TrialEvaluation:
         booster.boost_to(self.checkpoint)
         self._scores[fold_index] = score(self.data.metric, fold.y_valid, booster.predict_valid())
 
-    def at_checkpoint(self) -> TrialOutcome | None:
-        """All folds are at the checkpoint: report, then stop, finish or go on."""
-        step, last = self.checkpoint, self.checkpoint == self._rounds
-        value = self._curve[step] = float(np.mean(self._scores))
+    def at_stage_end(self) -> TrialOutcome | None:
+        """The stage's folds are done: report, then stop, finish or go on."""
+        if self._by_fold:
+            step, last = self._fold, self._fold == len(self.folds) - 1
+            value = self._curve[step] = self._scores[step]
+        else:
+            step, last = self.checkpoint, self.checkpoint == self._rounds
+            value = self._curve[step] = float(np.mean(self._scores))
         pruned = False
-        if step % self._every == 0:
+        if self._by_fold or step % self._every == 0:
             self.reported[step] = value
             # A trial that trained every round is finished: pruning it would discard its result.
             if not last:
@@ -111,12 +124,15 @@ class TrialEvaluation:
                 probe.report(value, step)
                 pruned = bool(probe.should_prune())
         if not (pruned or last):
-            self.checkpoint = min(step + self._every, self._rounds)
+            if self._by_fold:
+                self._fold += 1
+            else:
+                self.checkpoint = min(step + self._every, self._rounds)
             return None
         result = CVResult(dict(self._curve), [] if pruned else list(self._scores), pruned)
         state = TrialState.PRUNED if pruned else TrialState.COMPLETE
         return TrialOutcome(self.task.number, self.task.params, state, result, self.reported,
-                            None, self.started_at, time.time())  # fmt: skip
+                            None, self.started_at, time.time(), self._rungs())  # fmt: skip
 
     def failed(self, exc: BaseException) -> TrialOutcome:
         return TrialOutcome.failed(self.task, exc, self.reported, self.started_at)
@@ -128,6 +144,13 @@ class TrialEvaluation:
         study.add_trials(self.task.evidence.trials())
         self._probe = study.ask()
         return self._probe
+
+    def _rungs(self) -> tuple[float, ...]:
+        """The successive-halving rungs the probe recorded for this trial."""
+        if self._probe is None:
+            return ()
+        storage, trial_id = self._probe.study._storage, self._probe._trial_id
+        return tuple(rung_values(storage.get_trial_system_attrs(trial_id)))
 
 
 class FoldPool:
@@ -173,9 +196,9 @@ def evaluate_trial(task: TrialTask, data: TrainingData, nthread: int) -> TrialOu
     try:
         evaluation = TrialEvaluation(task, data, folds, nthread, started)
         while True:
-            for fold_index in range(len(folds)):
+            for fold_index in evaluation.stage_folds():
                 evaluation.advance(fold_index)
-            if (outcome := evaluation.at_checkpoint()) is not None:
+            if (outcome := evaluation.at_stage_end()) is not None:
                 return outcome
     except Exception as exc:  # e.g. the library rejects a param
         reported = evaluation.reported if evaluation is not None else None

@@ -19,24 +19,42 @@ from hpo.errors import native_message
 FOLD_SCORES_ATTR, ERROR_ATTR = "fold_scores", "error"
 
 
+# The system attribute Optuna's successive halving writes for each rung a trial passes.
+RUNG_PREFIX = "completed_rung_"
+
+
+def rung_values(system_attrs: dict[str, Any]) -> list[float]:
+    """The value a trial had at each rung it passed, rung 0 first."""
+    values = []
+    while (key := f"{RUNG_PREFIX}{len(values)}") in system_attrs:
+        values.append(system_attrs[key])
+    return values
+
+
 @dataclass(frozen=True)
 class PrunerEvidence:
-    """The complete trials a trial's pruner compares against: their values, and their curves as
-    one matrix (a row per trial, a column per step, NaN where a trial reported nothing), which
+    """The finished trials a trial's pruner compares against: values (NaN for a pruned trial),
+    curves and rungs, each as one matrix (a row per trial, NaN where a trial has nothing), which
     pickles as one copy where a dict per trial cost milliseconds per task at thousands of trials.
-    NaN left out of the rebuilt trials changes nothing: make_pruner's pruner ignores NaN."""
+    The pruners read NaN as nothing reported, as the rebuilt trials leave it out."""
 
     steps: tuple[int, ...]
     values: np.ndarray  # (trials,)
     curves: np.ndarray  # (trials, steps)
+    rungs: np.ndarray  # (trials, rungs)
 
     def trials(self) -> list[FrozenTrial]:
-        """The complete trials again, as the pruner reads them."""
+        """The finished trials again, as the pruner reads them."""
         trials = []
-        for value, row in zip(self.values, self.curves, strict=True):
+        for value, row, rungs in zip(self.values, self.curves, self.rungs, strict=True):
             pairs = zip(self.steps, row, strict=True)
             curve = {step: float(x) for step, x in pairs if not math.isnan(x)}
-            trials.append(optuna.trial.create_trial(value=float(value), intermediate_values=curve))
+            passed = {f"{RUNG_PREFIX}{i}": float(x) for i, x in enumerate(rungs) if x == x}
+            state = TrialState.PRUNED if math.isnan(value) else TrialState.COMPLETE
+            trials.append(optuna.trial.create_trial(
+                state=state, value=None if math.isnan(value) else float(value),
+                intermediate_values=curve, system_attrs=passed,
+            ))  # fmt: skip
         return trials
 
 
@@ -72,6 +90,7 @@ class TrialOutcome:
     error: str | None
     started_at: float
     finished_at: float
+    rungs: tuple[float, ...] = ()  # its value at each successive-halving rung it passed
 
     @property
     def value(self) -> float | None:
@@ -94,7 +113,8 @@ class TrialOutcome:
         if result is not None:
             result = CVResult(**{**result, "curve": {int(k): v for k, v in result["curve"]}})
         return cls(**{**data, "state": TrialState[data["state"]], "result": result,
-                      "reported": {int(k): v for k, v in data["reported"]}})  # fmt: skip
+                      "reported": {int(k): v for k, v in data["reported"]},
+                      "rungs": tuple(data.get("rungs", ()))})  # fmt: skip
 
     @classmethod
     def from_frozen(cls, trial: FrozenTrial) -> TrialOutcome:
@@ -104,9 +124,10 @@ class TrialOutcome:
             scores = trial.user_attrs.get(FOLD_SCORES_ATTR, [])
             pruned = trial.state == TrialState.PRUNED
             result = CVResult(dict(trial.intermediate_values), scores, pruned)
+        rungs = tuple(rung_values(trial.system_attrs))
         return cls(trial.number, trial.params, trial.state, result, dict(trial.intermediate_values),
                    trial.user_attrs.get(ERROR_ATTR), _timestamp(trial.datetime_start),
-                   _timestamp(trial.datetime_complete))  # fmt: skip
+                   _timestamp(trial.datetime_complete), rungs)  # fmt: skip
 
     @classmethod
     def failed(

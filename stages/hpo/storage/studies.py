@@ -4,6 +4,7 @@ tune process at a time per study (`hold_study`); and the DVC output copy of the 
 from __future__ import annotations
 
 import contextlib
+import difflib
 import fcntl
 import hashlib
 import os
@@ -18,9 +19,10 @@ from urllib.parse import unquote
 
 import optuna
 import sqlalchemy
+from optuna.distributions import BaseDistribution
 from optuna.exceptions import StorageInternalError
 from optuna.storages import RDBStorage
-from optuna.trial import FrozenTrial
+from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -215,6 +217,43 @@ def _wait_for(acquired: Any, holder: Any, store: str, name: str) -> None:
                     "wait for it to end, or stop it (its finished trials are kept)"
                 )
             time.sleep(0.2)
+
+
+def best_configurations(
+    url: URL | None, study_name: str, n_best: int, space: dict[str, BaseDistribution]
+) -> list[dict[str, Any]]:
+    """The `n_best` complete trials of an earlier study in the store, best first, each cut to
+    the values `space` can take (a widened bound keeps them all, a new hyperparameter is left to
+    the sampler), repeats dropped: configurations for a new study to evaluate first."""
+    storage = open_storage_url(url)
+    try:
+        try:
+            study = optuna.load_study(study_name=study_name, storage=storage)
+        except KeyError:
+            names = [s.study_name for s in storage.get_all_studies()]
+            close = difflib.get_close_matches(study_name, names, n=1, cutoff=0.5)
+            hint = f" (did you mean {close[0]}?)" if close else f" ({len(names)} studies there)"
+            raise PipelineError(
+                f"tune.warm_start.study: no study {study_name!r} in {label(url)}{hint}"
+            ) from None
+        complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        maximize = study.direction.name == "MAXIMIZE"
+        ranked = sorted(complete, key=lambda t: -t.value if maximize else t.value)
+    finally:
+        close_storage(storage)
+    configs: list[dict[str, Any]] = []
+    for trial in ranked:
+        config = {k: v for k, v in trial.params.items() if k in space and _can_take(space[k], v)}
+        if config and config not in configs:
+            configs.append(config)
+    return configs[:n_best]
+
+
+def _can_take(distribution: BaseDistribution, value: Any) -> bool:
+    try:
+        return distribution._contains(distribution.to_internal_repr(value))
+    except (ValueError, TypeError):
+        return False
 
 
 def load_or_create(storage: RDBStorage, name: str, direction: str, metric: str) -> optuna.Study:

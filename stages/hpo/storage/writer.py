@@ -21,7 +21,7 @@ from optuna.trial import FrozenTrial
 
 from hpo.errors import PipelineError, what_is_wrong
 from hpo.protocol.writes import PENDING_ATTR, TrialRecorder
-from hpo.search.trial import TrialOutcome
+from hpo.search.trial import RUNG_PREFIX, TrialOutcome
 from hpo.sqlite import file_identity
 
 log = logging.getLogger(__name__)
@@ -193,6 +193,9 @@ class StoreWriter:
             self.storage.set_trial_intermediate_value(trial_id, step, value)
         for key, value in trial.user_attrs.items():
             self.storage.set_trial_user_attr(trial_id, key, value)
+        for key, value in trial.system_attrs.items():
+            if key.startswith(RUNG_PREFIX):  # what successive halving wrote, as in a live study
+                self.storage.set_trial_system_attr(trial_id, key, value)
         values = None if trial.value is None else [trial.value]
         self.storage.set_trial_state_values(trial_id, trial.state, values)
         self.kept += 1

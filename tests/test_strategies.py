@@ -1,0 +1,147 @@
+"""Every sampler and pruner params.yaml offers, under the pipeline's protocol: a study grown or
+resumed equals one run in one go, whole-trial workers (Dask's way) equal the fold threads, and
+the configurations to try first (tune.enqueue, a warm start) are what the first trials take."""
+
+from __future__ import annotations
+
+import dataclasses
+from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
+from typing import Any
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+from test_tuning import TUNE, _records, _studies_in, data, make_runner  # noqa: F401
+
+from hpo.config import PrunerParams, SamplerParams
+from hpo.errors import PipelineError
+from hpo.search.evaluation import TrainingData, evaluate_trial
+from hpo.search.space import distributions, make_sampler
+from hpo.search.trial import TrialOutcome, TrialTask
+from hpo.storage import studies
+
+NO_PRUNING = TUNE.pruner.model_copy(update={"name": "none"})
+# Each sampler's settings for a 14-trial study that gets past its start-up phase.
+SAMPLERS: dict[str, dict[str, Any]] = {
+    "tpe": {},
+    "gp": {},
+    "cmaes": {"cmaes": {"popsize": 4}},  # trials 5-8 a generation, told when trial 12 is asked
+    "qmc": {},
+    "random": {},
+}
+# Each pruner's settings for a study of 4 folds where it prunes.
+PRUNERS: dict[str, dict[str, Any]] = {
+    "median": {},
+    "percentile": {"percentile": {"percentile": 50.0}},
+    "successive_halving": {"successive_halving": {"min_resource": 10, "reduction_factor": 2}},
+    "wilcoxon": {"wilcoxon": {"p_threshold": 0.5, "n_startup_steps": 1}},
+    "none": {},
+}
+
+
+def _sampler(name: str) -> SamplerParams:
+    raw = {**TUNE.sampler.model_dump(), "name": name, "n_startup_trials": 2, **SAMPLERS[name]}
+    return SamplerParams.model_validate(raw)
+
+
+def _pruner(name: str) -> PrunerParams:
+    raw = {**TUNE.pruner.model_dump(), "name": name, "n_startup_trials": 2, **PRUNERS[name]}
+    return PrunerParams.model_validate(raw)
+
+
+class WholeTrials:
+    """Whole trials on a thread pool, as a Dask worker runs them (hpo.execution.dask)."""
+
+    tags: dict[str, str] = {}
+
+    def __init__(self, data: TrainingData) -> None:
+        self._data, self._pool = data, ThreadPoolExecutor(2)
+
+    def submit(self, task: TrialTask) -> Future[TrialOutcome]:
+        return self._pool.submit(evaluate_trial, task, self._data, 1)
+
+    def shutdown(self, cancel: bool = False) -> None:
+        self._pool.shutdown(cancel_futures=cancel)
+
+
+@pytest.mark.parametrize("name", list(SAMPLERS))
+def test_each_sampler_grows_and_resumes_into_the_uninterrupted_study(data, name: str) -> None:
+    sampler = partial(make_sampler, _sampler(name))
+    unpruned = dataclasses.replace(data, pruner=NO_PRUNING)
+    run = partial(make_runner, unpruned, make_sampler=sampler)
+    whole = run(n_trials=14)
+    whole.run()
+    first = run(n_trials=13)
+    first.run()
+    grown = run(n_trials=14, study=first.study)
+    grown.run()
+
+    assert _records(grown.study) == _records(whole.study)
+    assert [t.system_attrs for t in grown.study.trials] == [
+        t.system_attrs for t in whole.study.trials
+    ]
+    if name == "cmaes":  # its state went through the store: the grown trial 13 read it there
+        assert any(k.startswith("cma:optimizer") for k in whole.study.trials[12].system_attrs)
+
+
+@pytest.mark.parametrize("name", list(PRUNERS))
+def test_each_pruner_gives_the_same_trials_on_fold_threads_whole_trials_and_resumed(
+    data, name: str
+) -> None:
+    four_folds = dataclasses.replace(data, pruner=_pruner(name), n_folds=4)
+    threads = make_runner(four_folds, n_trials=10)
+    threads.run()
+    whole = make_runner(four_folds, n_trials=10, executor=WholeTrials(four_folds))
+    whole.run()
+    first = make_runner(four_folds, n_trials=6)
+    first.run()
+    grown = make_runner(four_folds, n_trials=10, study=first.study)
+    grown.run()
+
+    assert _records(whole.study) == _records(threads.study) == _records(grown.study)
+    pruned = [t for t in threads.study.trials if t.state == TrialState.PRUNED]
+    assert bool(pruned) == (name != "none")
+    if name == "wilcoxon":  # its trials report whole folds, by fold index
+        assert all(set(t.intermediate_values) <= set(range(4)) for t in threads.study.trials)
+    if name == "successive_halving":  # the rungs each trial passed, kept as in a live study
+        assert all("completed_rung_0" in t.system_attrs for t in threads.study.trials)
+
+
+def test_enqueued_configurations_are_the_first_trials_the_rest_sampled(data) -> None:
+    first = [{"max_depth": 4, "learning_rate": 0.1}, {"n_estimators": 33, "gamma": 0.25}]
+    runner = make_runner(data, n_trials=4, first=first)
+    runner.run()
+    trials = runner.study.trials
+
+    for config, trial in zip(first, trials, strict=False):
+        assert config.items() <= trial.params.items()
+        assert set(trial.params) == set(runner.distributions)
+    again = make_runner(data, n_trials=4, first=first)
+    again.run()
+    assert _records(again.study) == _records(runner.study)
+
+
+def test_a_warm_start_takes_the_earlier_study_s_best_cut_to_the_new_space(
+    data, tmp_path, monkeypatch
+) -> None:
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'store.db'}")
+    earlier = optuna.create_study(storage=storage, study_name="earlier")
+    for depth, value in [(3, 0.5), (9, 0.1), (5, 0.3), (9, 0.2), (6, 0.05)]:
+        earlier.add_trial(optuna.trial.create_trial(
+            params={"max_depth": depth, "old": 1.0}, value=value,
+            distributions={"max_depth": optuna.distributions.IntDistribution(3, 10),
+                           "old": optuna.distributions.FloatDistribution(0, 2)},
+        ))  # fmt: skip
+    earlier.add_trial(optuna.trial.create_trial(state=TrialState.FAIL))
+    url = studies.storage_url_from_environment  # the store named as OPTUNA_STORAGE
+    monkeypatch.setenv(studies.STORAGE_VAR, f"sqlite:///{tmp_path / 'store.db'}")
+    eta = optuna.distributions.FloatDistribution(0.01, 0.3, log=True)  # new: left to the sampler
+    space = {"max_depth": optuna.distributions.IntDistribution(3, 8), "eta": eta}
+
+    best = studies.best_configurations(url(), "earlier", 3, space)
+
+    # Best first: 6 (0.05); the two 9s are outside the new bound, nothing of them is left; 5, 3.
+    assert best == [{"max_depth": 6}, {"max_depth": 5}, {"max_depth": 3}]
+    with pytest.raises(PipelineError, match="no study 'earlyer'.*did you mean earlier"):
+        studies.best_configurations(url(), "earlyer", 3, space)
