@@ -11,16 +11,19 @@ from typing import Any
 
 import optuna
 import pytest
+import test_tuning
 from optuna.trial import TrialState
-from test_tuning import TUNE, _records, _studies_in, data, make_runner  # noqa: F401
+from test_tuning import TUNE, _records, make_runner
 
 from hpo.config import PrunerParams, SamplerParams
 from hpo.errors import PipelineError
 from hpo.search.evaluation import TrainingData, evaluate_trial
-from hpo.search.space import distributions, make_sampler
+from hpo.search.space import make_sampler
 from hpo.search.trial import TrialOutcome, TrialTask
 from hpo.storage import studies
 
+# test_tuning's slice of the data, and its studies in SQLite files of its own.
+data, _studies_in = test_tuning.data, test_tuning._studies_in
 NO_PRUNING = TUNE.pruner.model_copy(update={"name": "none"})
 # Each sampler's settings for a 14-trial study that gets past its start-up phase.
 SAMPLERS: dict[str, dict[str, Any]] = {
@@ -53,10 +56,9 @@ def _pruner(name: str) -> PrunerParams:
 class WholeTrials:
     """Whole trials on a thread pool, as a Dask worker runs them (hpo.execution.dask)."""
 
-    tags: dict[str, str] = {}
-
     def __init__(self, data: TrainingData) -> None:
         self._data, self._pool = data, ThreadPoolExecutor(2)
+        self.tags: dict[str, str] = {}
 
     def submit(self, task: TrialTask) -> Future[TrialOutcome]:
         return self._pool.submit(evaluate_trial, task, self._data, 1)
@@ -143,5 +145,5 @@ def test_a_warm_start_takes_the_earlier_study_s_best_cut_to_the_new_space(
 
     # Best first: 6 (0.05); the two 9s are outside the new bound, nothing of them is left; 5, 3.
     assert best == [{"max_depth": 6}, {"max_depth": 5}, {"max_depth": 3}]
-    with pytest.raises(PipelineError, match="no study 'earlyer'.*did you mean earlier"):
+    with pytest.raises(PipelineError, match=r"no study 'earlyer'.*did you mean earlier"):
         studies.best_configurations(url(), "earlyer", 3, space)
