@@ -260,9 +260,16 @@ def tiny_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
 
 # Trials of a few seconds each, so that a signal or a fault lands in the middle of tuning.
 SLOW = deep_update(
-    {"tune": {"n_trials": 6, "pruner": {"n_startup_trials": 20}}},  # no pruning: full trials
+    {"tune": {"n_trials": 12, "pruner": {"n_startup_trials": 20}}},  # no pruning: full trials
     space(
-        "xgboost", {"n_estimators": {"low": 100, "high": 150}, "max_depth": {"low": 8, "high": 9}}
+        "xgboost",
+        {
+            "n_estimators": {"low": 100, "high": 150},
+            "max_depth": {"low": 8, "high": 9},
+            # Little pruning inside a tree: a large gamma or min_child_weight makes fits fast.
+            "gamma": {"low": 0.0, "high": 0.001},
+            "min_child_weight": {"low": 1.0, "high": 1.5},
+        },
     ),
 )
 

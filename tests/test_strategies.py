@@ -5,13 +5,17 @@ the configurations to try first (tune.enqueue, a warm start) are what the first 
 from __future__ import annotations
 
 import dataclasses
+import json
+import shutil
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import optuna
 import pytest
 import test_tuning
+from conftest import dvc, trial_records
 from optuna.trial import TrialState
 from test_tuning import TUNE, _records, make_runner
 
@@ -24,6 +28,7 @@ from hpo.storage import studies
 
 # test_tuning's slice of the data, and its studies in SQLite files of its own.
 data, _studies_in = test_tuning.data, test_tuning._studies_in
+SPACE = "model.families.xgboost.search_space"
 NO_PRUNING = TUNE.pruner.model_copy(update={"name": "none"})
 # Each sampler's settings for a 14-trial study that gets past its start-up phase.
 SAMPLERS: dict[str, dict[str, Any]] = {
@@ -147,3 +152,64 @@ def test_a_warm_start_takes_the_earlier_study_s_best_cut_to_the_new_space(
     assert best == [{"max_depth": 6}, {"max_depth": 5}, {"max_depth": 3}]
     with pytest.raises(PipelineError, match=r"no study 'earlyer'.*did you mean earlier"):
         studies.best_configurations(url(), "earlyer", 3, space)
+
+
+def _exp_run_twice(tiny_run: Path, tmp_path: Path, *settings: str) -> tuple[Path, Path]:
+    """`dvc exp run -S ...` with `settings` in two copies of the tiny run's project."""
+    projects = []
+    for name in ("a", "b"):
+        project = shutil.copytree(tiny_run, tmp_path / name, symlinks=True)
+        dvc(project, "exp", "run", *(arg for s in settings for arg in ("-S", s)))
+        projects.append(project)
+    return projects[0], projects[1]
+
+
+def _same_study_and_model(first: Path, second: Path) -> list[tuple]:
+    records = trial_records(first)
+    assert records == trial_records(second)
+    model = "outputs/model/model.ubj"
+    assert (first / model).read_bytes() == (second / model).read_bytes()
+    return records
+
+
+def test_enqueue_and_a_warm_start_with_a_widened_bound_rerun_identically(
+    tiny_run: Path, tmp_path: Path
+) -> None:
+    """The tiny run's study warm-starts a new one whose max_depth bound is cut to 4 (the earlier
+    best configurations keep their other values), after one enqueued configuration; CMA-ES
+    (its state in the stored trials) and successive halving (its rungs) run it, twice alike."""
+    earlier = json.loads((tiny_run / "outputs/tune_summary.json").read_text())["study_name"]
+    first, second = _exp_run_twice(
+        tiny_run, tmp_path,
+        f"tune.warm_start.study={earlier}", "tune.warm_start.n_best=2",
+        "tune.enqueue=[{max_depth: 2, gamma: 0.3}]",
+        f"{SPACE}.max_depth.low=2", f"{SPACE}.max_depth.high=4",
+        "tune.sampler.name=cmaes", "tune.pruner.name=successive_halving",
+    )  # fmt: skip
+
+    records = _same_study_and_model(first, second)
+    summary = json.loads((first / "outputs/tune_summary.json").read_text())
+    assert summary["study_name"] != earlier
+    params = [record[2] for record in records]
+    assert (params[0]["max_depth"], params[0]["gamma"]) == (2, 0.3)
+    store = optuna.storages.RDBStorage(f"sqlite:///{first / 'outputs/optuna_store.db'}")
+    old = optuna.load_study(study_name=earlier, storage=store)
+    ranked = sorted(old.get_trials(states=(TrialState.COMPLETE,)), key=lambda t: t.value)
+    kept = [{k: v for k, v in t.params.items() if k != "max_depth" or v <= 4} for t in ranked]
+    assert params[1].items() >= kept[0].items()
+    assert params[2].items() >= kept[1].items()
+
+
+@pytest.mark.exhaustive
+@pytest.mark.parametrize(
+    ("sampler", "pruner"),
+    [("gp", "percentile"), ("qmc", "wilcoxon"), ("random", "none"), ("tpe", "median")],
+)
+def test_each_sampler_and_pruner_through_dvc_exp_run_reruns_identically(
+    tiny_run: Path, tmp_path: Path, sampler: str, pruner: str
+) -> None:
+    first, second = _exp_run_twice(
+        tiny_run, tmp_path, f"tune.sampler.name={sampler}", f"tune.pruner.name={pruner}",
+        "tune.cv_folds=3",  # the Wilcoxon pruner compares folds: it needs more than two
+    )  # fmt: skip
+    _same_study_and_model(first, second)
