@@ -198,9 +198,18 @@ def pipeline(project: Path, params: Params, seed: int) -> Run:
         wall,
         _elapsed(trials, start),
         summary["best_params"],
-        sum(_rounds_per_fold(t) * folds for t in trials),
+        sum(_pipeline_rounds(t, folds, params.tune.pruner.name) for t in trials),
         1000 * summary["main_thread_cpu_seconds"] / len(trials),
     )
+
+
+def _pipeline_rounds(trial: optuna.trial.FrozenTrial, folds: int, pruner: str) -> int:
+    """Boosting rounds of a pipeline trial, over its folds: the Wilcoxon pruner's trials run
+    whole folds one after another and report at fold indexes, the others' folds advance
+    together and report at rounds."""
+    if pruner == "wilcoxon" and trial.state == optuna.trial.TrialState.PRUNED:
+        return trial.params["n_estimators"] * len(trial.intermediate_values)
+    return _rounds_per_fold(trial) * folds
 
 
 def _rounds_per_fold(trial: optuna.trial.FrozenTrial) -> int:
