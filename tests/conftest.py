@@ -63,7 +63,13 @@ TINY_PARAMS: dict[str, Any] = {
         "n_trials": 6,
         "cv_folds": 2,
         "sampler": {"n_startup_trials": 3},
-        "pruner": {"n_startup_trials": 1, "n_warmup_steps": 10, "interval_steps": 10},
+        # The median rule: it prunes on two folds, which the Wilcoxon pruner cannot.
+        "pruner": {
+            "name": "median",
+            "n_startup_trials": 1,
+            "n_warmup_steps": 10,
+            "interval_steps": 10,
+        },
     },
     **deep_update(
         space("xgboost", {"n_estimators": {"low": 20, "high": 60}, "max_depth": {"high": 5}}),

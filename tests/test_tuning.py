@@ -36,7 +36,7 @@ PARAMS = load_params(REPO / "params.yaml")
 TUNE = PARAMS.tune.model_copy(
     update={
         "pruner": PARAMS.tune.pruner.model_copy(
-            update={"n_startup_trials": 2, "n_warmup_steps": 10}
+            update={"name": "median", "n_startup_trials": 2, "n_warmup_steps": 10}
         ),
         "sampler": PARAMS.tune.sampler.model_copy(update={"n_startup_trials": 3}),
     }
