@@ -1,7 +1,9 @@
 """The search built from params.yaml: each family's space as Optuna distributions, and the
-sampler whose numeric TPE settings reach Optuna's."""
+per-trial samplers: their settings reach Optuna's, their seeds are independent."""
 
 from __future__ import annotations
+
+import importlib.util
 
 import optuna
 import pytest
@@ -9,7 +11,8 @@ from conftest import REPO
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from hpo.config import FamilyParams, SamplerParams, load_params
-from hpo.search.space import distributions, make_sampler
+from hpo.errors import PipelineError
+from hpo.search.space import check_sampler_installed, distributions, make_sampler
 
 PARAMS = load_params(REPO / "params.yaml")
 SAMPLER = PARAMS.tune.sampler
@@ -80,3 +83,16 @@ def test_a_categorical_dimension_and_a_step_become_optuna_s() -> None:
         "max_depth": IntDistribution(2, 10, step=2),
         "gamma": FloatDistribution(0.0, 1.0, step=0.25),
     }
+
+
+@pytest.mark.parametrize(("name", "module"), [("gp", "torch"), ("cmaes", "cmaes")])
+def test_a_sampler_without_its_library_is_one_line_naming_the_install(
+    monkeypatch: pytest.MonkeyPatch, name: str, module: str
+) -> None:
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda m, *a: None if m == module else real(m, *a)
+    )
+    with pytest.raises(PipelineError, match=f"tune.sampler.name={name} needs the {module}"):
+        check_sampler_installed(SAMPLER.model_copy(update={"name": name}))
+    check_sampler_installed(SAMPLER)  # TPE needs nothing beyond Optuna
