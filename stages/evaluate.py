@@ -48,6 +48,7 @@ def main() -> None:
         "optimization_time_seconds": summary["optimization_time_seconds"],
         "best_trial_number": summary["best_trial_number"],
         "study_name": summary["study_name"],
+        "search": summary["search"],
         "mlflow": {
             "study_run_id": summary["mlflow_parent_run_id"],
             "model_run_id": model_info["mlflow_run_id"],

@@ -29,6 +29,7 @@ def main() -> None:
     stop.install()
     with open_tune_session(params, split, stop) as session:
         summary = session.finish(session.run())
+    summary["search"] = {"sampler": params.tune.sampler.name, "pruner": params.tune.pruner.name}
     paths.TUNE_SUMMARY.write_text(json.dumps(summary, indent=2) + "\n")
 
 
