@@ -196,7 +196,11 @@ def first_configurations(params: Params, storage_url: Any) -> list[dict[str, Any
     warm = params.tune.warm_start
     if warm.study is not None:
         space = distributions(params.model.chosen.search_space)
-        first += studies.best_configurations(storage_url, warm.study, warm.n_best, space)
+        found = studies.best_configurations(storage_url, warm.study, warm.n_best, space)
+        if not found:
+            log.warning(f"warning: warm start: no complete trial of {warm.study} fits the space")
+        log.info(f"warm start: {len(found)} configurations of {warm.study} go first")
+        first += found
     return first
 
 
