@@ -6,8 +6,9 @@
     python benchmarks/bench_tune.py --seeds 5 6 7 8 9 --runs runs.jsonl  # pool with earlier runs
 
 Three systems search the same space (model.families.xgboost.search_space) with the same data,
-folds, XGBoost settings (the family's `fixed`, `hist`), TPE and median-rule settings
-(params.yaml; `--set KEY=VALUE` changes one for all), tune.parallel_trials
+folds, XGBoost settings (the family's `fixed`, `hist`), TPE settings and median-rule settings
+for the peers' pruning (params.yaml; `--set KEY=VALUE` changes one for all; the pipeline prunes
+with its own tune.pruner), tune.parallel_trials
 trials at a time, once per sampler seed (--seeds replaces tune.sampler.seed), interleaved seed
 by seed, so that a slow spell of a shared machine hits all of them:
 
