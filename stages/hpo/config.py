@@ -295,6 +295,7 @@ class Params(_Strict):
                 f"tune.metric: {metric!r} does not fit data.task {task!r} "
                 f"(one of default, {_or(METRICS[task])})"
             )
+        self._check_wilcoxon_can_prune()
         space = self.model.chosen.search_space
         for index, config in enumerate(self.tune.enqueue):
             for name, value in config.items():
@@ -304,6 +305,21 @@ class Params(_Strict):
                 if not _fits(space[name], value):
                     raise ValueError(f"{where}: {value!r} is outside {space[name].model_dump()}")
         return self
+
+    def _check_wilcoxon_can_prune(self) -> None:
+        """The Wilcoxon pruner compares the folds before a trial's last: too few, and no
+        signed-rank test of them can reach p_threshold (its smallest p-value is 1 / 2**n)."""
+        pruner, folds = self.tune.pruner, self.tune.cv_folds
+        if pruner.name != "wilcoxon":
+            return
+        settings, compared = pruner.wilcoxon, folds - 1
+        if compared < max(2, settings.n_startup_steps) or 0.5**compared > settings.p_threshold:
+            raise ValueError(
+                f"tune.pruner.wilcoxon: can never prune with tune.cv_folds {folds} (it compares "
+                f"at most {compared} folds, n_startup_steps {settings.n_startup_steps}, "
+                f"p_threshold {settings.p_threshold}); raise cv_folds or p_threshold, or choose "
+                "another pruner"
+            )
 
     @property
     def metric(self) -> str:
@@ -323,10 +339,8 @@ def _fits(dimension: IntDimension | FloatDimension | CategoricalDimension, value
     if isinstance(value, bool) or not isinstance(value, kinds):
         return False
     step = dimension.step
-    on_step = (
-        step is None
-        or decimal.Decimal(str(value - dimension.low)) % decimal.Decimal(str(step)) == 0
-    )
+    offset = decimal.Decimal(str(value)) - decimal.Decimal(str(dimension.low))
+    on_step = step is None or offset % decimal.Decimal(str(step)) == 0
     return dimension.low <= value <= dimension.high and on_step
 
 

@@ -192,10 +192,10 @@ def make_runner(
 
 def first_configurations(params: Params, storage_url: Any) -> list[dict[str, Any]]:
     """What the study evaluates first: tune.enqueue, then the warm start's configurations."""
-    first = [dict(config) for config in params.tune.enqueue]
+    space = distributions(params.model.chosen.search_space)
+    first = [studies.in_space(config, space) for config in params.tune.enqueue]  # validated
     warm = params.tune.warm_start
     if warm.study is not None:
-        space = distributions(params.model.chosen.search_space)
         found = studies.best_configurations(storage_url, warm.study, warm.n_best, space)
         if not found:
             log.warning(f"warning: warm start: no complete trial of {warm.study} fits the space")

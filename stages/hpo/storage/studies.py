@@ -243,17 +243,25 @@ def best_configurations(
         close_storage(storage)
     configs: list[dict[str, Any]] = []
     for trial in ranked:
-        config = {k: v for k, v in trial.params.items() if k in space and _can_take(space[k], v)}
+        config = in_space(trial.params, space)
         if config and config not in configs:
             configs.append(config)
     return configs[:n_best]
 
 
-def _can_take(distribution: BaseDistribution, value: Any) -> bool:
-    try:
-        return distribution._contains(distribution.to_internal_repr(value))
-    except (ValueError, TypeError):
-        return False
+def in_space(config: dict[str, Any], space: dict[str, BaseDistribution]) -> dict[str, Any]:
+    """The values of `config` that `space` can take, each as its distribution gives it (an int
+    is a float in a float dimension): an enqueued trial must hold what a stored one reads back."""
+    taken = {}
+    for name, value in config.items():
+        distribution = space.get(name)
+        try:
+            internal = None if distribution is None else distribution.to_internal_repr(value)
+        except (ValueError, TypeError):
+            continue
+        if internal is not None and distribution._contains(internal):
+            taken[name] = distribution.to_external_repr(internal)
+    return taken
 
 
 def load_or_create(storage: RDBStorage, name: str, direction: str, metric: str) -> optuna.Study:
