@@ -299,12 +299,6 @@ CASES = [
         id="enqueue-outside",
     ),
     pytest.param(
-        _set("tune.cv_folds", 3),
-        "tune.pruner.wilcoxon",
-        "can never prune with tune.cv_folds 3",
-        id="wilcoxon-on-3-folds",
-    ),
-    pytest.param(
         _set("tune.enqueue", [{"max_dept": 4}]),
         "tune.enqueue.0.max_dept",
         "not in the search",

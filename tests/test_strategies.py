@@ -19,7 +19,7 @@ from conftest import dvc, tiered, trial_records
 from optuna.trial import TrialState
 from test_tuning import TUNE, _records, make_runner
 
-from hpo.config import PrunerParams, SamplerParams
+from hpo.config import Params, PrunerParams, SamplerParams, load_params
 from hpo.errors import PipelineError
 from hpo.search.evaluation import TrainingData, evaluate_trial
 from hpo.search.space import make_sampler
@@ -132,6 +132,24 @@ def test_enqueued_configurations_are_the_first_trials_the_rest_sampled(data) -> 
     again = make_runner(data, n_trials=4, first=first)
     again.run()
     assert _records(again.study) == _records(runner.study)
+
+
+@pytest.mark.parametrize(
+    ("folds", "p_threshold", "prunes"),
+    [(5, 0.1, True), (4, 0.1, False), (3, 0.3, True), (2, 0.5, False)],
+)
+def test_tune_warns_when_the_wilcoxon_pruner_cannot_prune_on_the_folds(
+    folds: int, p_threshold: float, prunes: bool
+) -> None:
+    """Its smallest p-value over n folds is 1 / 2**n: 4 folds (3 compared) never reach 0.1."""
+    raw = load_params().model_dump(mode="json")
+    raw["tune"]["cv_folds"] = folds
+    raw["tune"]["pruner"]["wilcoxon"]["p_threshold"] = p_threshold
+    why = Params.model_validate(raw).why_wilcoxon_cannot_prune()
+
+    assert (why is None) == prunes
+    if not prunes:
+        assert f"can never prune with tune.cv_folds {folds}" in why
 
 
 def test_configurations_to_try_first_take_each_dimension_s_own_type() -> None:

@@ -295,7 +295,6 @@ class Params(_Strict):
                 f"tune.metric: {metric!r} does not fit data.task {task!r} "
                 f"(one of default, {_or(METRICS[task])})"
             )
-        self._check_wilcoxon_can_prune()
         space = self.model.chosen.search_space
         for index, config in enumerate(self.tune.enqueue):
             for name, value in config.items():
@@ -306,20 +305,20 @@ class Params(_Strict):
                     raise ValueError(f"{where}: {value!r} is outside {space[name].model_dump()}")
         return self
 
-    def _check_wilcoxon_can_prune(self) -> None:
-        """The Wilcoxon pruner compares the folds before a trial's last: too few, and no
-        signed-rank test of them can reach p_threshold (its smallest p-value is 1 / 2**n)."""
+    def why_wilcoxon_cannot_prune(self) -> str | None:
+        """Why the Wilcoxon pruner can never prune on these folds, if it cannot: it compares the
+        folds before a trial's last, and a signed-rank test of n of them has p >= 1 / 2**n."""
         pruner, folds = self.tune.pruner, self.tune.cv_folds
-        if pruner.name != "wilcoxon":
-            return
         settings, compared = pruner.wilcoxon, folds - 1
-        if compared < max(2, settings.n_startup_steps) or 0.5**compared > settings.p_threshold:
-            raise ValueError(
-                f"tune.pruner.wilcoxon: can never prune with tune.cv_folds {folds} (it compares "
-                f"at most {compared} folds, n_startup_steps {settings.n_startup_steps}, "
-                f"p_threshold {settings.p_threshold}); raise cv_folds or p_threshold, or choose "
-                "another pruner"
-            )
+        if pruner.name != "wilcoxon" or (
+            compared >= max(2, settings.n_startup_steps) and 0.5**compared <= settings.p_threshold
+        ):
+            return None
+        return (
+            f"tune.pruner.wilcoxon can never prune with tune.cv_folds {folds} (it compares at "
+            f"most {compared} folds; n_startup_steps {settings.n_startup_steps}, p_threshold "
+            f"{settings.p_threshold}): every trial runs all its folds"
+        )
 
     @property
     def metric(self) -> str:

@@ -114,6 +114,8 @@ def open_tune_session(params: Params, split: Split, stop: StopSignal) -> Iterato
     """The tune stage's session on the configured services; released when the block ends."""
     tune, family, metric = params.tune, params.model.family, params.metric
     check_sampler_installed(tune.sampler)
+    if (why := params.why_wilcoxon_cannot_prune()) is not None:
+        log.warning(f"warning: {why}")
     faults = os.environ.get(FAULTS_VAR, "")
     storage_url = studies.storage_url_from_environment()
     first = first_configurations(params, storage_url)
